@@ -1,0 +1,38 @@
+"""The one dtype table: storage dtype -> (C++ type of the kernels, compute dtype)."""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # bfloat16 for NumPy arrays comes from ml_dtypes (a dependency of JAX)
+    from ml_dtypes import bfloat16 as _bfloat16
+except ImportError:  # pragma: no cover - optional
+    _bfloat16 = None
+
+#: name -> (numpy dtype or None, C++ storage type, numpy compute dtype)
+DTYPES: dict[str, tuple[object, str, type]] = {
+    "float16": (np.dtype(np.float16), "__half", np.float32),
+    "bfloat16": (np.dtype(_bfloat16) if _bfloat16 is not None else None, "__nv_bfloat16", np.float32),
+    "float32": (np.dtype(np.float32), "float", np.float32),
+    "float64": (np.dtype(np.float64), "double", np.float64),
+}
+
+INDEX_DTYPES = ("int32", "int64")
+
+
+def dtype_name(dtype) -> str:
+    """Canonical name ('float16', 'bfloat16', 'float32', 'float64', ...) of a dtype."""
+    return str(np.dtype(dtype)) if not str(dtype).endswith("bfloat16") else "bfloat16"
+
+
+def is_float_dtype(dtype) -> bool:
+    return dtype_name(dtype) in DTYPES
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """float64 for float64 storage, float32 for every other supported float dtype."""
+    return np.dtype(DTYPES[dtype_name(dtype)][2])
+
+
+def cpp_type(dtype) -> str:
+    """C++ storage type of the kernels for a NumPy/CuPy dtype."""
+    return DTYPES[dtype_name(dtype)][1]

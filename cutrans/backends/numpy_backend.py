@@ -1,0 +1,192 @@
+"""NumPy backend: the CPU implementation and the reference for the kernels.
+
+Implements ``backends.base.Backend`` with vectorised NumPy. Temporaries are bounded
+by working on blocks of rows of at most ``_BLOCK_ELEMS`` elements, so the fused op's memory stays within its
+budget plus a constant.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import RowLayout
+
+_BLOCK_ELEMS = 1 << 18  # elements per internal block: bounds every temporary (~1-2 MB)
+
+
+def _blocks(n_rows: int, width: int):
+    step = max(1, min(4096, _BLOCK_ELEMS // max(1, width)))
+    for i0 in range(0, n_rows, step):
+        yield i0, min(n_rows, i0 + step)
+
+
+def row_index(plan, row0: int, n_rows: int):
+    """(b, t, u) int64 arrays for rows ``row0 .. row0 + n_rows - 1``."""
+    r = np.arange(row0, row0 + n_rows, dtype=np.int64)
+    b = np.searchsorted(plan.offsets, r, side="right") - 1
+    u1 = plan.target_len[b].astype(np.int64) + 1
+    local = r - plan.offsets[b]
+    return b, local // u1, local % u1
+
+
+def _row_starts(layout: RowLayout, row0, b, t, u, i0, i1):
+    if layout.packed:
+        return (np.arange(i0, i1, dtype=np.int64)) * layout.ld
+    return b[i0:i1] * layout.sb + t[i0:i1] * layout.st + u[i0:i1] * layout.su
+
+
+def _contiguous_block(z, layout: RowLayout, i0, i1, V):
+    """A writable (i1-i0, V) view of the block when the layout allows it, else None."""
+    if layout.packed and layout.ld == V and z.ndim == 2 and z.flags.c_contiguous:
+        return z[i0:i1]
+    return None
+
+
+def _gather(z, layout, b, t, u, i0, i1, V):
+    view = _contiguous_block(z, layout, i0, i1, V)
+    if view is not None:
+        return view
+    starts = _row_starts(layout, None, b, t, u, i0, i1)
+    return z.reshape(-1)[starts[:, None] + np.arange(V)]
+
+
+def _scatter(dst, layout, b, t, u, i0, i1, V, values):
+    view = _contiguous_block(dst, layout, i0, i1, V)
+    if view is not None:
+        if view is not values and not np.shares_memory(view, values):
+            view[...] = values
+        return
+    starts = _row_starts(layout, None, b, t, u, i0, i1)
+    dst.reshape(-1)[starts[:, None] + np.arange(V)] = values
+
+
+def _lse(x, cdt):
+    x = x.astype(cdt, copy=False)
+    m = x.max(axis=1)
+    s = np.exp(x - m[:, None]).sum(axis=1)
+    return m + np.log(s)
+
+
+class NumpyBackend:
+    """Reference backend on NumPy arrays (see ``backends.base.Backend``)."""
+
+    name = "numpy"
+    xp = np
+
+    # ---------------------------------------------------------------- row ops
+    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit):
+        cdt = lp_blank.dtype
+        V = z.shape[-1]
+        b, t, u = row_index(plan, row0, n_rows)
+        for i0, i1 in _blocks(n_rows, V):
+            x = _gather(z, layout, b, t, u, i0, i1, V)
+            lse = _lse(x, cdt)
+            rows = np.arange(i1 - i0)
+            bb, uu = b[i0:i1], u[i0:i1]
+            emits = uu < plan.target_len[bb]
+            label = plan.targets[bb, np.where(emits, uu, 0)]
+            lp_blank[row0 + i0:row0 + i1] = x[rows, blank].astype(cdt) - lse
+            lpe = x[rows, label].astype(cdt) - lse
+            lp_emit[row0 + i0:row0 + i1] = np.where(emits, lpe, -np.inf)
+
+    def row_grad(self, z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
+                 scale, fastemit_lambda, clamp):
+        cdt = coef_blank.dtype
+        V = z.shape[-1]
+        b, t, u = row_index(plan, row0, n_rows)
+        for i0, i1 in _blocks(n_rows, V):
+            x = _gather(z, layout, b, t, u, i0, i1, V)
+            g = x if x.dtype == cdt else x.astype(cdt)
+            if g is x and not np.shares_memory(g, grad):
+                g = x.copy()  # never write into the caller's logits
+            lse = _lse(g, cdt)
+            np.subtract(g, lse[:, None], out=g)
+            np.exp(g, out=g)
+            rows = np.arange(i1 - i0)
+            bb, uu = b[i0:i1], u[i0:i1]
+            cb = coef_blank[row0 + i0:row0 + i1]
+            ce = (1.0 + fastemit_lambda) * coef_emit[row0 + i0:row0 + i1]
+            g *= (cb + ce)[:, None]
+            g[rows, blank] -= cb
+            emits = uu < plan.target_len[bb]
+            label = plan.targets[bb, np.where(emits, uu, 0)]
+            g[rows[emits], label[emits]] -= ce[emits]
+            if clamp > 0:
+                np.clip(g, -clamp, clamp, out=g)
+            g *= scale[bb][:, None]
+            _scatter(grad, layout, b, t, u, i0, i1, V, g.astype(grad.dtype, copy=False))
+
+    # ---------------------------------------------------------------- lattice
+    def lattice(self, plan, lp_blank, lp_emit, alpha, beta, log_like, coef_blank, coef_emit,
+                need_grad):
+        cdt = lp_blank.dtype
+        B = plan.batch
+        T = plan.logit_len.astype(np.int64)
+        U = plan.target_len.astype(np.int64)
+        Tm, Um = int(T.max()), int(U.max())
+        b, t, u = row_index(plan, 0, plan.rows)
+        # padded (B, Tm + 1, Um + 2) grids, -inf outside each sample's lattice
+        pb = np.full((B, Tm + 1, Um + 2), -np.inf, dtype=cdt)
+        pe = np.full_like(pb, -np.inf)
+        pb[b, t, u] = lp_blank
+        pe[b, t, u] = lp_emit
+        a = np.full_like(pb, -np.inf)
+        a[:, 0, 0] = 0.0
+        for n in range(1, Tm + Um):
+            ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
+            us = n - ts
+            from_t = np.where(ts >= 1, a[:, ts - 1, us] + pb[:, ts - 1, us], -np.inf)
+            from_u = np.where(us >= 1, a[:, ts, us - 1] + pe[:, ts, us - 1], -np.inf)
+            a[:, ts, us] = np.logaddexp(from_t, from_u)
+        bi = np.arange(B)
+        ll = a[bi, T - 1, U] + pb[bi, T - 1, U]
+        log_like[...] = ll
+        alpha[...] = a[b, t, u]
+        if not need_grad:
+            return
+        final = np.zeros((B, Tm + 1, Um + 2), dtype=bool)
+        final[bi, T - 1, U] = True
+        bt = np.full_like(pb, -np.inf)
+        down = np.full_like(pb, -np.inf)  # beta(t+1, u), with beta(T_b, U_b) = 0
+        for n in range(Tm + Um - 1, -1, -1):
+            ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
+            us = n - ts
+            d = np.where(final[:, ts, us], 0.0, bt[:, ts + 1, us])
+            down[:, ts, us] = d
+            bt[:, ts, us] = np.logaddexp(d + pb[:, ts, us], bt[:, ts, us + 1] + pe[:, ts, us])
+        beta[...] = bt[b, t, u]
+        llr = ll[b]
+        coef_blank[...] = np.exp(a[b, t, u] + pb[b, t, u] + down[b, t, u] - llr)
+        coef_emit[...] = np.exp(a[b, t, u] + pe[b, t, u] + bt[b, t, u + 1] - llr)
+
+    # ---------------------------------------------------------------- joint
+    def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):
+        b, t, u = row_index(plan, row0, n_rows)
+        H = enc.shape[-1]
+        e2, p2 = enc.reshape(-1, H), pred.reshape(-1, H)
+        ie = b * enc.shape[1] + t
+        ip = b * pred.shape[1] + u
+        for i0, i1 in _blocks(n_rows, H):
+            blk = h[i0:i1]
+            np.add(e2[ie[i0:i1]], p2[ip[i0:i1]], out=blk, dtype=blk.dtype)
+            if activation == 0:
+                np.tanh(blk, out=blk)
+            elif activation == 1:
+                np.maximum(blk, 0, out=blk)
+
+    def joint_backward(self, dh, h, plan, row0, n_rows, activation, d_enc, d_pred):
+        b, t, u = row_index(plan, row0, n_rows)
+        H = dh.shape[-1]
+        ie = b * d_enc.shape[1] + t
+        ip = b * d_pred.shape[1] + u
+        de2, dp2 = d_enc.reshape(-1, H), d_pred.reshape(-1, H)
+        for i0, i1 in _blocks(n_rows, H):
+            g, hb = dh[i0:i1], h[i0:i1]
+            if activation == 0:
+                g *= 1.0 - hb * hb
+            elif activation == 1:
+                g *= hb > 0
+            # d_enc: rows of one (b, t) are contiguous -> segment sums in row order
+            seg = ie[i0:i1]
+            starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+            de2[seg[starts]] += np.add.reduceat(g, starts, axis=0)
+            np.add.at(dp2, ip[i0:i1], g)

@@ -1,0 +1,1 @@
+"""CPU emulation of the CUDA kernels (g++ + ctypes)."""

@@ -1,0 +1,1 @@
+"""Framework adapters (PyTorch, JAX) exchanging arrays through DLPack."""
