@@ -1,0 +1,5 @@
+import os
+import sys
+
+# make tests/oracles.py importable as ``oracles`` from every test folder
+sys.path.insert(0, os.path.dirname(__file__))
