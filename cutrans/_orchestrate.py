@@ -4,7 +4,8 @@ Logits op:   row_stats over all rows -> lattice -> (backward) row_grad.
 Fused op:    forward, per row chunk: joint_forward (h) -> GEMM z = h W^T + bias ->
              row_stats; then one lattice launch for all samples. Only 2 floats per row
              (the gradient coefficients) and log-likelihoods are kept.
-             backward, per chunk: recompute h and z -> row_grad in place over z ->
+             backward, per chunk: recompute h and z (kept from the forward instead when
+             everything fit in one chunk) -> row_grad in place over z ->
              dW += g^T h, dbias += sum g, dh = g W -> joint_backward (accumulates into
              d_enc, d_pred in chunk order: deterministic).
 The same code runs with NumPy, CuPy and the CPU-emulated kernels.
@@ -124,14 +125,17 @@ def fused_forward(backend, enc, pred, weight, bias, targets, plan: RowPlan, *, a
     for row0, n in chunks:
         _joint_logits(backend, enc, pred, w, b, dplan, row0, n, activation, h_ws[:n], z_ws[:n])
         backend.row_stats(z_ws[:n], layout, row0, n, dplan, blank, lp_blank, lp_emit)
+    # a single chunk stays resident (within the budget) so the backward need not recompute it
+    resident = (h_ws, z_ws) if need_grad and len(chunks) == 1 else None
     del h_ws, z_ws
     log_like = _lattice(backend, dplan, lp_blank, lp_emit, need_grad)
     ctx = None
     if need_grad:
         ctx = LossContext(backend, plan, dplan, lp_blank, lp_emit, blank, fastemit_lambda, clamp,
                           (enc, pred, w, b), {"activation": activation, "chunks": chunks,
-                                              "n_max": n_max, "dtypes": (enc.dtype, pred.dtype,
-                                                                         weight.dtype, bias.dtype)})
+                                              "n_max": n_max, "resident": resident,
+                                              "dtypes": (enc.dtype, pred.dtype,
+                                                         weight.dtype, bias.dtype)})
     return _losses(log_like, fastemit_lambda), ctx
 
 
@@ -147,14 +151,17 @@ def fused_backward(ctx: LossContext, grad_losses):
     d_pred = xp.zeros(pred.shape, dtype=cdt)
     d_w = xp.zeros((V, H), dtype=cdt)
     d_b = xp.zeros(V, dtype=cdt)
-    h_ws = xp.empty((n_max, H), dtype=cdt)
+    resident = ctx.extra["resident"]
+    # the resident z is overwritten by the gradient: a second backward must recompute it
+    ctx.extra["resident"] = None
+    h_ws, z_ws = resident or (xp.empty((n_max, H), dtype=cdt), xp.empty((n_max, V), dtype=cdt))
     dh_ws = xp.empty((n_max, H), dtype=cdt)
-    z_ws = xp.empty((n_max, V), dtype=cdt)
     dw_ws = xp.empty((V, H), dtype=cdt)
     layout = RowLayout(packed=True, ld=V)
     for row0, n in ctx.extra["chunks"]:
         h, dh, z = h_ws[:n], dh_ws[:n], z_ws[:n]
-        _joint_logits(backend, enc, pred, w, b, ctx.dplan, row0, n, act, h, z)
+        if resident is None:
+            _joint_logits(backend, enc, pred, w, b, ctx.dplan, row0, n, act, h, z)
         backend.row_grad(z, z, layout, row0, n, ctx.dplan, ctx.blank, ctx.coef_blank,
                          ctx.coef_emit, scale, ctx.fastemit_lambda, ctx.clamp)
         xp.matmul(z.T, h, out=dw_ws)

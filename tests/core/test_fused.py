@@ -135,3 +135,14 @@ def test_no_grad_forward_matches():
     out = cutrans.transducer_loss(*case, compute_grad=False)
     assert out.grads is None
     np.testing.assert_allclose(out.loss, cutrans.transducer_loss(*case).loss, rtol=1e-15)
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 3000])  # one resident chunk / many chunks
+def test_backward_twice_on_one_context(budget):
+    rng = np.random.default_rng(12)
+    case = fused_case(rng, 3, 5, 3, 6, 4)
+    _, ctx = cutrans.transducer_forward(*case, max_workspace_bytes=budget)
+    first = cutrans.transducer_backward(ctx, np.ones(3))
+    second = cutrans.transducer_backward(ctx, 2 * np.ones(3))
+    for a, b in zip(first, second):
+        np.testing.assert_allclose(2 * a, b, rtol=1e-13, atol=1e-15)
