@@ -12,7 +12,7 @@ The same code runs with NumPy, CuPy and the CPU-emulated kernels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,18 +24,38 @@ from .backends.base import RowLayout
 
 @dataclass
 class LossContext:
-    """What a forward keeps for its backward (all O(B + rows) except input references)."""
+    """What a forward keeps for its backward: O(B + rows) arrays plus input references.
+
+    ``coef_blank``/``coef_emit`` (R,) are the gradient coefficients of ``Backend.lattice``.
+    """
 
     backend: Any
     plan: RowPlan
     dplan: DevicePlan
-    coef_blank: Any  # (R,) compute dtype
-    coef_emit: Any  # (R,) compute dtype
+    coef_blank: Any
+    coef_emit: Any
     blank: int
     fastemit_lambda: float
     clamp: float
-    inputs: tuple  # the arrays the backward re-reads
-    extra: dict
+
+
+@dataclass
+class LogitsContext(LossContext):
+    logits: Any = None  # contiguous (B, T, U+1, V) or (R, V)
+    packed: bool = False
+
+
+@dataclass
+class FusedContext(LossContext):
+    enc: Any = None  # (B, T, H) storage dtype
+    pred: Any = None  # (B, U+1, H) storage dtype
+    weight: Any = None  # (V, H) compute dtype
+    bias: Any = None  # (V,) compute dtype
+    activation: int = 0
+    chunks: list = field(default_factory=list)  # [(row0, n_rows)]
+    n_max: int = 0  # rows of the largest chunk
+    out_dtypes: tuple = ()  # dtypes of enc, pred, weight, bias
+    resident: tuple | None = None  # (h, z) of a single chunk kept from the forward
 
 
 def _lattice(backend, dplan, lp_blank, lp_emit, need_grad):
@@ -74,17 +94,25 @@ def logits_forward(backend, logits, targets, plan: RowPlan, *, packed: bool, bla
     lp_emit = xp.empty(dplan.rows, dtype=cdt)
     backend.row_stats(logits, layout, 0, dplan.rows, dplan, blank, lp_blank, lp_emit)
     log_like = _lattice(backend, dplan, lp_blank, lp_emit, need_grad)
-    ctx = LossContext(backend, plan, dplan, lp_blank, lp_emit, blank, fastemit_lambda, clamp,
-                      (logits,), {"packed": packed}) if need_grad else None
+    ctx = LogitsContext(backend, plan, dplan, lp_blank, lp_emit, blank, fastemit_lambda, clamp,
+                        logits=logits, packed=packed) if need_grad else None
     return _losses(log_like, fastemit_lambda), ctx
 
 
-def logits_backward(ctx: LossContext, grad_losses):
+def logits_context(backend, logits, targets, plan: RowPlan, coef_blank, coef_emit, *,
+                   packed: bool, blank: int, fastemit_lambda: float, clamp: float,
+                   dplan: DevicePlan | None = None) -> LogitsContext:
+    """Rebuild a backward context from inputs and saved coefficients (for adapters)."""
+    dplan = dplan or to_device(plan, targets, backend.xp)
+    return LogitsContext(backend, plan, dplan, coef_blank, coef_emit, blank, fastemit_lambda,
+                         clamp, logits=backend.xp.ascontiguousarray(logits), packed=packed)
+
+
+def logits_backward(ctx: LogitsContext, grad_losses):
     """dLoss/dlogits (logits' shape and dtype) for upstream gradients ``grad_losses`` (B,)."""
     backend, xp = ctx.backend, ctx.backend.xp
-    (logits,) = ctx.inputs
+    logits, packed = ctx.logits, ctx.packed
     scale = xp.asarray(grad_losses, dtype=ctx.coef_blank.dtype)
-    packed = ctx.extra["packed"]
     grad = xp.empty_like(logits) if packed else xp.zeros_like(logits)
     backend.row_grad(logits, grad, logits_layout(logits, packed), 0, ctx.dplan.rows, ctx.dplan,
                      ctx.blank, ctx.coef_blank, ctx.coef_emit, scale, ctx.fastemit_lambda,
@@ -99,10 +127,34 @@ def fused_chunk_rows(plan: RowPlan, hidden: int, vocab: int, itemsize: int, budg
                           plan.rows)
 
 
-def _joint_logits(backend, enc, pred, w, bias, dplan, row0, n, activation, h, z):
-    backend.joint_forward(enc, pred, dplan, row0, n, activation, h)
-    backend.xp.matmul(h, w.T, out=z)
-    z += bias
+def _joint_logits(ctx: "FusedContext", row0, n, h, z):
+    """h = act(enc[b,t] + pred[b,u]) and z = h W^T + bias for one chunk."""
+    ctx.backend.joint_forward(ctx.enc, ctx.pred, ctx.dplan, row0, n, ctx.activation, h)
+    ctx.backend.xp.matmul(h, ctx.weight.T, out=z)
+    z += ctx.bias
+
+
+def fused_context(backend, enc, pred, weight, bias, targets, plan: RowPlan, coef_blank,
+                  coef_emit, *, activation: int, blank: int, fastemit_lambda: float,
+                  clamp: float, max_workspace_bytes: int, sample_wise: bool = False,
+                  dplan: DevicePlan | None = None) -> FusedContext:
+    """The fused op's context: chunking under the budget, weights in the compute dtype.
+
+    Used by the forward (with coefficient arrays still to fill) and by adapters that
+    rebuild a backward context from inputs and saved coefficients.
+    """
+    xp = backend.xp
+    cdt = compute_dtype(enc.dtype)
+    H, V = enc.shape[-1], weight.shape[0]
+    n_max = fused_chunk_rows(plan, H, V, np.dtype(cdt).itemsize, max_workspace_bytes)
+    chunks = plan.chunks(n_max, sample_wise)
+    return FusedContext(
+        backend, plan, dplan or to_device(plan, targets, xp), coef_blank, coef_emit, blank,
+        fastemit_lambda, clamp, enc=xp.ascontiguousarray(enc), pred=xp.ascontiguousarray(pred),
+        weight=xp.ascontiguousarray(weight).astype(cdt, copy=False),
+        bias=xp.ascontiguousarray(bias).astype(cdt, copy=False), activation=activation,
+        chunks=chunks, n_max=max(n for _, n in chunks),
+        out_dtypes=(enc.dtype, pred.dtype, weight.dtype, bias.dtype))
 
 
 def fused_forward(backend, enc, pred, weight, bias, targets, plan: RowPlan, *, activation: int,
@@ -111,64 +163,63 @@ def fused_forward(backend, enc, pred, weight, bias, targets, plan: RowPlan, *, a
     """Per-sample losses (B,) of the joint network + RNN-T, and the backward context."""
     xp = backend.xp
     cdt = compute_dtype(enc.dtype)
+    lp_blank = xp.empty(plan.rows, dtype=cdt)
+    lp_emit = xp.empty(plan.rows, dtype=cdt)
+    ctx = fused_context(backend, enc, pred, weight, bias, targets, plan, lp_blank, lp_emit,
+                        activation=activation, blank=blank, fastemit_lambda=fastemit_lambda,
+                        clamp=clamp, max_workspace_bytes=max_workspace_bytes,
+                        sample_wise=sample_wise)
     H, V = enc.shape[-1], weight.shape[0]
-    n_max = fused_chunk_rows(plan, H, V, np.dtype(cdt).itemsize, max_workspace_bytes)
-    chunks = plan.chunks(n_max, sample_wise)
-    n_max = max(n for _, n in chunks)
-    dplan = to_device(plan, targets, xp)
-    w, b = weight.astype(cdt, copy=False), bias.astype(cdt, copy=False)
-    h_ws = xp.empty((n_max, H), dtype=cdt)
-    z_ws = xp.empty((n_max, V), dtype=cdt)
-    lp_blank = xp.empty(dplan.rows, dtype=cdt)
-    lp_emit = xp.empty(dplan.rows, dtype=cdt)
+    h_ws = xp.empty((ctx.n_max, H), dtype=cdt)
+    z_ws = xp.empty((ctx.n_max, V), dtype=cdt)
     layout = RowLayout(packed=True, ld=V)
-    for row0, n in chunks:
-        _joint_logits(backend, enc, pred, w, b, dplan, row0, n, activation, h_ws[:n], z_ws[:n])
-        backend.row_stats(z_ws[:n], layout, row0, n, dplan, blank, lp_blank, lp_emit)
+    for row0, n in ctx.chunks:
+        _joint_logits(ctx, row0, n, h_ws[:n], z_ws[:n])
+        backend.row_stats(z_ws[:n], layout, row0, n, ctx.dplan, blank, lp_blank, lp_emit)
     # a single chunk stays resident (within the budget) so the backward need not recompute it
-    resident = (h_ws, z_ws) if need_grad and len(chunks) == 1 else None
+    ctx.resident = (h_ws, z_ws) if need_grad and len(ctx.chunks) == 1 else None
     del h_ws, z_ws
-    log_like = _lattice(backend, dplan, lp_blank, lp_emit, need_grad)
-    ctx = None
-    if need_grad:
-        ctx = LossContext(backend, plan, dplan, lp_blank, lp_emit, blank, fastemit_lambda, clamp,
-                          (enc, pred, w, b), {"activation": activation, "chunks": chunks,
-                                              "n_max": n_max, "resident": resident,
-                                              "dtypes": (enc.dtype, pred.dtype,
-                                                         weight.dtype, bias.dtype)})
-    return _losses(log_like, fastemit_lambda), ctx
+    log_like = _lattice(backend, ctx.dplan, lp_blank, lp_emit, need_grad)
+    return _losses(log_like, fastemit_lambda), (ctx if need_grad else None)
 
 
-def fused_backward(ctx: LossContext, grad_losses):
-    """(d_enc, d_pred, d_weight, d_bias) for upstream per-sample gradients (B,)."""
+def fused_backward(ctx: FusedContext, grad_losses, needs=(True, True, True, True)):
+    """(d_enc, d_pred, d_weight, d_bias) for upstream per-sample gradients (B,).
+
+    ``needs``: which of the four to compute; the others come back as None (no dW GEMM
+    without weight, no dh GEMM / joint backward without enc and pred).
+    """
     backend, xp = ctx.backend, ctx.backend.xp
-    enc, pred, w, b = ctx.inputs
     cdt = ctx.coef_blank.dtype
-    act, n_max = ctx.extra["activation"], ctx.extra["n_max"]
-    H, V = enc.shape[-1], w.shape[0]
+    H, V = ctx.enc.shape[-1], ctx.weight.shape[0]
+    need_enc, need_pred, need_w, need_b = map(bool, needs)
+    need_h = need_enc or need_pred
     scale = xp.asarray(grad_losses, dtype=cdt)
-    d_enc = xp.zeros(enc.shape, dtype=cdt)
-    d_pred = xp.zeros(pred.shape, dtype=cdt)
-    d_w = xp.zeros((V, H), dtype=cdt)
-    d_b = xp.zeros(V, dtype=cdt)
-    resident = ctx.extra["resident"]
-    # the resident z is overwritten by the gradient: a second backward must recompute it
-    ctx.extra["resident"] = None
-    h_ws, z_ws = resident or (xp.empty((n_max, H), dtype=cdt), xp.empty((n_max, V), dtype=cdt))
-    dh_ws = xp.empty((n_max, H), dtype=cdt)
-    dw_ws = xp.empty((V, H), dtype=cdt)
+    d_enc = xp.zeros(ctx.enc.shape, dtype=cdt) if need_h else None
+    d_pred = xp.zeros(ctx.pred.shape, dtype=cdt) if need_h else None
+    d_w = xp.zeros((V, H), dtype=cdt) if need_w else None
+    d_b = xp.zeros(V, dtype=cdt) if need_b else None
+    resident, ctx.resident = ctx.resident, None  # z becomes the gradient: recompute next time
+    h_ws, z_ws = resident or (xp.empty((ctx.n_max, H), dtype=cdt),
+                              xp.empty((ctx.n_max, V), dtype=cdt))
+    dh_ws = xp.empty((ctx.n_max, H), dtype=cdt) if need_h else None
+    dw_ws = xp.empty((V, H), dtype=cdt) if need_w else None
     layout = RowLayout(packed=True, ld=V)
-    for row0, n in ctx.extra["chunks"]:
-        h, dh, z = h_ws[:n], dh_ws[:n], z_ws[:n]
+    for row0, n in ctx.chunks:
+        h, z = h_ws[:n], z_ws[:n]
         if resident is None:
-            _joint_logits(backend, enc, pred, w, b, ctx.dplan, row0, n, act, h, z)
+            _joint_logits(ctx, row0, n, h, z)
         backend.row_grad(z, z, layout, row0, n, ctx.dplan, ctx.blank, ctx.coef_blank,
                          ctx.coef_emit, scale, ctx.fastemit_lambda, ctx.clamp)
-        xp.matmul(z.T, h, out=dw_ws)
-        d_w += dw_ws
-        d_b += z.sum(axis=0)
-        xp.matmul(z, w, out=dh)
-        backend.joint_backward(dh, h, ctx.dplan, row0, n, act, d_enc, d_pred)
-    de, dp, dwt, dbt = ctx.extra["dtypes"]
-    return (d_enc.astype(de, copy=False), d_pred.astype(dp, copy=False),
-            d_w.astype(dwt, copy=False), d_b.astype(dbt, copy=False))
+        if need_w:
+            xp.matmul(z.T, h, out=dw_ws)
+            d_w += dw_ws
+        if need_b:
+            d_b += z.sum(axis=0)
+        if need_h:
+            xp.matmul(z, ctx.weight, out=dh_ws[:n])
+            backend.joint_backward(dh_ws[:n], h, ctx.dplan, row0, n, ctx.activation, d_enc,
+                                   d_pred)
+    grads = (d_enc if need_enc else None, d_pred if need_pred else None, d_w, d_b)
+    return tuple(None if g is None else g.astype(dt, copy=False)
+                 for g, dt in zip(grads, ctx.out_dtypes))

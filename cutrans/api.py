@@ -191,9 +191,13 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
                               max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise)
 
 
-def transducer_backward(ctx, grad_losses) -> TransducerGrads:
-    """Gradients for upstream per-sample gradients ``grad_losses`` ``(B,)``."""
-    return TransducerGrads(*orch.fused_backward(ctx, grad_losses))
+def transducer_backward(ctx, grad_losses, needs=(True, True, True, True)) -> TransducerGrads:
+    """Gradients for upstream per-sample gradients ``grad_losses`` ``(B,)``.
+
+    ``needs``: flags for (enc, pred, weight, bias); unneeded gradients come back as None
+    and their work (dW GEMM, dh GEMM + joint backward) is skipped.
+    """
+    return TransducerGrads(*orch.fused_backward(ctx, grad_losses, needs))
 
 
 def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *,

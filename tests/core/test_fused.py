@@ -146,3 +146,18 @@ def test_backward_twice_on_one_context(budget):
     second = cutrans.transducer_backward(ctx, 2 * np.ones(3))
     for a, b in zip(first, second):
         np.testing.assert_allclose(2 * a, b, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("needs", [(True, False, False, False), (False, True, False, True),
+                                   (False, False, True, False), (False, False, False, False)])
+def test_backward_only_needed_gradients(needs):
+    rng = np.random.default_rng(13)
+    case = fused_case(rng, 3, 5, 3, 6, 4)
+    _, ctx = cutrans.transducer_forward(*case, max_workspace_bytes=3000)
+    full = cutrans.transducer_backward(ctx, np.ones(3))
+    part = cutrans.transducer_backward(ctx, np.ones(3), needs=needs)
+    for need, g, f in zip(needs, part, full):
+        if need:
+            np.testing.assert_array_equal(g, f)
+        else:
+            assert g is None

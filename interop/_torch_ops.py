@@ -1,0 +1,287 @@
+"""``torch.library`` custom ops (namespace ``cutrans::``) behind ``cutrans.interop.torch``.
+
+Op pairs (custom ops return tensors only, so the forward returns the losses plus the
+gradient coefficients, padded ``(B, T, U+1)``; the backward op recomputes from the
+inputs and those coefficients):
+
+* ``cutrans::rnnt_loss_fwd`` / ``cutrans::rnnt_loss_bwd``      -- logits op
+* ``cutrans::transducer_fwd`` / ``cutrans::transducer_bwd``    -- fused op
+* ``cutrans::rnnt_lattice``                                    -- recursion on log-probs
+  (``fused_log_softmax=False``; its backward is plain torch arithmetic)
+
+Each has a fake (meta) implementation and, for the forwards, an autograd formula, so
+``torch.compile(fullgraph=True)`` traces through them. Tensors are exchanged with the
+core zero-copy through DLPack (CPU: NumPy; CUDA: CuPy on torch's current stream, with
+CuPy allocations served by torch's caching allocator). bfloat16 goes through NumPy as
+an int16 view reinterpreted as ``ml_dtypes.bfloat16`` (zero-copy); without ml_dtypes it
+is converted to float32 on the CPU (a copy) and the gradients cast back.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _core
+
+try:
+    from ml_dtypes import bfloat16 as _NP_BF16
+except ImportError:  # pragma: no cover - ml_dtypes ships with JAX; optional here
+    _NP_BF16 = None
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ------------------------------------------------------------------ DLPack bridge
+def to_xp(t: Tensor):
+    """A NumPy (CPU) or CuPy (CUDA) view of ``t`` (no copy, except bf16 w/o ml_dtypes)."""
+    t = t.detach().resolve_conj().resolve_neg()
+    if t.is_cuda:
+        import cupy
+        if t.dtype == torch.bfloat16:
+            return cupy.from_dlpack(t.view(torch.int16)).view(_NP_BF16 or np.int16)
+        return cupy.from_dlpack(t)
+    if t.dtype == torch.bfloat16:
+        if _NP_BF16 is None:
+            return np.from_dlpack(t.float())
+        return np.from_dlpack(t.view(torch.int16)).view(_NP_BF16)
+    return np.from_dlpack(t)
+
+
+def from_xp(a, dtype: torch.dtype | None = None) -> Tensor:
+    """A tensor sharing ``a``'s memory; cast to ``dtype`` if given and different."""
+    bf16 = _NP_BF16 is not None and a.dtype == np.dtype(_NP_BF16)
+    if isinstance(a, np.ndarray):
+        t = torch.from_numpy(a.view(np.int16) if bf16 else a)
+    else:
+        t = torch.from_dlpack(a.view(np.int16) if bf16 else a)
+    if bf16:
+        t = t.view(torch.bfloat16)
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+
+def _stream_of(cupy, dev: int):
+    ts = torch.cuda.current_stream(dev)
+    if hasattr(ts, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(ts)
+    return cupy.cuda.ExternalStream(ts.cuda_stream, dev)
+
+
+_TORCH_ALLOCATOR = None
+
+
+def _torch_allocator(cupy):
+    """CuPy allocations served by torch's caching allocator (on torch's current stream)."""
+    global _TORCH_ALLOCATOR
+    if _TORCH_ALLOCATOR is None:
+        def malloc(size, device):
+            return torch.cuda.caching_allocator_alloc(
+                size, device, torch.cuda.current_stream(device))
+
+        def free(ptr, device):
+            torch.cuda.caching_allocator_delete(ptr)
+
+        _TORCH_ALLOCATOR = cupy.cuda.memory.PythonFunctionAllocator(malloc, free).malloc
+    return _TORCH_ALLOCATOR
+
+
+@contextlib.contextmanager
+def device_scope(t: Tensor):
+    """On CUDA: CuPy on ``t``'s device, torch's current stream and allocator."""
+    if not t.is_cuda:
+        yield
+        return
+    import cupy
+    dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    with cupy.cuda.Device(dev), _stream_of(cupy, dev), \
+            cupy.cuda.using_allocator(_torch_allocator(cupy)):
+        yield
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _coef_like(x: Tensor, B: int, T: int, U1: int, need: bool) -> Tensor:
+    shape = (B, T, U1) if need else (0,)
+    return x.new_empty(shape, dtype=compute_dtype(x.dtype))
+
+
+def _empty_coefs(x: Tensor):
+    e = x.new_empty((0,), dtype=compute_dtype(x.dtype))
+    return e, e.clone()
+
+
+# ------------------------------------------------------------------ logits op
+@torch.library.custom_op("cutrans::rnnt_loss_fwd", mutates_args=())
+def rnnt_loss_fwd(logits: Tensor, targets: Tensor, logit_lengths: Tensor,
+                  target_lengths: Tensor, blank: int, clamp: float, fastemit_lambda: float,
+                  need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    with device_scope(logits):
+        losses, cb, ce = _core.logits_forward(
+            to_xp(logits), to_xp(targets), to_xp(logit_lengths), to_xp(target_lengths),
+            blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda, need_grad=need_grad)
+        if cb is None:
+            return (from_xp(losses), *_empty_coefs(logits))
+        return from_xp(losses), from_xp(cb), from_xp(ce)
+
+
+@rnnt_loss_fwd.register_fake
+def _(logits, targets, logit_lengths, target_lengths, blank, clamp, fastemit_lambda, need_grad):
+    B, T, U1, _ = logits.shape
+    return (logits.new_empty((B,), dtype=compute_dtype(logits.dtype)),
+            _coef_like(logits, B, T, U1, need_grad), _coef_like(logits, B, T, U1, need_grad))
+
+
+@torch.library.custom_op("cutrans::rnnt_loss_bwd", mutates_args=())
+def rnnt_loss_bwd(grad_losses: Tensor, logits: Tensor, targets: Tensor, logit_lengths: Tensor,
+                  target_lengths: Tensor, coef_blank: Tensor, coef_emit: Tensor, blank: int,
+                  clamp: float, fastemit_lambda: float) -> Tensor:
+    with device_scope(logits):
+        g = _core.logits_backward(
+            to_xp(grad_losses.contiguous()), to_xp(logits), to_xp(targets),
+            to_xp(logit_lengths), to_xp(target_lengths), to_xp(coef_blank), to_xp(coef_emit),
+            blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda)
+        return from_xp(g, logits.dtype)
+
+
+@rnnt_loss_bwd.register_fake
+def _(grad_losses, logits, *args):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _rnnt_setup(ctx, inputs, output):
+    logits, targets, logit_lengths, target_lengths, blank, clamp, lam, _ = inputs
+    _, cb, ce = output
+    ctx.save_for_backward(logits, targets, logit_lengths, target_lengths, cb, ce)
+    ctx.scalars = (blank, clamp, lam)
+
+
+def _rnnt_backward(ctx, grad_losses, _gcb, _gce):
+    if not ctx.needs_input_grad[0]:
+        return (None,) * 8
+    logits, targets, tl, ul, cb, ce = ctx.saved_tensors
+    g = torch.ops.cutrans.rnnt_loss_bwd(grad_losses, logits, targets, tl, ul, cb, ce,
+                                        *ctx.scalars)
+    return (g,) + (None,) * 7
+
+
+rnnt_loss_fwd.register_autograd(_rnnt_backward, setup_context=_rnnt_setup)
+
+
+# ------------------------------------------------------------------ fused op
+@torch.library.custom_op("cutrans::transducer_fwd", mutates_args=())
+def transducer_fwd(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
+                   enc_lengths: Tensor, target_lengths: Tensor, activation: str, blank: int,
+                   clamp: float, fastemit_lambda: float, max_workspace_bytes: int,
+                   sample_wise: bool, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    with device_scope(enc):
+        losses, cb, ce = _core.fused_forward(
+            *(to_xp(x) for x in (enc, pred, weight, bias, targets, enc_lengths,
+                                 target_lengths)),
+            activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
+            max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
+            need_grad=need_grad)
+        if cb is None:
+            return (from_xp(losses), *_empty_coefs(enc))
+        return from_xp(losses), from_xp(cb), from_xp(ce)
+
+
+@transducer_fwd.register_fake
+def _(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank, clamp,
+      fastemit_lambda, max_workspace_bytes, sample_wise, need_grad):
+    B, T, _ = enc.shape
+    U1 = pred.shape[1]
+    return (enc.new_empty((B,), dtype=compute_dtype(enc.dtype)),
+            _coef_like(enc, B, T, U1, need_grad), _coef_like(enc, B, T, U1, need_grad))
+
+
+@torch.library.custom_op("cutrans::transducer_bwd", mutates_args=())
+def transducer_bwd(grad_losses: Tensor, enc: Tensor, pred: Tensor, weight: Tensor,
+                   bias: Tensor, targets: Tensor, enc_lengths: Tensor, target_lengths: Tensor,
+                   coef_blank: Tensor, coef_emit: Tensor, activation: str, blank: int,
+                   clamp: float, fastemit_lambda: float, max_workspace_bytes: int,
+                   sample_wise: bool, needs: list[bool]
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ins = (enc, pred, weight, bias)
+    with device_scope(enc):
+        grads = _core.fused_backward(
+            to_xp(grad_losses.contiguous()),
+            *(to_xp(x) for x in (*ins, targets, enc_lengths, target_lengths, coef_blank,
+                                 coef_emit)),
+            activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
+            max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, needs=needs)
+        return tuple(from_xp(g, x.dtype) if need else x.new_empty((0,))
+                     for g, x, need in zip(grads, ins, needs))
+
+
+@transducer_bwd.register_fake
+def _(grad_losses, enc, pred, weight, bias, *args):
+    needs = args[-1]
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) if need
+                 else x.new_empty((0,)) for x, need in zip((enc, pred, weight, bias), needs))
+
+
+def _fused_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:7], output[1], output[2])
+    ctx.scalars = inputs[7:13]
+
+
+def _fused_backward(ctx, grad_losses, _gcb, _gce):
+    needs = list(ctx.needs_input_grad[:4])
+    if not any(needs):
+        return (None,) * 14
+    saved = ctx.saved_tensors
+    grads = torch.ops.cutrans.transducer_bwd(grad_losses, *saved, *ctx.scalars, needs)
+    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 10
+
+
+transducer_fwd.register_autograd(_fused_backward, setup_context=_fused_setup)
+
+
+# ------------------------------------------------------------------ lattice op
+@torch.library.custom_op("cutrans::rnnt_lattice", mutates_args=())
+def rnnt_lattice(lp_blank: Tensor, lp_emit: Tensor, logits: Tensor, targets: Tensor,
+                 logit_lengths: Tensor, target_lengths: Tensor, blank: int, clamp: float,
+                 fastemit_lambda: float, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Recursion on gathered log-probs; ``logits``/``targets`` are only validated here."""
+    with device_scope(lp_blank):
+        _core.validate_logprob_args(to_xp(logits), to_xp(targets), to_xp(logit_lengths),
+                                    to_xp(target_lengths), blank)
+        losses, cb, ce = _core.lattice_forward(
+            to_xp(lp_blank.contiguous()), to_xp(lp_emit.contiguous()), to_xp(logit_lengths),
+            to_xp(target_lengths), fastemit_lambda=fastemit_lambda, need_grad=need_grad)
+        if cb is None:
+            return (from_xp(losses), *_empty_coefs(lp_blank))
+        return from_xp(losses), from_xp(cb), from_xp(ce)
+
+
+@rnnt_lattice.register_fake
+def _(lp_blank, lp_emit, logits, targets, logit_lengths, target_lengths, blank, clamp,
+      fastemit_lambda, need_grad):
+    B, T, U1 = lp_blank.shape
+    return (lp_blank.new_empty((B,)), _coef_like(lp_blank, B, T, U1, need_grad),
+            _coef_like(lp_blank, B, T, U1, need_grad))
+
+
+def _lattice_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], output[2])
+    ctx.clamp, ctx.lam = inputs[7], inputs[8]
+
+
+def _lattice_backward(ctx, grad_losses, _gcb, _gce):
+    # d loss / d lp = -coefficient (emission terms weighted 1 + lambda), clamped like
+    # torchaudio's non-fused kernel, then scaled by the upstream gradient (out of place)
+    cb, ce = ctx.saved_tensors
+    gb, ge = -cb, -(1.0 + ctx.lam) * ce
+    if ctx.clamp > 0:
+        gb, ge = gb.clamp(min=-ctx.clamp), ge.clamp(min=-ctx.clamp)
+    up = grad_losses[:, None, None].to(cb.dtype)
+    gb, ge = gb * up, ge * up
+    return (gb if ctx.needs_input_grad[0] else None, ge if ctx.needs_input_grad[1] else None,
+            *(None,) * 8)
+
+
+rnnt_lattice.register_autograd(_lattice_backward, setup_context=_lattice_setup)

@@ -1,0 +1,286 @@
+"""JAX adapter: ``rnnt_loss`` and the fused ``transducer_loss`` with ``jax.custom_vjp``.
+
+Works eagerly and under ``jit``, ``grad``, ``value_and_grad`` and ``vmap`` (the callback
+runs once per mapped element: ``vmap_method="sequential"``). Integer arguments are not
+differentiable (their cotangents are zero).
+
+Routes into the framework-free core:
+
+* CPU: ``jax.pure_callback`` -> NumPy backend (arrays arrive as NumPy arrays).
+* GPU: ``jax.experimental.buffer_callback`` -> CuPy backend on the device buffers
+  (zero-copy) and XLA's stream. Set ``cutrans.interop.jax.ROUTE = "buffer"`` to use that
+  route on the CPU too (NumPy views of the buffers); ``None`` picks by
+  ``jax.default_backend()``.
+
+The forward returns per-sample losses plus the gradient coefficients (padded
+``(B, T, U+1)``, compute dtype) as residuals; the backward recomputes from the inputs.
+
+Errors: arguments are validated at trace time (types, ndim, shapes, dtypes) and, when the
+integer arguments are concrete (eager calls), their values too -- raising ``TypeError`` /
+``ValueError`` naming the argument. Under ``jit`` the values are checked inside the
+callback; the error then reaches the caller as a ``jax.errors.JaxRuntimeError`` whose
+message contains the same text (e.g. ``"ValueError: target_lengths: expected ..."``).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cutrans import _validate as _v
+from cutrans.api import DEFAULT_WORKSPACE_BYTES
+
+from . import _core
+
+__all__ = ["rnnt_loss", "transducer_loss", "ROUTE"]
+
+ROUTE: str | None = None  # None (by platform) | "pure" | "buffer"
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+# ------------------------------------------------------------------ callbacks
+def _route() -> str:
+    if ROUTE is not None:
+        return ROUTE
+    return "pure" if jax.default_backend() == "cpu" else "buffer"
+
+
+def _sds(shape, dtype):
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+
+
+def _call(fn, out_types, *args):
+    """Run ``fn(*numpy_or_cupy_arrays) -> tuple of arrays`` inside the traced program."""
+    if _route() == "pure":
+        def host(*a):
+            res = fn(*(np.asarray(x) for x in a))
+            return tuple(np.asarray(r, dtype=t.dtype) for r, t in zip(res, out_types))
+        return jax.pure_callback(host, tuple(out_types), *args, vmap_method="sequential")
+    from jax.experimental.buffer_callback import buffer_callback
+    return buffer_callback(functools.partial(_buffer_cb, fn), tuple(out_types),
+                           vmap_method="sequential")(*args)
+
+
+def _buffer_cb(fn, ctx, outs, *bufs):
+    """buffer_callback body: device buffers -> CuPy on XLA's stream (NumPy on the CPU)."""
+    if bufs[0].__dlpack_device__()[0] != 1:  # DLPack device type 1 = kDLCPU
+        import cupy
+        with cupy.cuda.ExternalStream(int(ctx.stream)):
+            res = fn(*(cupy.from_dlpack(b) for b in bufs))
+            for o, r in zip(outs, res):
+                dst = cupy.from_dlpack(o)
+                dst[...] = r.astype(dst.dtype, copy=False)
+        return
+    # CPU: __array__ views (np.from_dlpack rejects bfloat16 DLTensors; __array__ does not)
+    res = fn(*(np.asarray(b) for b in bufs))
+    for o, r in zip(outs, res):
+        dst = np.asarray(o)
+        dst[...] = np.asarray(r).astype(dst.dtype, copy=False)
+
+
+def _cdt(dtype):
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+# ------------------------------------------------------------------ validation
+def _is_concrete(*xs) -> bool:
+    return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def _check(name, x, ndim, doc, kind):
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+    dt = jnp.dtype(x.dtype)
+    if kind == "float" and dt not in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64):
+        raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, "
+                        f"got {dt}")
+    if kind == "index" and dt not in (jnp.int32, jnp.int64):
+        raise TypeError(f"{name}: expected dtype int32 or int64, got {dt}")
+    if len(x.shape) != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions {doc}, got shape {tuple(x.shape)}")
+
+
+def _check_dim(name, x, axis, expected, what):
+    if x.shape[axis] != expected:
+        raise ValueError(f"{name}: expected size {expected} ({what}) at dimension {axis}, got "
+                         f"shape {tuple(x.shape)}")
+
+
+def _check_common(targets, t_len, u_len, t_name, B, T, reduction, blank, V):
+    _check("targets", targets, 2, "(B, U)", "index")
+    _check(t_name, t_len, 1, "(B,)", "index")
+    _check("target_lengths", u_len, 1, "(B,)", "index")
+    _check_dim("targets", targets, 0, B, "batch size B")
+    _check_dim(t_name, t_len, 0, B, "batch size B")
+    _check_dim("target_lengths", u_len, 0, B, "batch size B")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
+    if isinstance(blank, bool) or not isinstance(blank, int):
+        raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
+    if not -V <= blank < V:
+        raise ValueError(f"blank: expected a label id in [{-V}, {V}) for V={V}, got {blank}")
+    if _is_concrete(targets, t_len, u_len):  # eager: check values now, with a clear error
+        _v.check_lengths(t_name, np.asarray(t_len), B, 1, T, "frame counts")
+        u = _v.check_lengths("target_lengths", np.asarray(u_len), B, 0, targets.shape[1],
+                             "label counts")
+        _v.check_targets(np.asarray(targets), u, V, blank % V)
+
+
+def _reduce(losses, reduction):
+    if reduction == "mean":
+        return losses.mean()
+    return losses.sum() if reduction == "sum" else losses
+
+
+# ------------------------------------------------------------------ logits op
+class _LogitsParams(NamedTuple):
+    blank: int
+    clamp: float
+    fastemit_lambda: float
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _rnnt(logits, targets, t_len, u_len, p: _LogitsParams):
+    B = logits.shape[0]
+
+    def fwd(x, y, tl, ul):
+        return _core.logits_forward(x, y, tl, ul, blank=p.blank, clamp=p.clamp,
+                                    fastemit_lambda=p.fastemit_lambda, need_grad=False)[:1]
+    return _call(fwd, [_sds((B,), _cdt(logits.dtype))], logits, targets, t_len, u_len)[0]
+
+
+def _rnnt_fwd(logits, targets, t_len, u_len, p):
+    B, T, U1, _ = logits.shape
+    cdt = _cdt(logits.dtype)
+
+    def fwd(x, y, tl, ul):
+        return _core.logits_forward(x, y, tl, ul, blank=p.blank, clamp=p.clamp,
+                                    fastemit_lambda=p.fastemit_lambda, need_grad=True)
+    losses, cb, ce = _call(fwd, [_sds((B,), cdt), _sds((B, T, U1), cdt),
+                                 _sds((B, T, U1), cdt)], logits, targets, t_len, u_len)
+    return losses, (logits, targets, t_len, u_len, cb, ce)
+
+
+def _rnnt_bwd(p, res, g):
+    logits = res[0]
+
+    def bwd(gl, *r):
+        return (_core.logits_backward(gl, *r, blank=p.blank, clamp=p.clamp,
+                                      fastemit_lambda=p.fastemit_lambda),)
+    (grad,) = _call(bwd, [_sds(logits.shape, logits.dtype)], g, *res)
+    return grad, None, None, None
+
+
+_rnnt.defvjp(_rnnt_fwd, _rnnt_bwd)
+
+
+def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
+              reduction: str = "mean", clamp: float | None = None,
+              fastemit_lambda: float = 0.0):
+    """RNN-T loss on logits ``(B, T, U+1, V)`` (log_softmax fused), differentiable in logits.
+
+    Args:
+        logits: float16/bfloat16/float32/float64 ``(B, T, U+1, V)``.
+        targets: ``(B, U)`` int32/int64; logit_lengths ``(B,)`` in ``[1, T]``;
+            target_lengths ``(B,)`` in ``[0, U]``.
+        blank: blank id (negative counts from the end); clamp: clip dLoss/dlogits to
+            ``[-clamp, clamp]`` (None or <= 0: off); fastemit_lambda: NeMo convention.
+        reduction: ``"none"`` -> ``(B,)`` | ``"mean"`` (over the batch) | ``"sum"``.
+    Returns:
+        The loss in the compute dtype (float32; float64 for float64 logits).
+    """
+    _check("logits", logits, 4, "(B, T, U+1, V)", "float")
+    B, T, U1, V = logits.shape
+    _check_common(targets, logit_lengths, target_lengths, "logit_lengths", B, T, reduction,
+                  blank, V)
+    _check_dim("logits", logits, 2, targets.shape[1] + 1, "U+1, from targets' width U")
+    p = _LogitsParams(blank % V, _core.norm_clamp(clamp),
+                      _v.check_scalar("fastemit_lambda", fastemit_lambda))
+    return _reduce(_rnnt(logits, targets, logit_lengths, target_lengths, p), reduction)
+
+
+# ------------------------------------------------------------------ fused op
+class _FusedParams(NamedTuple):
+    activation: str
+    blank: int
+    clamp: float
+    fastemit_lambda: float
+    max_workspace_bytes: int
+    sample_wise: bool
+
+    def kw(self):
+        return self._asdict()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _fused(enc, pred, weight, bias, targets, t_len, u_len, p: _FusedParams):
+    def fwd(*a):
+        return _core.fused_forward(*a, **p.kw(), need_grad=False)[:1]
+    return _call(fwd, [_sds(enc.shape[:1], _cdt(enc.dtype))], enc, pred, weight, bias,
+                 targets, t_len, u_len)[0]
+
+
+def _fused_fwd(enc, pred, weight, bias, targets, t_len, u_len, p):
+    B, T, _ = enc.shape
+    U1 = pred.shape[1]
+    cdt = _cdt(enc.dtype)
+
+    def fwd(*a):
+        return _core.fused_forward(*a, **p.kw(), need_grad=True)
+    args = (enc, pred, weight, bias, targets, t_len, u_len)
+    losses, cb, ce = _call(fwd, [_sds((B,), cdt), _sds((B, T, U1), cdt),
+                                 _sds((B, T, U1), cdt)], *args)
+    return losses, (*args, cb, ce)
+
+
+def _fused_bwd(p, res, g):
+    def bwd(gl, *r):
+        return _core.fused_backward(gl, *r, **p.kw())
+    grads = _call(bwd, [_sds(x.shape, x.dtype) for x in res[:4]], g, *res)
+    return (*grads, None, None, None)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *,
+                    activation: str = "tanh", blank: int = 0, reduction: str = "mean",
+                    clamp: float | None = None, fastemit_lambda: float = 0.0,
+                    max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                    sample_wise: bool = False):
+    """Fused ``act(enc[b,t] + pred[b,u]) @ weight.T + bias`` -> log_softmax -> RNN-T loss.
+
+    Never builds ``(B, T, U+1, V)``; differentiable in enc ``(B, T, H)``, pred
+    ``(B, U+1, H)``, weight ``(V, H)`` and bias ``(V,)`` (one float dtype). Other
+    arguments as ``rnnt_loss``; ``activation``: ``"tanh"`` | ``"relu"`` | ``"identity"``.
+    Returns the loss in the compute dtype (float32; float64 for float64 inputs).
+    """
+    for name, x, nd, doc in (("enc", enc, 3, "(B, T, H)"), ("pred", pred, 3, "(B, U+1, H)"),
+                             ("weight", weight, 2, "(V, H)"), ("bias", bias, 1, "(V,)")):
+        _check(name, x, nd, doc, "float")
+        if jnp.dtype(x.dtype) != jnp.dtype(enc.dtype):
+            raise TypeError(f"{name}: expected the dtype of enc ({jnp.dtype(enc.dtype)}), got "
+                            f"{jnp.dtype(x.dtype)}")
+    B, T, H = enc.shape
+    V = weight.shape[0]
+    _check_common(targets, enc_lengths, target_lengths, "enc_lengths", B, T, reduction, blank,
+                  V)
+    _check_dim("pred", pred, 0, B, "batch size B of enc")
+    _check_dim("pred", pred, 1, targets.shape[1] + 1, "U+1, from targets' width U")
+    _check_dim("pred", pred, 2, H, "hidden size H of enc")
+    _check_dim("weight", weight, 1, H, "hidden size H of enc")
+    _check_dim("bias", bias, 0, V, "vocabulary size V of weight")
+    if activation not in ("tanh", "relu", "identity"):
+        raise ValueError(f"activation: expected one of 'tanh', 'relu', 'identity', got "
+                         f"{activation!r}")
+    if isinstance(max_workspace_bytes, bool) or not isinstance(max_workspace_bytes, int):
+        raise TypeError(f"max_workspace_bytes: expected an int, got "
+                        f"{type(max_workspace_bytes).__name__}")
+    p = _FusedParams(activation, blank % V, _core.norm_clamp(clamp),
+                     _v.check_scalar("fastemit_lambda", fastemit_lambda),
+                     max_workspace_bytes, bool(sample_wise))
+    losses = _fused(enc, pred, weight, bias, targets, enc_lengths, target_lengths, p)
+    return _reduce(losses, reduction)

@@ -1,0 +1,215 @@
+"""PyTorch adapter: ``rnnt_loss`` (torchaudio drop-in), the fused ``transducer_loss``, modules.
+
+Both losses are ``torch.library`` custom ops (``cutrans::*``, see ``_torch_ops``) with
+autograd formulas and fake implementations: they work eagerly, under
+``torch.compile(fullgraph=True)``, in ``DistributedDataParallel``, and with repeated
+``backward(retain_graph=True)`` (gradients are scaled out of place). The batch reduction
+happens outside the op, so its backward receives a per-sample upstream gradient.
+CPU tensors run the NumPy backend, CUDA tensors the CuPy kernels on torch's current
+stream -- zero-copy through DLPack either way.
+
+Example::
+
+    import torch
+    from cutrans.interop.torch import TransducerLoss
+
+    loss_fn = TransducerLoss(torch.nn.Linear(320, 1024))  # joint dim 320, vocab 1024
+    loss = loss_fn(enc, pred, targets, enc_lengths, target_lengths)  # enc (B,T,320) ...
+    loss.backward()  # grads for enc, pred and loss_fn.output_layer.{weight,bias}
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cutrans.api import DEFAULT_WORKSPACE_BYTES
+
+from . import _core
+from . import _torch_ops as _ops
+
+__all__ = ["rnnt_loss", "RNNTLoss", "transducer_loss", "TransducerLoss"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _check_tensor(name: str, x) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
+
+
+def _reduce(losses: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return losses.mean()
+    return losses.sum() if reduction == "sum" else losses
+
+
+def _need_grad(*xs) -> bool:
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
+
+
+def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_lengths: Tensor,
+              blank: int = -1, clamp: float = -1, reduction: str = "mean",
+              fused_log_softmax: bool = True, *, fastemit_lambda: float = 0.0) -> Tensor:
+    """RNN-T loss, a drop-in for ``torchaudio.functional.rnnt_loss``.
+
+    Args:
+        logits: ``(B, T, U+1, V)`` joint outputs, float32/float64/float16/bfloat16, any
+            strides, CPU or CUDA.
+        targets: ``(B, U)`` int32 (int64 accepted) labels, padded.
+        logit_lengths: ``(B,)`` frames ``T_b`` in ``[1, T]``; target_lengths ``(B,)``
+            labels ``U_b`` in ``[0, U]``; int32 (int64 accepted).
+        blank: blank id; negative counts from the end (default -1: ``V - 1``).
+        clamp: clip dLoss/dlogits to ``[-clamp, clamp]``; ``<= 0`` disables (default -1).
+        reduction: ``"none"`` -> ``(B,)``; ``"mean"`` (over the batch) | ``"sum"`` -> scalar.
+        fused_log_softmax: ``True``: ``logits`` are unnormalised, log_softmax is applied
+            inside (``lp = logits - logsumexp``). ``False``: as torchaudio, ``logits`` are
+            used *as* log-probabilities (no normalisation; call ``log_softmax`` yourself)
+            and the gradient is w.r.t. those entries alone.
+        fastemit_lambda: FastEmit regularisation (NeMo convention: the loss reported is
+            ``(1 + lambda) * -log P``); not a torchaudio argument.
+    Returns:
+        The loss in ``logits``' dtype (as torchaudio), computed in float32 (float64 for
+        float64 logits).
+
+    ``loss_b = -log sum_{paths} prod lp`` over the ``T_b x (U_b+1)`` lattice:
+    ``alpha(t,u) = logaddexp(alpha(t-1,u) + lp_blank(t-1,u), alpha(t,u-1) + lp_y(t,u-1))``,
+    ``loss_b = -(alpha(T_b-1,U_b) + lp_blank(T_b-1,U_b))``.
+    """
+    for name, x in (("logits", logits), ("targets", targets), ("logit_lengths", logit_lengths),
+                    ("target_lengths", target_lengths)):
+        _check_tensor(name, x)
+    _check_reduction(reduction)
+    clamp = _core.norm_clamp(clamp)
+    if isinstance(blank, bool) or not isinstance(blank, int):
+        raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
+    need = _need_grad(logits)
+    if fused_log_softmax:
+        losses = _ops.rnnt_loss_fwd(logits, targets, logit_lengths, target_lengths, blank,
+                                    clamp, float(fastemit_lambda), need)[0]
+    else:
+        losses = _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp,
+                                 float(fastemit_lambda), need)
+    return _reduce(losses.to(logits.dtype), reduction)
+
+
+def _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp, lam, need):
+    """fused_log_softmax=False: gather lp_blank / lp_y in torch, recursion in the core."""
+    for name, x, nd, doc in (("logits", logits, 4, "(B, T, U+1, V)"),
+                             ("targets", targets, 2, "(B, U)")):
+        if x.dim() != nd:
+            raise ValueError(f"{name}: expected {nd} dimensions {doc}, got shape "
+                             f"{tuple(x.shape)}")
+    B, T, U1, V = logits.shape
+    cdt = _ops.compute_dtype(logits.dtype)
+    b = blank % V if -V <= blank < V else 0  # out-of-range blank: the op raises
+    u = torch.arange(U1, device=logits.device)
+    emits = u[None, :] < target_lengths.to(logits.device)[:, None]  # (B, U+1)
+    lab = torch.cat([targets, targets.new_zeros((targets.shape[0], 1))], dim=1)
+    lab = torch.where(emits, lab.clamp(0, V - 1), b).long()  # bad labels: the op raises
+    lp_emit = logits.gather(-1, lab[:, None, :, None].expand(B, T, U1, 1)).squeeze(-1)
+    lp_emit = lp_emit.to(cdt).masked_fill(~emits[:, None, :], float("-inf"))
+    lp_blank = logits[..., b].to(cdt)
+    return _ops.rnnt_lattice(lp_blank, lp_emit, logits, targets, logit_lengths, target_lengths,
+                             blank, clamp, lam, need)[0]
+
+
+class RNNTLoss(nn.Module):
+    """Module form of ``rnnt_loss`` (``torchaudio.transforms.RNNTLoss`` arguments)."""
+
+    def __init__(self, blank: int = -1, clamp: float = -1.0, reduction: str = "mean",
+                 fused_log_softmax: bool = True, *, fastemit_lambda: float = 0.0):
+        super().__init__()
+        _check_reduction(reduction)
+        self.blank, self.clamp, self.reduction = blank, clamp, reduction
+        self.fused_log_softmax, self.fastemit_lambda = fused_log_softmax, fastemit_lambda
+
+    def forward(self, logits, targets, logit_lengths, target_lengths):
+        return rnnt_loss(logits, targets, logit_lengths, target_lengths, self.blank, self.clamp,
+                         self.reduction, self.fused_log_softmax,
+                         fastemit_lambda=self.fastemit_lambda)
+
+
+def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | None,
+                    targets: Tensor, enc_lengths: Tensor, target_lengths: Tensor, *,
+                    activation: str = "tanh", blank: int = 0, reduction: str = "mean",
+                    clamp: float | None = None, fastemit_lambda: float = 0.0,
+                    max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                    sample_wise: bool = False) -> Tensor:
+    """Fused joint network + output layer + RNN-T loss, differentiable in enc, pred, W, b.
+
+    ``z(b,t,u) = act(enc[b,t] + pred[b,u]) @ weight.T + bias``, ``lp = log_softmax(z)``,
+    RNN-T loss over the lattice -- without building a ``(B, T, U+1, V)`` tensor (row
+    chunks bounded by ``max_workspace_bytes``; ``sample_wise`` keeps each chunk in one
+    utterance). Gradients are recomputed chunk by chunk in the backward.
+
+    Args:
+        enc: ``(B, T, H)``; pred: ``(B, U+1, H)``; weight ``(V, H)``; bias ``(V,)`` or
+            None (zeros); one float dtype (float16/bfloat16/float32/float64), one device.
+        targets: ``(B, U)`` int32/int64; enc_lengths ``(B,)`` in ``[1, T]``;
+            target_lengths ``(B,)`` in ``[0, U]``.
+        activation: ``"tanh"`` | ``"relu"`` | ``"identity"``; blank: id (negative from the end).
+        clamp: clip dLoss/dz to ``[-clamp, clamp]`` (None or <= 0: off).
+    Returns:
+        The reduced loss (``(B,)`` for ``"none"``) in the compute dtype: float32 for
+        float16/bfloat16/float32 inputs, float64 for float64.
+    """
+    for name, x in (("enc", enc), ("pred", pred), ("weight", weight), ("targets", targets),
+                    ("enc_lengths", enc_lengths), ("target_lengths", target_lengths)):
+        _check_tensor(name, x)
+    _check_reduction(reduction)
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[:1])
+    _check_tensor("bias", bias)
+    if not isinstance(activation, str):
+        raise TypeError(f"activation: expected a str, got {type(activation).__name__}")
+    need = _need_grad(enc, pred, weight, bias)
+    losses = _ops.transducer_fwd(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
+                                 activation, blank, _core.norm_clamp(clamp),
+                                 float(fastemit_lambda), max_workspace_bytes, sample_wise,
+                                 need)[0]
+    return _reduce(losses, reduction)
+
+
+class TransducerLoss(nn.Module):
+    """Fused joint + output layer + RNN-T loss owning (or sharing) an ``nn.Linear``.
+
+    ``TransducerLoss(nn.Linear(H, V))`` or ``TransducerLoss(in_features=H, vocab_size=V)``;
+    ``forward(enc (B,T,H), pred (B,U+1,H), targets, enc_lengths, target_lengths)``.
+    The layer's weight and bias receive gradients; use ``output_layer`` at inference
+    (``output_layer(act(enc[:, :, None] + pred[:, None]))``).
+    """
+
+    def __init__(self, output_layer: nn.Linear | None = None, *, in_features: int | None = None,
+                 vocab_size: int | None = None, activation: str = "tanh", blank: int = 0,
+                 reduction: str = "mean", clamp: float | None = None,
+                 fastemit_lambda: float = 0.0, max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                 sample_wise: bool = False, device=None, dtype=None):
+        super().__init__()
+        if output_layer is None:
+            if in_features is None or vocab_size is None:
+                raise ValueError("output_layer: expected an nn.Linear, or in_features and "
+                                 "vocab_size to create one")
+            output_layer = nn.Linear(in_features, vocab_size, device=device, dtype=dtype)
+        if not isinstance(output_layer, nn.Linear):
+            raise TypeError(f"output_layer: expected an nn.Linear, got "
+                            f"{type(output_layer).__name__}")
+        _check_reduction(reduction)
+        self.output_layer = output_layer
+        self.activation, self.blank, self.reduction = activation, blank, reduction
+        self.clamp, self.fastemit_lambda = clamp, fastemit_lambda
+        self.max_workspace_bytes, self.sample_wise = max_workspace_bytes, sample_wise
+
+    def forward(self, enc, pred, targets, enc_lengths, target_lengths):
+        lin = self.output_layer
+        return transducer_loss(enc, pred, lin.weight, lin.bias, targets, enc_lengths,
+                               target_lengths, activation=self.activation, blank=self.blank,
+                               reduction=self.reduction, clamp=self.clamp,
+                               fastemit_lambda=self.fastemit_lambda,
+                               max_workspace_bytes=self.max_workspace_bytes,
+                               sample_wise=self.sample_wise)

@@ -1,0 +1,48 @@
+"""interop/_core.py rebuilds the core's backward context from saved coefficients: guard
+that against changes of the core (same context fields, same gradients)."""
+import numpy as np
+
+import cutrans
+from cutrans.interop import _core
+from interop_cases import fused_case, logits_case
+
+
+def test_fused_context_rebuild_matches_core_forward():
+    case = fused_case(0)
+    kw = dict(activation="tanh", blank=0, clamp=None, fastemit_lambda=0.0,
+              max_workspace_bytes=1500, sample_wise=True)
+    _, ctx = cutrans.transducer_forward(*case, **kw)
+    losses, cb, ce = _core.fused_forward(*case, **kw, need_grad=True)
+    up = np.array([1.0, 2.0, -1.0])
+    got = _core.fused_backward(up, *case, cb, ce, **kw)
+    want = cutrans.transducer_backward(ctx, up)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15)
+    # the rebuilt context equals the one the core's forward made (but the resident chunk)
+    import dataclasses
+    import cutrans._orchestrate as orch
+    seen = {}
+    orig = orch.fused_backward
+    try:
+        orch.fused_backward = lambda c, g, **k: seen.setdefault("ctx", c) and orig(c, g, **k)
+        _core.fused_backward(up, *case, cb, ce, **kw)
+    finally:
+        orch.fused_backward = orig
+    rebuilt = seen["ctx"]
+    for f in dataclasses.fields(orch.FusedContext):
+        a, b = getattr(rebuilt, f.name), getattr(ctx, f.name)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_allclose(a, b, rtol=1e-12, err_msg=f.name)
+        elif f.name not in ("backend", "plan", "dplan", "resident"):
+            assert a == b, f.name
+
+
+def test_padded_coefficients_are_zero_outside_the_lattice():
+    logits, targets, t_len, u_len = logits_case(1)
+    _, cb, ce = _core.logits_forward(logits, targets, t_len, u_len, blank=0, clamp=None,
+                                     fastemit_lambda=0.0, need_grad=True)
+    for b in range(3):
+        mask = np.zeros(cb.shape[1:], bool)
+        mask[:t_len[b], :u_len[b] + 1] = True
+        assert np.all(cb[b][~mask] == 0) and np.all(ce[b][~mask] == 0)
+        assert np.all(ce[b][:, u_len[b]] == 0)

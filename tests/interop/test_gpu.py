@@ -1,0 +1,75 @@
+"""CUDA paths of the adapters (CuPy backend). Skipped without a GPU."""
+import numpy as np
+import pytest
+
+from interop_cases import fused_case, logits_case
+
+pytestmark = pytest.mark.gpu
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("cupy")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device for torch")
+    return torch
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_torch_cuda_matches_cpu_on_a_side_stream(dtype):
+    torch = _torch_cuda()
+    from cutrans.interop.torch import rnnt_loss, transducer_loss
+    dt = getattr(torch, dtype)
+    logits, targets, t_len, u_len = logits_case(0, V=9)
+    x = torch.tensor(logits).to(dt)
+    ints = [torch.tensor(a) for a in (targets, t_len, u_len)]
+    xc = x.cuda().permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3).requires_grad_()
+    xh = x.clone().requires_grad_()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        lc = rnnt_loss(xc, *[a.cuda() for a in ints], blank=0)
+        lc.backward()
+    torch.cuda.current_stream().wait_stream(side)
+    lh = rnnt_loss(xh, *ints, blank=0)
+    lh.backward()
+    tol = dict(rtol=3e-2, atol=3e-2) if dtype in ("float16", "bfloat16") else {}
+    torch.testing.assert_close(lc.cpu(), lh, **tol)
+    torch.testing.assert_close(xc.grad.cpu(), xh.grad, **tol)
+    case = [torch.tensor(a) for a in fused_case(1)]
+    fl = [a.to(dt).requires_grad_() for a in case[:4]]
+    flc = [a.detach().cuda().requires_grad_() for a in fl]
+    lh = transducer_loss(*fl, *case[4:])
+    lc = transducer_loss(*flc, *[a.cuda() for a in case[4:]])
+    lh.backward()
+    lc.backward()
+    torch.testing.assert_close(lc.cpu(), lh, **tol)
+    for a, b in zip(flc, fl):
+        torch.testing.assert_close(a.grad.cpu(), b.grad, **tol)
+
+
+def test_torch_cuda_second_device_and_compile():
+    torch = _torch_cuda()
+    from cutrans.interop.torch import transducer_loss
+    dev = f"cuda:{torch.cuda.device_count() - 1}"
+    case = fused_case(2)
+    fl = [torch.tensor(a, device=dev, dtype=torch.float32, requires_grad=True) for a in case[:4]]
+    ints = [torch.tensor(a, device=dev) for a in case[4:]]
+    f = torch.compile(lambda *a: transducer_loss(*a, *ints), fullgraph=True)
+    loss = f(*fl)
+    loss.backward()
+    assert loss.device == torch.device(dev) and fl[0].grad.device == torch.device(dev)
+
+
+def test_jax_gpu_buffer_callback_matches_cpu():
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("cupy")
+    if jax.default_backend() not in ("gpu", "cuda"):
+        pytest.skip("no JAX GPU backend")
+    import cutrans
+    from cutrans.interop import jax as cj
+    logits, targets, t_len, u_len = logits_case(3)
+    x = logits.astype(np.float32)
+    loss, g = jax.jit(jax.value_and_grad(lambda x: cj.rnnt_loss(x, targets, t_len, u_len)))(x)
+    want, want_g = cutrans.rnnt_loss(x, targets, t_len, u_len, return_grad=True)
+    np.testing.assert_allclose(loss, want, rtol=1e-4)
+    np.testing.assert_allclose(g, want_g, rtol=1e-3, atol=1e-5)

@@ -1,0 +1,148 @@
+"""cutrans.interop.jax: eager, jit, grad, value_and_grad, vmap; both callback routes."""
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+import cutrans  # noqa: E402
+from cutrans.interop import jax as cj  # noqa: E402
+from interop_cases import fused_case, logits_case  # noqa: E402
+from tolerances import TOL  # noqa: E402
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+NP_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
+             "float64": np.float64}
+
+
+@pytest.fixture(autouse=True)
+def x64_and_route(request):
+    """float64 needs jax_enable_x64; restore the config and the route afterwards."""
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)
+    cj.ROUTE = None
+
+
+@pytest.fixture(params=["pure", "buffer"])
+def route(request):
+    cj.ROUTE = request.param
+    return request.param
+
+
+def close(got, want, dtype, scale=1.0):
+    atol, rtol = TOL[dtype]
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                               atol=atol * scale, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", list(NP_DTYPES))
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_rnnt_loss_eager_and_jit_match_core(dtype, reduction, route):
+    logits, targets, t_len, u_len = logits_case(1, V=6, blank=5)
+    x = logits.astype(NP_DTYPES[dtype])
+    xr = x.astype(np.float64)
+    want, want_g = cutrans.rnnt_loss(xr, targets, t_len, u_len, blank=5, reduction=reduction,
+                                     return_grad=True)
+
+    def f(x):
+        return cj.rnnt_loss(x, targets, t_len, u_len, blank=-1, reduction=reduction).sum()
+
+    X = jnp.asarray(x)
+    for fn in (jax.value_and_grad(f), jax.jit(jax.value_and_grad(f))):
+        loss, g = fn(X)
+        assert loss.dtype == (jnp.float64 if dtype == "float64" else jnp.float32)
+        assert g.dtype == X.dtype and g.shape == X.shape
+        close(loss, np.sum(want), dtype)
+        close(g.astype(np.float64), want_g, dtype)
+    close(jax.grad(f)(X).astype(np.float64), want_g, dtype)
+
+
+def test_rnnt_loss_vmap_and_jit_with_traced_integers(route):
+    logits, targets, t_len, u_len = logits_case(2)
+    xs = np.stack([logits, 2 * logits])
+    f = jax.jit(lambda x, y, tl, ul: cj.rnnt_loss(x, y, tl, ul, reduction="sum",
+                                                  fastemit_lambda=0.2, clamp=0.3))
+    got = jax.vmap(f, in_axes=(0, None, None, None))(xs, targets, t_len, u_len)
+    want = [cutrans.rnnt_loss(x, targets, t_len, u_len, reduction="sum", fastemit_lambda=0.2)
+            for x in xs]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    gv = jax.vmap(jax.grad(lambda x: cj.rnnt_loss(x, targets, t_len, u_len, clamp=0.3)))(xs)
+    for g, x in zip(gv, xs):
+        _, want_g = cutrans.rnnt_loss(x, targets, t_len, u_len, clamp=0.3, return_grad=True)
+        np.testing.assert_allclose(g, want_g, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", list(NP_DTYPES))
+def test_transducer_loss_matches_core(dtype, route):
+    case = fused_case(3, blank=2)
+    floats = [a.astype(NP_DTYPES[dtype]) for a in case[:4]]
+    ints = case[4:]
+    out = cutrans.transducer_loss(*(a.astype(np.float64) for a in floats), *ints, blank=2,
+                                  reduction="sum", activation="relu")
+
+    def f(*fl):
+        return cj.transducer_loss(*fl, *ints, blank=2, reduction="sum", activation="relu",
+                                  max_workspace_bytes=3000)
+
+    for fn in (jax.value_and_grad(f, argnums=(0, 1, 2, 3)),
+               jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))):
+        loss, grads = fn(*map(jnp.asarray, floats))
+        close(loss, out.loss, dtype)
+        for g, want, x in zip(grads, out.grads, floats):
+            assert g.dtype == x.dtype
+            close(g.astype(np.float64), want, dtype, scale=2)
+
+
+def test_transducer_loss_partial_grad_and_vmap():
+    case = fused_case(4)
+    ints = case[4:]
+    out = cutrans.transducer_loss(*case, reduction="mean")
+    g_w = jax.jit(jax.grad(lambda w: cj.transducer_loss(case[0], case[1], w, case[3], *ints),
+                           ))(case[2])
+    np.testing.assert_allclose(g_w, out.grads.weight, rtol=1e-10, atol=1e-14)
+    encs = np.stack([case[0], -case[0]])
+    got = jax.vmap(lambda e: cj.transducer_loss(e, *case[1:]))(encs)
+    want = [cutrans.transducer_loss(e, *case[1:]).loss for e in encs]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_eager_errors_are_python_exceptions():
+    logits, targets, t_len, u_len = logits_case(5, V=6)
+    targets[0, 0] = 1
+    with pytest.raises(ValueError, match=r"targets: expected no blank \(1\)"):
+        cj.rnnt_loss(logits, targets, t_len, u_len, blank=1)
+    with pytest.raises(ValueError, match=r"logit_lengths: expected frame counts in \[1, 5\]"):
+        cj.rnnt_loss(logits, targets, t_len + 5, u_len)
+    with pytest.raises(ValueError, match=r"reduction: expected one of"):
+        cj.rnnt_loss(logits, targets, t_len, u_len, reduction="avg")
+    with pytest.raises(TypeError, match=r"targets: expected dtype int32 or int64"):
+        cj.rnnt_loss(logits, targets.astype(np.float32), t_len, u_len)
+    with pytest.raises(ValueError, match=r"logits: expected size 4 \(U\+1"):
+        cj.rnnt_loss(logits[:, :, :3], targets, t_len, u_len)
+    case = fused_case(6)
+    with pytest.raises(ValueError, match=r"enc_lengths: expected frame counts in \[1, 4\]"):
+        cj.transducer_loss(*case[:5], case[5] + 9, case[6])
+    with pytest.raises(TypeError, match=r"weight: expected the dtype of enc"):
+        cj.transducer_loss(case[0], case[1], case[2].astype(np.float32), *case[3:])
+    with pytest.raises(ValueError, match=r"activation: expected one of"):
+        cj.transducer_loss(*case, activation="gelu")
+
+
+def test_jit_value_errors_surface_with_the_message():
+    """Under jit the values are checked inside the callback: JaxRuntimeError + message."""
+    logits, targets, t_len, u_len = logits_case(7)
+    f = jax.jit(lambda tl: cj.rnnt_loss(logits, targets, tl, u_len))
+    with pytest.raises(jax.errors.JaxRuntimeError,
+                       match=r"logit_lengths: expected frame counts in \[1, 5\]"):
+        f(t_len + 7).block_until_ready()
+    assert np.isfinite(f(t_len))  # the program still works afterwards
+
+
+def test_jit_blank_error_fused():
+    case = list(fused_case(8))
+    case[4][0, 0] = 3
+    f = jax.jit(lambda y: cj.transducer_loss(*case[:4], y, *case[5:], blank=3))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"targets: expected no blank \(3\)"):
+        f(case[4]).block_until_ready()
