@@ -65,6 +65,7 @@ class DevicePlan:
     targets: Any
     batch: int
     rows: int
+    max_diag: int = 1  # longest anti-diagonal of any lattice: max_b min(T_b, U_b + 1)
 
 
 def to_device(plan: RowPlan, targets, xp) -> DevicePlan:
@@ -79,6 +80,7 @@ def to_device(plan: RowPlan, targets, xp) -> DevicePlan:
         targets=xp.ascontiguousarray(tg.astype(xp.int32, copy=False)),
         batch=plan.batch,
         rows=plan.rows,
+        max_diag=int(np.minimum(plan.logit_len, plan.target_len + 1).max(initial=1)),
     )
 
 

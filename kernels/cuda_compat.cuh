@@ -4,7 +4,8 @@
 // the ONE way to declare dynamic shared memory (`type* name` pointing at it, 16-byte aligned).
 // Under the CPU emulation (-DCUTRANS_EMULATION, cuda_emu.h force-included) everything is
 // already defined and this file is empty.
-// Kernels must not use INFINITY/NAN (undefined under NVRTC): use __int_as_float(0x7f800000).
+// Kernels must not use INFINITY/NAN (undefined under NVRTC): use __int_as_float(0x7f800000)
+// for +inf, __int_as_float(0xff800000) for -inf (see cutrans::neg_inf in common.cuh).
 #ifndef CUTRANS_CUDA_COMPAT_CUH
 #define CUTRANS_CUDA_COMPAT_CUH
 

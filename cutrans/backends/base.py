@@ -46,6 +46,7 @@ class DevicePlan(Protocol):
     targets: Any  # (B, max(1, U_max)) int32, labels (only u < U_b are read)
     batch: int  # B
     rows: int  # R
+    max_diag: int  # longest anti-diagonal: max_b min(T_b, U_b + 1) (host int)
 
 
 class Backend(Protocol):

@@ -1,0 +1,189 @@
+"""The one kernel loader: registry of CUDA sources, name expressions, compile options, caches.
+
+Every path that builds the kernels uses this module: the CuPy backend (``cupy.RawModule``,
+compiled lazily per device), the CPU emulation (``cutrans.emulation.EmulatedModule``) and the
+compile-check tests (``cutrans.compile_check``). Nothing here touches a device or imports
+CuPy at import time.
+
+Registry: source file -> kernel templates ``name<T, BLOCK>``; ``T`` is the C++ storage type
+(``_dtypes.DTYPES``) or compute type, ``BLOCK`` threads per block. Each template carries its
+declared resource limits (checked by the compile-check tests on sm_80/sm_90).
+
+The source hash is computed once per process (edit kernels -> restart Python).
+Environment: ``CUTRANS_KERNEL_DEBUG=1`` prints every launch (kernel, grid, block; registers and
+static shared memory on a GPU) to stderr.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import os
+import sys
+import threading
+from dataclasses import dataclass
+
+from ._dtypes import DTYPES
+
+BLOCKS = (32, 128, 256)  # threads per block of every kernel template
+STORAGE = ("float16", "bfloat16", "float32", "float64")  # storage dtypes (all of DTYPES)
+COMPUTE = ("float32", "float64")  # compute dtypes
+MAX_GRID = 1 << 22  # blocks per launch; kernels loop (grid-stride) over the rest
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel template and its instantiations; limits are per instantiation."""
+
+    template: str
+    source: str
+    dtypes: tuple[str, ...]
+    max_registers: int
+    max_shared_bytes: int  # static shared memory, bytes
+    blocks: tuple[int, ...] = BLOCKS
+
+    def name(self, dtype: str, block: int) -> str:
+        return f"{self.template}<{DTYPES[dtype][1]}, {block}>"
+
+    def names(self) -> list[str]:
+        return [self.name(d, b) for d in self.dtypes for b in self.blocks]
+
+
+KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
+    KernelSpec("row_stats", "row_ops.cu", STORAGE, max_registers=72, max_shared_bytes=128),
+    KernelSpec("row_grad", "row_ops.cu", STORAGE, max_registers=80, max_shared_bytes=128),
+    KernelSpec("lattice", "lattice.cu", COMPUTE, max_registers=64, max_shared_bytes=16),
+    KernelSpec("joint_forward", "joint.cu", STORAGE, max_registers=56, max_shared_bytes=0),
+    KernelSpec("joint_backward_enc", "joint.cu", COMPUTE, max_registers=72, max_shared_bytes=0),
+    KernelSpec("joint_backward_pred", "joint.cu", COMPUTE, max_registers=72, max_shared_bytes=0),
+)}
+
+
+def sources() -> list[str]:
+    """The .cu files of the registry, in a fixed order."""
+    return sorted({s.source for s in KERNELS.values()})
+
+
+def name_expressions(source: str) -> list[str]:
+    """Every instantiation compiled from ``source`` (all dtypes and block sizes)."""
+    return [n for s in KERNELS.values() if s.source == source for n in s.names()]
+
+
+def pick_block(width: int) -> int:
+    """Threads per block for work of ``width`` elements per row / per diagonal."""
+    return 32 if width <= 64 else (128 if width <= 512 else 256)
+
+
+# ------------------------------------------------------------------ sources and options
+def kernels_dir() -> str:
+    """Filesystem folder of the kernel sources (editable install or wheel)."""
+    return str(importlib.resources.files("cutrans.kernels"))
+
+
+def read_source(name: str) -> str:
+    return importlib.resources.files("cutrans.kernels").joinpath(name).read_text()
+
+
+def folder_hash(folder) -> str:
+    """sha256 (16 hex digits) over the names and contents of a folder's .cu/.cuh files."""
+    h = hashlib.sha256()
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith((".cu", ".cuh")):
+            h.update(entry.name.encode() + b"\0" + entry.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def source_hash() -> str:
+    """Hash of the kernels folder, passed as ``-D CUTRANS_SOURCE_HASH=0x...``.
+
+    CuPy's compile cache keys on the main source text and the options only, not on the
+    ``#include``d headers: the hash makes an edited header produce a new cache entry.
+    """
+    return folder_hash(importlib.resources.files("cutrans.kernels"))
+
+
+def compile_options() -> tuple[str, ...]:
+    """NVRTC options of every build (RawModule adds its own -arch and CuPy include paths)."""
+    return ("--std=c++17", f"-I{kernels_dir()}", f"-DCUTRANS_SOURCE_HASH=0x{source_hash()}")
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("CUTRANS_KERNEL_DEBUG", "") not in ("", "0")
+
+
+# ------------------------------------------------------------------ module providers
+class _Provider:
+    """Kernel objects by (template, dtype, block); subclasses build the modules."""
+
+    name = "?"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._modules: dict = {}
+        self._kernels: dict = {}
+
+    def _key(self):
+        return ()
+
+    def _build(self, source: str):
+        raise NotImplementedError
+
+    def function(self, template: str, dtype: str, block: int):
+        spec = KERNELS[template]
+        key = (self._key(), template, dtype, block)
+        k = self._kernels.get(key)
+        if k is None:
+            with self._lock:
+                mkey = (self._key(), spec.source, source_hash(), compile_options())
+                mod = self._modules.get(mkey)
+                if mod is None:
+                    mod = self._modules[mkey] = self._build(spec.source)
+                k = self._kernels[key] = mod.get_function(spec.name(dtype, block))
+        return k
+
+    def launch(self, template: str, dtype: str, block: int, grid: int, args: tuple) -> None:
+        """Launch ``template<dtype, block>`` on ``min(grid, MAX_GRID)`` blocks (grid >= 1)."""
+        k = self.function(template, dtype, block)
+        grid = max(1, min(int(grid), MAX_GRID))
+        if debug_enabled():
+            self._debug(k, KERNELS[template].name(dtype, block), grid, block)
+        k((grid,), (block,), args)
+
+    def _debug(self, k, name, grid, block):
+        print(f"cutrans[{self.name}] {name} grid=({grid},) block=({block},)", file=sys.stderr)
+
+
+class CupyProvider(_Provider):
+    """``cupy.RawModule`` per (device id, source, hash, options); launches on the current stream."""
+
+    name = "cupy"
+
+    def _key(self):
+        import cupy
+        return cupy.cuda.Device().id
+
+    def _build(self, source: str):
+        import cupy
+        return cupy.RawModule(code=read_source(source), options=compile_options(),
+                              name_expressions=name_expressions(source))
+
+    def _debug(self, k, name, grid, block):
+        print(f"cutrans[cupy] {name} grid=({grid},) block=({block},) registers={k.num_regs} "
+              f"static_shared={k.shared_size_bytes}B local={k.local_size_bytes}B", file=sys.stderr)
+
+
+class EmulatedProvider(_Provider):
+    """``cutrans.emulation.EmulatedModule`` (CPU, g++): same sources, names and options."""
+
+    name = "emulated"
+
+    def __init__(self, mode: str = "fiber", order: str = "forward", sanitizer=None):
+        super().__init__()
+        self.mode, self.order, self.sanitizer = mode, order, sanitizer
+
+    def _build(self, source: str):
+        from .emulation import EmulatedModule
+        return EmulatedModule(read_source(source), name_expressions(source),
+                              options=compile_options(), include_dirs=(kernels_dir(),),
+                              mode=self.mode, order=self.order, sanitizer=self.sanitizer)

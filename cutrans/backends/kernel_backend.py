@@ -1,0 +1,116 @@
+"""CUDA-kernel backends: CuPy (GPU) and the CPU emulation of the very same kernels.
+
+``KernelBackend`` implements ``backends.base.Backend`` by launching the kernels of
+``kernels/*.cu`` through a module provider (``cutrans._kernels``); ``xp`` is cupy or numpy.
+Ops only enqueue launches (on the current CuPy stream for ``cupy_backend()``): no host
+synchronisation, no allocation. Scalars go with explicit numpy types; bfloat16 arrays go as
+uint16 views (the kernels reinterpret them as ``__nv_bfloat16``). Limit: at most 2^31 - 1
+rows in a plan (the kernels use 32-bit arithmetic inside a sample's lattice).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .. import _kernels
+from .._dtypes import dtype_name
+
+_i32, _i64 = np.int32, np.int64
+MAX_ROWS = 2**31 - 1  # kernels index a sample's lattice with 32-bit arithmetic
+
+
+def _check_rows(plan):
+    if plan.rows > MAX_ROWS:
+        raise ValueError(f"the CUDA kernels support at most {MAX_ROWS} lattice rows "
+                         f"(sum of T_b * (U_b + 1)), got {plan.rows}; split the batch")
+
+
+def _ptr(a, xp):
+    """A kernel argument for an array: bfloat16 as a uint16 view, others as they are."""
+    return a.view(xp.uint16) if dtype_name(a.dtype) == "bfloat16" else a
+
+
+def _layout_args(layout):
+    return (_i32(1 if layout.packed else 0), _i64(layout.ld), _i64(layout.sb), _i64(layout.st),
+            _i64(layout.su))
+
+
+class KernelBackend:
+    """Backend running the CUDA kernels through ``provider`` on arrays of ``xp``."""
+
+    def __init__(self, provider, xp, name: str):
+        self.provider, self.xp, self.name = provider, xp, name
+
+    def _plan_args(self, plan):
+        _check_rows(plan)
+        return (plan.offsets, plan.target_len, plan.targets, _i64(plan.targets.shape[1]),
+                _i32(plan.batch))
+
+    # ---------------------------------------------------------------- row ops
+    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit):
+        if n_rows <= 0:
+            return
+        V = int(z.shape[-1])
+        args = (_ptr(z, self.xp), _i64(row0), _i64(n_rows), _i32(V), *_layout_args(layout),
+                *self._plan_args(plan), _i32(blank), lp_blank, lp_emit)
+        self.provider.launch("row_stats", dtype_name(z.dtype), _kernels.pick_block(V), n_rows,
+                             args)
+
+    def row_grad(self, z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
+                 scale, fastemit_lambda, clamp):
+        if n_rows <= 0:
+            return
+        V = int(z.shape[-1])
+        cdt = coef_blank.dtype.type
+        args = (_ptr(z, self.xp), _ptr(grad, self.xp), _i64(row0), _i64(n_rows), _i32(V),
+                *_layout_args(layout), *self._plan_args(plan), _i32(blank), coef_blank,
+                coef_emit, scale, cdt(fastemit_lambda), cdt(clamp))
+        self.provider.launch("row_grad", dtype_name(z.dtype), _kernels.pick_block(V), n_rows,
+                             args)
+
+    # ---------------------------------------------------------------- lattice
+    def lattice(self, plan, lp_blank, lp_emit, alpha, beta, log_like, coef_blank, coef_emit,
+                need_grad):
+        # threads of a block share one anti-diagonal (longest: plan.max_diag cells)
+        _check_rows(plan)
+        block = _kernels.pick_block(plan.max_diag)
+        args = (plan.offsets, plan.logit_len, plan.target_len, _i32(plan.batch), lp_blank,
+                lp_emit, alpha, beta, log_like, coef_blank, coef_emit, _i32(bool(need_grad)))
+        self.provider.launch("lattice", dtype_name(lp_blank.dtype), block, plan.batch, args)
+
+    # ---------------------------------------------------------------- joint
+    def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):
+        if n_rows <= 0:
+            return
+        H = int(enc.shape[-1])
+        args = (_ptr(enc, self.xp), _ptr(pred, self.xp), plan.offsets, plan.target_len,
+                _i32(plan.batch), _i64(row0), _i64(n_rows), _i32(H), _i64(enc.shape[1]),
+                _i64(pred.shape[1]), _i32(activation), h)
+        self.provider.launch("joint_forward", dtype_name(enc.dtype), _kernels.pick_block(H),
+                             n_rows, args)
+
+    def joint_backward(self, dh, h, plan, row0, n_rows, activation, d_enc, d_pred):
+        if n_rows <= 0:
+            return
+        H = int(dh.shape[-1])
+        dt, block = dtype_name(dh.dtype), _kernels.pick_block(H)
+        self.provider.launch("joint_backward_enc", dt, block, n_rows, (
+            dh, h, plan.offsets, plan.target_len, _i32(plan.batch), _i64(row0), _i64(n_rows),
+            _i32(H), _i64(d_enc.shape[1]), _i32(activation), d_enc))
+        self.provider.launch("joint_backward_pred", dt, block, n_rows, (
+            dh, plan.offsets, plan.logit_len, plan.target_len, _i32(plan.batch), _i64(row0),
+            _i64(n_rows), _i32(H), _i64(d_pred.shape[1]), d_pred))
+
+
+@functools.lru_cache(maxsize=None)
+def cupy_backend() -> KernelBackend:
+    """The CuPy backend (kernels compiled lazily per device, on first use)."""
+    import cupy
+    return KernelBackend(_kernels.CupyProvider(), cupy, "cupy")
+
+
+@functools.lru_cache(maxsize=None)
+def emulated_backend(mode: str = "fiber", order: str = "forward") -> KernelBackend:
+    """The same kernels on the CPU (NumPy arrays) through ``cutrans.emulation``."""
+    return KernelBackend(_kernels.EmulatedProvider(mode, order), np, "emulated")

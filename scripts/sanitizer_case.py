@@ -1,0 +1,77 @@
+"""A small case that launches every kernel instantiation family once on the GPU.
+
+Run under compute-sanitizer (memcheck, racecheck, synccheck) by scripts/gpu-suite:
+    compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/sanitizer_case.py
+Covers block sizes 32/128/256 (small and large V, H, lattices), packed and padded logits,
+float16/bfloat16/float32/float64 logits, the fused op with chunks that split samples.
+Exits non-zero if a result disagrees with the NumPy backend.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import cupy
+import cutrans
+
+
+def logits_case(rng, B, T, U, V, dtype):
+    t_len = rng.integers(1, T + 1, B).astype(np.int32)
+    u_len = rng.integers(0, U + 1, B).astype(np.int32)
+    t_len[0], u_len[0] = T, U
+    z = rng.standard_normal((B, T, U + 1, V)).astype(dtype)
+    tg = rng.integers(1, V, (B, U)).astype(np.int32)
+    return z, tg, t_len, u_len
+
+
+def main() -> int:
+    rng = np.random.default_rng(0)
+    dtypes = [np.float32, np.float64, np.float16]
+    try:
+        import ml_dtypes
+        dtypes.append(ml_dtypes.bfloat16)
+    except ImportError:
+        pass
+    bad = 0
+    for V, T, U in ((5, 4, 3), (300, 6, 4), (1000, 40, 70)):
+        for dt in dtypes:
+            host = logits_case(rng, 3, T, U, V, dt)
+            for layout in ("padded", "packed"):
+                args = host
+                if layout == "packed":
+                    z, tg, tl, ul = host
+                    rows = [z[b, :tl[b], :ul[b] + 1].reshape(-1, V) for b in range(3)]
+                    args = (np.concatenate(rows), tg, tl, ul)
+                ref = cutrans.rnnt_loss(*args, layout=layout, fastemit_lambda=0.1, clamp=0.5,
+                                        return_grad=True, backend="numpy")
+                got = cutrans.rnnt_loss(*(cupy.asarray(a) for a in args), layout=layout,
+                                        fastemit_lambda=0.1, clamp=0.5, return_grad=True)
+                tol = 1e-9 if dt == np.float64 else 5e-2
+                if not np.allclose(float(got[0]), float(ref[0]), rtol=tol, atol=tol):
+                    print("MISMATCH loss", V, dt, layout, float(got[0]), float(ref[0]))
+                    bad += 1
+    for H, act in ((16, "tanh"), (300, "relu"), (700, "identity")):
+        for dt in (np.float32, np.float64):
+            B, T, U, V = 3, 7, 5, 11
+            enc = rng.standard_normal((B, T, H)).astype(dt)
+            pred = rng.standard_normal((B, U + 1, H)).astype(dt)
+            w = (rng.standard_normal((V, H)) / np.sqrt(H)).astype(dt)
+            bias = rng.standard_normal(V).astype(dt)
+            tg = rng.integers(1, V, (B, U)).astype(np.int32)
+            tl, ul = np.array([T, 1, 4], np.int32), np.array([U, 0, 2], np.int32)
+            kw = dict(activation=act, max_workspace_bytes=20 * (2 * H + V) * 8 + V * H * 8)
+            ref = cutrans.transducer_loss(enc, pred, w, bias, tg, tl, ul, backend="numpy", **kw)
+            got = cutrans.transducer_loss(*(cupy.asarray(a) for a in (enc, pred, w, bias, tg,
+                                                                       tl, ul)), **kw)
+            for g, r in zip(got.grads, ref.grads):
+                if not np.allclose(g.get(), r, rtol=1e-4, atol=1e-5):
+                    print("MISMATCH fused grad", H, act, dt)
+                    bad += 1
+    cupy.cuda.Device().synchronize()
+    print("sanitizer_case:", "OK" if not bad else f"{bad} mismatches")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

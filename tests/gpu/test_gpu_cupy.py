@@ -1,0 +1,130 @@
+"""The CuPy backend (the kernels on a GPU) vs the NumPy backend: op by op and end to end.
+
+Marked ``gpu`` and skipped unless CuPy sees a GPU. Same checks as tests/kernels (emulated).
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cupy.is_available(), reason="no CUDA GPU for CuPy")]
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernels"))
+from kcases import COMPUTE, STORAGE, Case  # noqa: E402
+from kops import (check_joint_backward, check_joint_forward, check_lattice,  # noqa: E402
+                  check_row_grad, check_row_stats)
+from kpipeline import bits, check_rnnt_loss, check_transducer_loss, fused_inputs  # noqa: E402
+
+import cutrans  # noqa: E402
+
+ROW_CASES = [(0, 4, 5, 3, 5), (1, 3, 4, 4, 150), (2, 2, 3, 2, 600), (3, 8, 20, 10, 2048)]
+_STATS = {}
+
+
+def _need_bf16(dtype):
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+
+
+@pytest.fixture(scope="module")
+def be():
+    from cutrans.backends.kernel_backend import cupy_backend
+    return cupy_backend()
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("dtype", STORAGE)
+@pytest.mark.parametrize("shape", ROW_CASES)
+def test_row_stats(be, shape, dtype, layout):
+    _need_bf16(dtype)
+    case = Case(*shape)
+    for chunks in case.chunkings():
+        check_row_stats(be, case, dtype, layout, chunks, _STATS)
+
+
+@pytest.mark.parametrize("opts", [(0.0, 0.0), (0.3, 0.05)])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("dtype", STORAGE)
+def test_row_grad(be, dtype, layout, in_place, opts):
+    _need_bf16(dtype)
+    for shape in ROW_CASES:
+        case = Case(*shape)
+        for chunks in case.chunkings()[1:3]:
+            check_row_grad(be, case, dtype, layout, chunks, in_place=in_place,
+                           fastemit=opts[0], clamp=opts[1], stats=_STATS)
+
+
+@pytest.mark.parametrize("need_grad,alias", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("dtype", COMPUTE)
+@pytest.mark.parametrize("shape", [(0, 5, 6, 4, 6), (1, 3, 80, 40, 5), (2, 1, 1, 0, 3),
+                                   (3, 16, 300, 120, 4)])
+def test_lattice(be, shape, dtype, need_grad, alias):
+    check_lattice(be, Case(*shape), dtype, need_grad, alias, _STATS)
+
+
+@pytest.mark.parametrize("dtype", STORAGE)
+@pytest.mark.parametrize("H", [16, 200, 640])
+def test_joint_forward(be, H, dtype):
+    _need_bf16(dtype)
+    case = Case(4, 4, 5, 3, 5)
+    for act in (0, 1, 2):
+        for chunks in case.chunkings()[1:]:
+            check_joint_forward(be, case, dtype, H, act, chunks, _STATS)
+
+
+@pytest.mark.parametrize("dtype", COMPUTE)
+@pytest.mark.parametrize("H", [16, 200, 640])
+def test_joint_backward(be, H, dtype):
+    case = Case(5, 4, 5, 3, 5)
+    for act in (0, 1, 2):
+        for chunks in case.chunkings():
+            check_joint_backward(be, case, dtype, H, act, chunks, _STATS)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("dtype", STORAGE)
+def test_rnnt_loss(dtype, layout):
+    _need_bf16(dtype)
+    check_rnnt_loss("cupy", cupy, 0, dtype, layout, stats=_STATS)
+    check_rnnt_loss("cupy", cupy, 1, dtype, layout, fastemit=0.2, clamp=0.05, stats=_STATS)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "identity"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_transducer_loss(dtype, activation):
+    check_transducer_loss("cupy", cupy, 3, dtype, activation=activation, stats=_STATS)
+    check_transducer_loss("cupy", cupy, 4, dtype, activation=activation, fastemit=0.1,
+                          clamp=0.05, sample_wise=True, stats=_STATS)
+
+
+def test_deterministic_and_side_stream():
+    args = [cupy.asarray(a) for a in fused_inputs(7, "float32")[1]]
+    a = cutrans.transducer_loss(*args, max_workspace_bytes=3000)  # backend from cupy arrays
+    cupy.cuda.Device().synchronize()
+    with cupy.cuda.Stream(non_blocking=True) as s:
+        b = cutrans.transducer_loss(*args, max_workspace_bytes=3000)
+        s.synchronize()
+    assert [bits(x) for x in a.grads] == [bits(x) for x in b.grads]
+    assert bits(a.loss) == bits(b.loss)
+
+
+def test_debug_reports_registers(monkeypatch, capfd):
+    monkeypatch.setenv("CUTRANS_KERNEL_DEBUG", "1")
+    check_rnnt_loss("cupy", cupy, 0, "float32", "packed")
+    err = capfd.readouterr().err
+    assert "cutrans[cupy] row_stats<float, 32>" in err and "registers=" in err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _error_report():
+    """``CUTRANS_GPU_ERROR_REPORT=path``: write max abs/rel errors per op and dtype there."""
+    yield
+    path = os.environ.get("CUTRANS_GPU_ERROR_REPORT")
+    if path and _STATS:
+        with open(path, "w") as f:
+            for k, (a, r) in sorted(_STATS.items()):
+                f.write(f"{k}: max_abs={a:.3g} max_rel={r:.3g}\n")

@@ -1,0 +1,133 @@
+"""Shared cases for the kernel tests: random plans, chunkings, tolerances, comparisons.
+
+Used by tests/kernels (emulated backend) and tests/gpu (CuPy backend): every helper takes
+the backend under test and runs the NumPy reference backend on the same (host) inputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cutrans._plan import make_plan, to_device
+from cutrans.backends import NumpyBackend, RowLayout
+from cutrans._dtypes import DTYPES
+
+BF16 = DTYPES["bfloat16"][0]
+STORAGE = ["float16", "bfloat16", "float32", "float64"]
+COMPUTE = ["float32", "float64"]
+
+#: (atol, rtol) of kernel results vs the NumPy backend, per dtype of the compared array.
+#: Both compute in float32 (float64 for float64); differences come from summation order,
+#: libm vs CUDA exp/log, and one rounding of 16-bit outputs.
+TOL = {
+    "float16": (2e-3, 2e-3),
+    "bfloat16": (1.6e-2, 1.6e-2),
+    "float32": (2e-5, 2e-5),
+    "float64": (1e-11, 1e-11),
+}
+
+REF = NumpyBackend()
+
+
+def np_dtype(name):
+    return BF16 if name == "bfloat16" else np.dtype(name)
+
+
+def cdt(name):
+    return np.float64 if name == "float64" else np.float32
+
+
+def random_lengths(rng, B, T_max, U_max, *, force_edges=True):
+    """Lengths with T_b in [1, T_max], U_b in [0, U_max]; includes T_b = 1 and U_b = 0."""
+    T = rng.integers(1, T_max + 1, B)
+    U = rng.integers(0, U_max + 1, B)
+    if force_edges and B >= 3:
+        T[0], U[1] = 1, 0
+        T[2], U[2] = T_max, U_max
+    return T.astype(np.int64), U.astype(np.int64)
+
+
+class Case:
+    """A random batch: host plan, targets, device plan (for ``xp``), blank."""
+
+    def __init__(self, seed, B, T_max, U_max, V, blank=None):
+        rng = self.rng = np.random.default_rng(seed)
+        self.T, self.U = random_lengths(rng, B, T_max, U_max)
+        self.B, self.T_max, self.U_max, self.V = B, T_max, U_max, V
+        self.blank = int(rng.integers(0, V)) if blank is None else blank
+        labels = [k for k in range(V) if k != self.blank]
+        self.targets = rng.choice(labels, size=(B, max(U_max, 0))).astype(np.int32)
+        self.plan = make_plan(self.T, self.U)
+        self.R = self.plan.rows
+
+    def dplan(self, xp=np):
+        return to_device(self.plan, xp.asarray(self.targets), xp)
+
+    def chunkings(self):
+        """Chunk lists: whole, splits inside one sample, chunks spanning several samples."""
+        R, off = self.R, self.plan.offsets
+        out = [[(0, R)]]
+        if R > 1:
+            mid = int(off[-2] + max(1, (off[-1] - off[-2]) // 2)) if off[-1] - off[-2] > 1 else R // 2
+            mid = min(max(mid, 1), R - 1)
+            out.append([(0, mid), (mid, R - mid)])  # split inside one sample
+        n = max(1, R // 3 + 1)
+        out.append([(r, min(n, R - r)) for r in range(0, R, n)])  # spans samples
+        out.append([(r, min(7, R - r)) for r in range(0, R, 7)])
+        return out
+
+    def logits(self, dtype, layout="packed", scale=3.0, pad_value=np.nan):
+        """Logits in ``dtype``: packed (R, V) or padded (B, T_max, U_max+1, V), NaN padding."""
+        rng = self.rng
+        if layout == "packed":
+            z = rng.standard_normal((self.R, self.V)) * scale
+        else:
+            z = np.full((self.B, self.T_max, self.U_max + 1, self.V), pad_value)
+            for b in range(self.B):
+                T, U = self.T[b], self.U[b]
+                z[b, :T, :U + 1] = rng.standard_normal((T, U + 1, self.V)) * scale
+        return z.astype(np_dtype(dtype))
+
+    def layout(self, z, layout, row0):
+        if layout == "packed":
+            return RowLayout(packed=True, ld=self.V)
+        _, T, U1, V = z.shape
+        return RowLayout(packed=False, sb=T * U1 * V, st=U1 * V, su=V)
+
+    def chunk_view(self, z, layout, row0, n):
+        return z[row0:row0 + n] if layout == "packed" else z
+
+
+def to_xp(x, xp):
+    """Host array -> ``xp`` array (CuPy >= 14 holds bfloat16 when ml_dtypes is installed)."""
+    return x if xp is np else xp.asarray(x)
+
+
+def to_np(x, dtype=None):
+    """``xp`` array or scalar -> NumPy."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
+    return x.get()
+
+
+def assert_close(actual, expected, dtype, what, stats=None, key=None):
+    """Compare with TOL[dtype]; record (max abs, max rel) error into ``stats[key or dtype]``."""
+    a = np.asarray(actual).astype(np.float64)
+    e = np.asarray(expected).astype(np.float64)
+    assert a.shape == e.shape, (what, a.shape, e.shape)
+    with np.errstate(invalid="ignore"):
+        same_inf = (a == e) | (np.isnan(a) & np.isnan(e))
+        diff = np.where(same_inf, 0.0, np.abs(a - e))
+        rel = diff / np.maximum(np.abs(e), 1e-30)
+    if stats is not None and diff.size:
+        key = key or dtype
+        old = stats.get(key, (0.0, 0.0))
+        finite = np.isfinite(e) & (np.abs(e) > 1e-6)
+        stats[key] = (max(old[0], float(diff.max())),
+                        max(old[1], float(rel[finite].max()) if finite.any() else 0.0))
+    atol, rtol = TOL[dtype]
+    bad = ~(diff <= atol + rtol * np.abs(np.where(np.isfinite(e), e, 0)))
+    if bad.any():
+        i = np.unravel_index(np.flatnonzero(bad)[0], bad.shape)
+        raise AssertionError(f"{what} ({dtype}): {int(bad.sum())} of {bad.size} differ; first at "
+                             f"{i}: {a[i]!r} vs {e[i]!r} (atol {atol}, rtol {rtol}); max abs "
+                             f"diff {float(diff.max())}")

@@ -1,0 +1,133 @@
+"""Op-by-op comparisons of a kernel backend (emulated or CuPy) with the NumPy backend.
+
+Each ``check_*`` runs one backend op over every chunk of a chunking on host inputs copied to
+the backend's ``xp``, runs ``NumpyBackend`` on the same inputs, and compares with
+``kcases.TOL``. Optional ``stats`` dict collects max abs/rel errors per dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kcases import REF, assert_close, cdt, np_dtype, to_np, to_xp
+
+
+def lp_arrays(case, dtype):
+    """Reference (lp_blank, lp_emit) (R,) from random logits, via the NumPy backend."""
+    c = cdt(dtype)
+    z = case.logits("float64").astype(c)
+    lpb, lpe = np.empty(case.R, c), np.empty(case.R, c)
+    REF.row_stats(z, case.layout(z, "packed", 0), 0, case.R, case.dplan(), case.blank, lpb, lpe)
+    return lpb, lpe
+
+
+def check_row_stats(be, case, dtype, layout, chunks, stats=None):
+    xp, c = be.xp, cdt(dtype)
+    z = case.logits(dtype, layout)
+    zx, dp, dpx = to_xp(z, xp), case.dplan(), case.dplan(xp)
+    out = [np.full(case.R, 7.0, c) for _ in range(2)]
+    outx = [xp.full(case.R, 7.0, dtype=c) for _ in range(2)]
+    for row0, n in chunks:
+        lay = case.layout(z, layout, row0)
+        REF.row_stats(case.chunk_view(z, layout, row0, n), lay, row0, n, dp, case.blank, *out)
+        be.row_stats(case.chunk_view(zx, layout, row0, n), lay, row0, n, dpx, case.blank, *outx)
+    for name, a, e in zip(("lp_blank", "lp_emit"), outx, out):
+        assert_close(to_np(a), e, np.dtype(c).name, f"row_stats {name}", stats,
+                     f"row_stats {dtype}")
+
+
+def check_row_grad(be, case, dtype, layout, chunks, *, in_place, fastemit=0.0, clamp=0.0,
+                   stats=None):
+    xp, c = be.xp, cdt(dtype)
+    rng = np.random.default_rng(5)
+    z = case.logits(dtype, layout)
+    cb = rng.uniform(0, 1, case.R).astype(c)
+    ce = rng.uniform(0, 1, case.R).astype(c)
+    ce[case.plan.offsets[1:] - 1] = 0  # last row of each sample is u = U_b: no emission
+    scale = rng.uniform(0.5, 2, case.B).astype(c)
+    dp, dpx = case.dplan(), case.dplan(xp)
+    pad = np.nan if layout == "padded" else 0
+    ref = z.copy() if in_place else np.full_like(z, pad)
+    zx = to_xp(z, xp)
+    got = zx if in_place else to_xp(np.full_like(z, pad), xp)
+    args = (cb, ce, scale)
+    argsx = tuple(to_xp(a, xp) for a in args)
+    for row0, n in chunks:
+        lay = case.layout(z, layout, row0)
+        zin = case.chunk_view(ref if in_place else z, layout, row0, n)
+        REF.row_grad(zin, case.chunk_view(ref, layout, row0, n), lay, row0, n, dp, case.blank,
+                     *args, fastemit, clamp)
+        be.row_grad(case.chunk_view(zx, layout, row0, n), case.chunk_view(got, layout, row0, n),
+                    lay, row0, n, dpx, case.blank, *argsx, fastemit, clamp)
+    g = to_np(got, dtype)
+    assert g.dtype == np_dtype(dtype)
+    assert_close(g, ref, dtype, "row_grad", stats, f"row_grad {dtype}")
+    if not in_place:
+        assert np.array_equal(to_np(zx, dtype).view(np.uint8), z.view(np.uint8)), "z modified"
+    return g
+
+
+def run_lattice(be, case, lpb, lpe, need_grad, alias):
+    """Run ``be.lattice``; returns host (alpha, beta, ll, coef_blank, coef_emit)."""
+    xp = be.xp
+    c = lpb.dtype
+    dpx = case.dplan(xp) if be is not REF else case.dplan()
+    lb, le = to_xp(lpb.copy(), xp), to_xp(lpe.copy(), xp)
+    alpha = xp.full(case.R, 9.0, dtype=c)
+    beta = xp.full(case.R, 9.0, dtype=c) if need_grad else alpha
+    ll = xp.full(case.B, 9.0, dtype=c)
+    if alias:
+        cb, ce = lb, le
+    else:
+        cb, ce = xp.full(case.R, 9.0, dtype=c), xp.full(case.R, 9.0, dtype=c)
+    be.lattice(dpx, lb, le, alpha, beta, ll, cb, ce, need_grad)
+    return tuple(to_np(x) for x in (alpha, beta, ll, cb, ce))
+
+
+def check_lattice(be, case, dtype, need_grad=True, alias=True, stats=None):
+    lpb, lpe = lp_arrays(case, dtype)
+    exp = run_lattice(REF, case, lpb, lpe, need_grad, False)
+    got = run_lattice(be, case, lpb, lpe, need_grad, alias)
+    names = ("alpha", "beta", "log_like", "coef_blank", "coef_emit")
+    n = 5 if need_grad else 1
+    for name, a, e in list(zip(names, got, exp))[:n] + [(names[2], got[2], exp[2])]:
+        assert_close(a, e, dtype, f"lattice {name}", stats, f"lattice {dtype}")
+    if not need_grad and not alias:
+        assert np.all(got[3] == 9.0), "coefs written without need_grad"
+    return got
+
+
+def check_joint_forward(be, case, dtype, H, activation, chunks, stats=None):
+    xp, c = be.xp, cdt(dtype)
+    rng = np.random.default_rng(11)
+    enc = (rng.standard_normal((case.B, case.T_max, H))).astype(np_dtype(dtype))
+    pred = (rng.standard_normal((case.B, case.U_max + 1, H))).astype(np_dtype(dtype))
+    encx, predx = to_xp(enc, xp), to_xp(pred, xp)
+    dp, dpx = case.dplan(), case.dplan(xp)
+    for row0, n in chunks:
+        h = np.full((n, H), 7.0, c)
+        hx = xp.full((n, H), 7.0, dtype=c)
+        REF.joint_forward(enc, pred, dp, row0, n, activation, h)
+        be.joint_forward(encx, predx, dpx, row0, n, activation, hx)
+        assert_close(to_np(hx), h, np.dtype(c).name, f"joint_forward[{row0}:{row0 + n}]", stats,
+                     f"joint_forward {dtype}")
+
+
+def check_joint_backward(be, case, dtype, H, activation, chunks, stats=None):
+    xp = be.xp
+    rng = np.random.default_rng(12)
+    d_enc = rng.standard_normal((case.B, case.T_max, H)).astype(dtype)
+    d_pred = rng.standard_normal((case.B, case.U_max + 1, H)).astype(dtype)
+    d_encx, d_predx = to_xp(d_enc, xp), to_xp(d_pred, xp)
+    dp, dpx = case.dplan(), case.dplan(xp)
+    for row0, n in chunks:
+        h = np.tanh(rng.standard_normal((n, H))).astype(dtype)
+        if activation == 1:
+            h = np.maximum(h, 0)
+        dh = rng.standard_normal((n, H)).astype(dtype)
+        dhx, hx = to_xp(dh, xp), to_xp(h, xp)
+        REF.joint_backward(dh, h, dp, row0, n, activation, d_enc, d_pred)
+        be.joint_backward(dhx, hx, dpx, row0, n, activation, d_encx, d_predx)
+        assert_close(to_np(dhx), dh, dtype, "joint_backward dpre", stats, f"joint_backward {dtype}")
+    key = f"joint_backward {dtype}"
+    assert_close(to_np(d_encx), d_enc, dtype, "joint_backward d_enc", stats, key)
+    assert_close(to_np(d_predx), d_pred, dtype, "joint_backward d_pred", stats, key)

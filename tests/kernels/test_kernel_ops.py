@@ -1,0 +1,77 @@
+"""Emulated kernels vs the NumPy backend, op by op (see kops.py for what each check does)."""
+import pytest
+
+from kcases import COMPUTE, STORAGE, Case
+from kops import (check_joint_backward, check_joint_forward, check_lattice, check_row_grad,
+                  check_row_stats)
+
+# (seed, B, T_max, U_max, V): V picks the block size (32 / 128 / 256 threads per row)
+ROW_CASES = [(0, 4, 5, 3, 5), (1, 3, 4, 4, 150), (2, 2, 3, 2, 600)]
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("dtype", STORAGE)
+@pytest.mark.parametrize("shape", ROW_CASES)
+def test_row_stats(emu, err_stats, shape, dtype, layout):
+    case = Case(*shape)
+    for chunks in case.chunkings():
+        check_row_stats(emu, case, dtype, layout, chunks, err_stats)
+
+
+@pytest.mark.parametrize("opts", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.05), (0.2, 0.1)])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("dtype", STORAGE)
+def test_row_grad(emu, err_stats, dtype, layout, in_place, opts):
+    for shape in ROW_CASES[:2]:
+        case = Case(*shape)
+        for chunks in case.chunkings()[1:3]:
+            check_row_grad(emu, case, dtype, layout, chunks, in_place=in_place,
+                           fastemit=opts[0], clamp=opts[1], stats=err_stats)
+
+
+@pytest.mark.parametrize("need_grad,alias", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("dtype", COMPUTE)
+@pytest.mark.parametrize("shape", [(0, 5, 6, 4, 6), (1, 3, 80, 40, 5), (2, 1, 1, 0, 3)])
+def test_lattice(emu, err_stats, shape, dtype, need_grad, alias):
+    check_lattice(emu, Case(*shape), dtype, need_grad, alias, err_stats)
+
+
+@pytest.mark.parametrize("activation", [0, 1, 2])
+@pytest.mark.parametrize("dtype", STORAGE)
+@pytest.mark.parametrize("H", [16, 200])
+def test_joint_forward(emu, err_stats, H, dtype, activation):
+    case = Case(4, 4, 5, 3, 5)
+    for chunks in case.chunkings()[1:]:
+        check_joint_forward(emu, case, dtype, H, activation, chunks, err_stats)
+
+
+@pytest.mark.parametrize("activation", [0, 1, 2])
+@pytest.mark.parametrize("dtype", COMPUTE)
+@pytest.mark.parametrize("H", [16, 200])
+def test_joint_backward(emu, err_stats, H, dtype, activation):
+    case = Case(5, 4, 5, 3, 5)
+    for chunks in case.chunkings():
+        check_joint_backward(emu, case, dtype, H, activation, chunks, err_stats)
+
+
+@pytest.mark.parametrize("dtype", COMPUTE)
+def test_lattice_long(emu, dtype):
+    """T = 4000, U = 1000 (4M lattice points, diagonals longer than the block): one sample."""
+    import numpy as np
+    from cutrans._plan import make_plan
+    from kcases import REF, assert_close, cdt
+    from kops import run_lattice
+    T, U = 4000, 1000
+    case = Case(0, 1, 2, 1, 3)
+    case.T[:], case.U[:] = T, U
+    case.targets = np.ones((1, U), np.int32)
+    case.plan = make_plan(case.T, case.U)
+    case.R = case.plan.rows
+    lp = np.log(np.random.default_rng(0).dirichlet(np.ones(3), case.R)).astype(cdt(dtype))
+    lpb, lpe = lp[:, 0].copy(), lp[:, 1].copy()
+    lpe[U::U + 1] = -np.inf
+    exp = run_lattice(REF, case, lpb, lpe, True, False)
+    got = run_lattice(emu, case, lpb, lpe, True, True)
+    for name, a, e in zip(("alpha", "beta", "log_like", "coef_blank", "coef_emit"), got, exp):
+        assert_close(a, e, dtype, f"lattice {name}")
