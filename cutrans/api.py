@@ -16,6 +16,11 @@ FastEmit follows NeMo/warprnnt-numba: the emission terms of the gradient get wei
 ``1 + lambda`` and the reported loss is ``(1 + lambda) * (-log P(y|x))``.
 ``clamp`` clips dLoss/dlogits to ``[-clamp, clamp]`` before the upstream scaling
 (torchaudio semantics).
+
+Host synchronisation (CuPy arrays): the forwards copy ``*_lengths`` and ``targets`` to the
+host (the row plan and the validation need them) and check the float inputs for NaN/inf
+(one ``bool(isfinite(x).all())`` per input). Nothing else synchronises: the kernels and
+the cuBLAS GEMMs are enqueued on the current CuPy stream, backwards included.
 """
 from __future__ import annotations
 
