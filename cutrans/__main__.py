@@ -1,0 +1,32 @@
+"""Command line: ``python -m cutrans <command>`` (also the ``cutrans`` console script).
+
+Commands:
+    bench   compare cutrans fused / sample-wise against the batched PyTorch computation
+            and loss-on-logits libraries (memory, time, agreement); see ``bench --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {"bench": "benchmark memory and time (python -m cutrans bench --help)"}
+
+
+def main(argv=None) -> int:
+    """Dispatch to a sub-command; returns its exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m cutrans", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items()))
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    if argv and argv[0] == "bench":  # let bench's own parser see --help and every option
+        from .bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
+    parser.parse_args(argv)  # prints usage / errors for anything else
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

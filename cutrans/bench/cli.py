@@ -1,0 +1,169 @@
+"""``python -m cutrans bench``: options, the run (or a sweep for ``--plot``), the outputs."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import measure
+from .methods import FAMILIES, build_methods, parse_budgets
+from .report import NOTES, JSON_SCHEMA, format_table, plot_sweep, require_matplotlib, write_json
+from .runner import Settings, run_benchmark
+from .workloads import DEFAULT_WORKLOAD, WORKLOADS, custom_workload
+
+DEFAULT_BUDGETS = "64M,8M,sample"
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _positive_int(text):
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return n
+
+
+def _size(text):
+    try:
+        return measure.parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``bench`` options (shared by ``python -m cutrans bench`` and the tests)."""
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: NumPy cutrans + PyTorch CPU; cuda: CuPy cutrans + PyTorch CUDA")
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default=DEFAULT_WORKLOAD,
+                   help=f"named shape (default {DEFAULT_WORKLOAD}); see --list")
+    for dim, doc in (("batch", "B"), ("frames", "T (max frames)"), ("labels", "U (max labels)"),
+                     ("vocab", "V"), ("hidden", "H (joint size)")):
+        p.add_argument(f"--{dim}", type=_positive_int, help=f"custom {doc}; overrides the "
+                       "workload's value")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--repeat", type=_positive_int, help="timed calls per method (median); "
+                   "default: the workload's (3 for cpu-small)")
+    p.add_argument("--max-seconds", type=float, default=6.0,
+                   help="stop a method's timed calls once they took this long (at least one "
+                   "call; default 6; 0 = always --repeat calls)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default: the workload's)")
+    p.add_argument("--budgets", nargs="+", default=[DEFAULT_BUDGETS],
+                   help="max_workspace_bytes of the cutrans fused rows, e.g. 64M 8M sample "
+                   f"(sample: sample_wise=True, one utterance per chunk); default "
+                   f"{DEFAULT_BUDGETS}")
+    p.add_argument("--methods", nargs="+", default=list(FAMILIES),
+                   help=f"families to run (default all): {', '.join(FAMILIES)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-limit", type=_size,
+                   help="memory the does-not-fit check assumes (default: available now)")
+    p.add_argument("--json", metavar="FILE", help="write all numbers + environment as JSON")
+    p.add_argument("--plot", metavar="FILE", help="sweep the workload (see --sweep) and plot "
+                   "memory and time vs size, log scale (needs matplotlib)")
+    p.add_argument("--sweep", choices=("batch", "frames"), default="batch",
+                   help="--plot axis: batch size, or frames and labels together")
+    p.add_argument("--sweep-points", type=_positive_int, default=4,
+                   help="--plot sizes: full, 1/2, 1/4, ... of the workload (default 4)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="measure in this process (faster; CPU memory then less comparable)")
+    p.add_argument("--timeout", type=float, help="seconds per method before giving up")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--list", action="store_true", help="list the named workloads and exit")
+    return p
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m cutrans bench",
+        description="Compare cutrans fused (sample-wise / chunked) against the batched "
+        "PyTorch joint + RNN-T loss and loss-on-logits libraries: peak memory, "
+        "forward+backward time, ratios, and a cross-check of the loss values.")
+    return add_arguments(p)
+
+
+def resolve(args) -> tuple:
+    """``(workload, methods, settings)`` from parsed options; ValueError on bad values."""
+    base = WORKLOADS[args.workload]
+    w = custom_workload(args.batch, args.frames, args.labels, args.vocab, args.hidden, base)
+    if w.labels > 0 and w.vocab < 2:
+        raise ValueError("--vocab: expected at least 2 (blank + one label)")
+    families = [f.strip() for item in args.methods for f in item.split(",") if f.strip()]
+    methods = build_methods(parse_budgets(args.budgets), families)
+    if not methods:
+        raise ValueError("--methods/--budgets: nothing to run")
+    settings = Settings(device=args.device, dtype=args.dtype,
+                        repeat=args.repeat or w.repeat,
+                        warmup=w.warmup if args.warmup is None else max(0, args.warmup),
+                        seed=args.seed, memory_limit=args.memory_limit,
+                        isolate=not args.no_isolate, progress=not args.quiet,
+                        timeout_s=args.timeout, max_seconds=args.max_seconds or None)
+    return w, methods, settings
+
+
+def _check_device(device: str) -> None:
+    if device != "cuda":
+        return
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device")
+    except Exception as exc:
+        raise RuntimeError(f"--device cuda: no usable CUDA device with CuPy ({exc})") from None
+
+
+def main(argv=None) -> int:
+    """Entry point of ``bench``; returns the exit status (1 if methods disagree or fail)."""
+    parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, w in WORKLOADS.items():
+            print(f"{name:<18} B={w.batch} T<={w.frames} U<={w.labels} V={w.vocab} "
+                  f"H={w.hidden} [{w.lengths}]  {w.description}")
+        return 0
+    try:
+        workload, methods, settings = resolve(args)
+        if args.plot:
+            require_matplotlib()
+        _check_device(settings.device)
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
+    env = measure.environment(settings.device, argv)
+    load = (env.get("load_average") or [0])[0]
+    if settings.device == "cpu" and load > 0.5 * (env["cpu_count"] or 1) and settings.progress:
+        print(f"note: CPU load average is {load:.2f} on {env['cpu_count']} CPUs: other "
+              "processes are running, so times will be noisy", file=sys.stderr)
+    sizes = [workload]
+    if args.plot:
+        n = args.sweep_points
+        if args.sweep == "batch":
+            sizes = sorted({workload.scaled(batch=max(1, workload.batch >> k)) for k in
+                            range(n - 1, -1, -1)}, key=lambda w: w.batch)
+        else:
+            sizes = [workload.scaled(length_scale=2.0 ** -k) for k in range(n - 1, -1, -1)]
+    runs = []
+    for w in sizes:
+        run = run_benchmark(w, methods, settings)
+        runs.append(run)
+        print(format_table(run, env))
+        print()
+    print(NOTES)
+    doc = {"schema": JSON_SCHEMA, "environment": env,
+           "settings": {"repeat": settings.repeat, "warmup": settings.warmup,
+                        "max_seconds": settings.max_seconds, "dtype": settings.dtype,
+                        "device": settings.device,
+                        "seed": settings.seed, "isolate": settings.isolate,
+                        "memory_limit_bytes": settings.memory_limit,
+                        "methods": [m.key for m in methods]},
+           "runs": runs}
+    if args.plot:
+        doc["sweep"] = {"axis": args.sweep, "plot": args.plot}
+        plot_sweep(args.plot, {"axis": args.sweep, "runs": runs})
+        print(f"plot written to {args.plot}")
+    if args.json:
+        write_json(args.json, doc)
+        print(f"json written to {args.json}")
+    failed = any(r["status"] == "error" for run in runs for r in run["results"])
+    return 0 if all(run["all_agree"] for run in runs) and not failed else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
