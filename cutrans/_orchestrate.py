@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validate as v
 from ._dtypes import compute_dtype
 from ._plan import DevicePlan, RowPlan, rows_per_chunk, to_device
 from .backends.base import RowLayout
@@ -93,7 +94,9 @@ def logits_forward(backend, logits, targets, plan: RowPlan, *, packed: bool, bla
     lp_blank = xp.empty(dplan.rows, dtype=cdt)
     lp_emit = xp.empty(dplan.rows, dtype=cdt)
     backend.row_stats(logits, layout, 0, dplan.rows, dplan, blank, lp_blank, lp_emit)
+    v.check_log_probs(lp_blank, xp)  # NaN/inf in the logits, in O(rows) memory
     log_like = _lattice(backend, dplan, lp_blank, lp_emit, need_grad)
+    v.check_log_likelihood(log_like, xp)
     ctx = LogitsContext(backend, plan, dplan, lp_blank, lp_emit, blank, fastemit_lambda, clamp,
                         logits=logits, packed=packed) if need_grad else None
     return _losses(log_like, fastemit_lambda), ctx
@@ -112,7 +115,7 @@ def logits_backward(ctx: LogitsContext, grad_losses):
     """dLoss/dlogits (logits' shape and dtype) for upstream gradients ``grad_losses`` (B,)."""
     backend, xp = ctx.backend, ctx.backend.xp
     logits, packed = ctx.logits, ctx.packed
-    scale = xp.asarray(grad_losses, dtype=ctx.coef_blank.dtype)
+    scale = v.upstream_gradient(grad_losses, ctx.dplan.batch, xp, ctx.coef_blank.dtype)
     grad = xp.empty_like(logits) if packed else xp.zeros_like(logits)
     backend.row_grad(logits, grad, logits_layout(logits, packed), 0, ctx.dplan.rows, ctx.dplan,
                      ctx.blank, ctx.coef_blank, ctx.coef_emit, scale, ctx.fastemit_lambda,
@@ -194,7 +197,7 @@ def fused_backward(ctx: FusedContext, grad_losses, needs=(True, True, True, True
     H, V = ctx.enc.shape[-1], ctx.weight.shape[0]
     need_enc, need_pred, need_w, need_b = map(bool, needs)
     need_h = need_enc or need_pred
-    scale = xp.asarray(grad_losses, dtype=cdt)
+    scale = v.upstream_gradient(grad_losses, ctx.dplan.batch, xp, cdt)
     d_enc = xp.zeros(ctx.enc.shape, dtype=cdt) if need_h else None
     d_pred = xp.zeros(ctx.pred.shape, dtype=cdt) if need_h else None
     d_w = xp.zeros((V, H), dtype=cdt) if need_w else None

@@ -66,8 +66,49 @@ def check_targets(targets: np.ndarray, target_len: np.ndarray, vocab: int, blank
 
 
 def check_finite(name: str, x, xp):
-    if not bool(xp.isfinite(x.astype(xp.float32) if dtype_name(x.dtype) == "bfloat16" else x).all()):
+    """No NaN/inf in ``x``, in O(1) extra memory: a NaN or inf anywhere makes the sum
+    (accumulated in float32/float64) non-finite."""
+    acc = xp.float64 if dtype_name(x.dtype) == "float64" else xp.float32
+    if not bool(xp.isfinite(x.sum(dtype=acc))):
         raise ValueError(f"{name}: expected finite values, found NaN or infinity")
+
+
+def check_log_probs(lp_blank, xp):
+    """Logits may hold -inf for masked labels, but every row needs a finite blank
+    log-probability: NaN, +inf, or an all -inf row / -inf blank end up here (O(rows))."""
+    if not bool(xp.isfinite(lp_blank).all()):
+        raise ValueError("logits: expected finite values (-inf only for masked labels other "
+                         "than blank), found NaN or +inf, or -inf at blank")
+
+
+def check_log_likelihood(log_like, xp):
+    if not bool(xp.isfinite(log_like).all()):
+        b = int(xp.flatnonzero(~xp.isfinite(log_like))[0])
+        raise ValueError(f"logits: no alignment of sample {b} has a nonzero probability "
+                         f"(a target label masked with -inf?)")
+
+
+def check_batch(name: str, batch: int):
+    if batch < 1:
+        raise ValueError(f"{name}: expected at least one sample (B >= 1), got B={batch}")
+
+
+def check_array_module(name: str, x, backend):
+    """Float inputs must live where the backend computes (NumPy vs CuPy arrays)."""
+    mod = type(x).__module__.split(".")[0]
+    want = backend.xp.__name__
+    if mod != want:
+        raise TypeError(f"{name}: expected a {want} array for the {backend.name} backend, got "
+                        f"{type(x).__module__}.{type(x).__name__}")
+
+
+def upstream_gradient(grad_losses, batch: int, xp, dtype):
+    """``grad_losses`` as a contiguous (B,) array of the compute dtype."""
+    g = xp.asarray(grad_losses, dtype=dtype)
+    if g.shape != (batch,):
+        raise ValueError(f"grad_losses: expected shape ({batch},) (one upstream gradient per "
+                         f"sample), got {tuple(g.shape)}")
+    return xp.ascontiguousarray(g)
 
 
 def check_scalar(name: str, value, *, minimum: float = 0.0) -> float:
@@ -94,7 +135,7 @@ def normalize_blank(blank, vocab: int) -> int:
 
 
 def normalize_clamp(clamp) -> float:
-    """None or <= 0 ... no clamping is only for None; negative values are rejected."""
+    """``None`` (or 0) means no clamping; negative values are rejected."""
     if clamp is None:
         return 0.0
     return check_scalar("clamp", clamp)

@@ -73,6 +73,7 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
                   shape_doc="(rows, V)" if packed else "(B, T, U+1, V)")
     v.check_array("targets", targets, kind="index", ndim=2, shape_doc="(B, U)")
     B = targets.shape[0]
+    v.check_batch("targets", B)
     if not packed:
         v.check_dim("logits", logits, 0, B, "batch size B of targets")
         v.check_dim("logits", logits, 2, targets.shape[1] + 1, "U+1, from targets' width U")
@@ -89,7 +90,7 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
     host_targets = v.to_host(targets)
     v.check_targets(host_targets, u_len, V, blank)
     be = get_backend(backend, logits)
-    v.check_finite("logits", logits, be.xp)
+    v.check_array_module("logits", logits, be)  # finiteness: checked on the row statistics
     logits = be.xp.ascontiguousarray(logits)
     return orch.logits_forward(be, logits, be.xp.asarray(host_targets), plan, packed=packed,
                                blank=blank, fastemit_lambda=lam, clamp=clamp,
@@ -168,6 +169,7 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
             raise TypeError(f"{name}: expected the dtype of enc ({v.dtype_name(enc.dtype)}), "
                             f"got {v.dtype_name(x.dtype)}")
     B, T, H = enc.shape
+    v.check_batch("enc", B)
     v.check_dim("pred", pred, 0, B, "batch size B of enc")
     v.check_dim("pred", pred, 2, H, "hidden size H of enc")
     v.check_dim("pred", pred, 1, targets.shape[1] + 1, "U+1, from targets' width U")
@@ -188,6 +190,7 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
     be = get_backend(backend, enc)
     xp = be.xp
     for name, x in (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)):
+        v.check_array_module(name, x, be)
         v.check_finite(name, x, xp)
     enc, pred, weight, bias = (xp.ascontiguousarray(x) for x in (enc, pred, weight, bias))
     return orch.fused_forward(be, enc, pred, weight, bias, xp.asarray(host_targets),

@@ -66,9 +66,11 @@ def _call(fn, out_types, *args):
 
 def _buffer_cb(fn, ctx, outs, *bufs):
     """buffer_callback body: device buffers -> CuPy on XLA's stream (NumPy on the CPU)."""
-    if bufs[0].__dlpack_device__()[0] != 1:  # DLPack device type 1 = kDLCPU
+    dev_type, dev_id = bufs[0].__dlpack_device__()
+    if dev_type != 1:  # DLPack device type 1 = kDLCPU
         import cupy
-        with cupy.cuda.ExternalStream(int(ctx.stream)):
+        # the buffers' device, and XLA's stream on it (not CuPy's current device)
+        with cupy.cuda.Device(dev_id), cupy.cuda.ExternalStream(int(ctx.stream), dev_id):
             res = fn(*(cupy.from_dlpack(b) for b in bufs))
             for o, r in zip(outs, res):
                 dst = cupy.from_dlpack(o)

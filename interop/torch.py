@@ -66,6 +66,9 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
             labels ``U_b`` in ``[0, U]``; int32 (int64 accepted).
         blank: blank id; negative counts from the end (default -1: ``V - 1``).
         clamp: clip dLoss/dlogits to ``[-clamp, clamp]``; ``<= 0`` disables (default -1).
+            (torchaudio documents this; its kernels in fact clip only from below — the
+            positive softmax terms pass unclipped — so results differ where a gradient
+            entry exceeds ``clamp``.)
         reduction: ``"none"`` -> ``(B,)``; ``"mean"`` (over the batch) | ``"sum"`` -> scalar.
         fused_log_softmax: ``True``: ``logits`` are unnormalised, log_softmax is applied
             inside (``lp = logits - logsumexp``). ``False``: as torchaudio, ``logits`` are
@@ -101,11 +104,28 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
 def _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp, lam, need):
     """fused_log_softmax=False: gather lp_blank / lp_y in torch, recursion in the core."""
     for name, x, nd, doc in (("logits", logits, 4, "(B, T, U+1, V)"),
-                             ("targets", targets, 2, "(B, U)")):
+                             ("targets", targets, 2, "(B, U)"),
+                             ("logit_lengths", logit_lengths, 1, "(B,)"),
+                             ("target_lengths", target_lengths, 1, "(B,)")):
         if x.dim() != nd:
             raise ValueError(f"{name}: expected {nd} dimensions {doc}, got shape "
                              f"{tuple(x.shape)}")
     B, T, U1, V = logits.shape
+    for name, x, dim, want, what in (("targets", targets, 0, B, "batch size B of logits"),
+                                     ("logits", logits, 2, targets.shape[1] + 1,
+                                      "U+1, from targets' width U"),
+                                     ("logit_lengths", logit_lengths, 0, B, "batch size B"),
+                                     ("target_lengths", target_lengths, 0, B, "batch size B")):
+        if x.shape[dim] != want:
+            raise ValueError(f"{name}: expected size {want} ({what}) at dimension {dim}, got "
+                             f"shape {tuple(x.shape)}")
+    if not torch.compiler.is_compiling():
+        # log-probs may hold -inf (masked labels); NaN and +inf show in the sum, O(1) memory
+        total = logits.detach().sum(dtype=torch.float64 if logits.dtype == torch.float64
+                                    else torch.float32)
+        if torch.isnan(total) or total == float("inf"):
+            raise ValueError("logits: expected log-probabilities without NaN or +inf")
+    targets, target_lengths = targets.to(logits.device), target_lengths.to(logits.device)
     cdt = _ops.compute_dtype(logits.dtype)
     b = blank % V if -V <= blank < V else 0  # out-of-range blank: the op raises
     u = torch.arange(U1, device=logits.device)
@@ -206,8 +226,15 @@ class TransducerLoss(nn.Module):
         self.max_workspace_bytes, self.sample_wise = max_workspace_bytes, sample_wise
 
     def forward(self, enc, pred, targets, enc_lengths, target_lengths):
+        """Mixed precision (e.g. under ``torch.autocast``): the output layer and ``pred``
+        are cast to ``enc``'s dtype; the parameters' gradients come back in their dtype."""
         lin = self.output_layer
-        return transducer_loss(enc, pred, lin.weight, lin.bias, targets, enc_lengths,
+        weight, bias = lin.weight, lin.bias
+        if weight.dtype != enc.dtype:
+            weight = weight.to(enc.dtype)
+            bias = None if bias is None else bias.to(enc.dtype)
+        pred = pred.to(enc.dtype)
+        return transducer_loss(enc, pred, weight, bias, targets, enc_lengths,
                                target_lengths, activation=self.activation, blank=self.blank,
                                reduction=self.reduction, clamp=self.clamp,
                                fastemit_lambda=self.fastemit_lambda,

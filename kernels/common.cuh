@@ -65,8 +65,10 @@ template <class C> __device__ __forceinline__ void lse_push(Lse<C>& a, C x) {
   if (x > a.m) {
     a.s = a.s * c_exp(a.m - x) + C(1);
     a.m = x;
-  } else {
+  } else if (a.m > neg_inf(C())) {  // x = a.m = -inf (a masked logit) contributes 0
     a.s += c_exp(x - a.m);
+  } else if (x != x) {  // NaN propagates (the caller reports non-finite rows)
+    a.s = x;
   }
 }
 

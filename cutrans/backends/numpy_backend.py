@@ -62,7 +62,8 @@ def _scatter(dst, layout, b, t, u, i0, i1, V, values):
 def _lse(x, cdt):
     x = x.astype(cdt, copy=False)
     m = x.max(axis=1)
-    s = np.exp(x - m[:, None]).sum(axis=1)
+    with np.errstate(invalid="ignore"):  # all -inf / NaN rows: reported by the caller
+        s = np.exp(x - m[:, None]).sum(axis=1)
     return m + np.log(s)
 
 
@@ -118,45 +119,13 @@ class NumpyBackend:
     # ---------------------------------------------------------------- lattice
     def lattice(self, plan, lp_blank, lp_emit, alpha, beta, log_like, coef_blank, coef_emit,
                 need_grad):
-        cdt = lp_blank.dtype
-        B = plan.batch
-        T = plan.logit_len.astype(np.int64)
-        U = plan.target_len.astype(np.int64)
-        Tm, Um = int(T.max()), int(U.max())
-        b, t, u = row_index(plan, 0, plan.rows)
-        # padded (B, Tm + 1, Um + 2) grids, -inf outside each sample's lattice
-        pb = np.full((B, Tm + 1, Um + 2), -np.inf, dtype=cdt)
-        pe = np.full_like(pb, -np.inf)
-        pb[b, t, u] = lp_blank
-        pe[b, t, u] = lp_emit
-        a = np.full_like(pb, -np.inf)
-        a[:, 0, 0] = 0.0
-        for n in range(1, Tm + Um):
-            ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
-            us = n - ts
-            from_t = np.where(ts >= 1, a[:, ts - 1, us] + pb[:, ts - 1, us], -np.inf)
-            from_u = np.where(us >= 1, a[:, ts, us - 1] + pe[:, ts, us - 1], -np.inf)
-            a[:, ts, us] = np.logaddexp(from_t, from_u)
-        bi = np.arange(B)
-        ll = a[bi, T - 1, U] + pb[bi, T - 1, U]
-        log_like[...] = ll
-        alpha[...] = a[b, t, u]
-        if not need_grad:
-            return
-        final = np.zeros((B, Tm + 1, Um + 2), dtype=bool)
-        final[bi, T - 1, U] = True
-        bt = np.full_like(pb, -np.inf)
-        down = np.full_like(pb, -np.inf)  # beta(t+1, u), with beta(T_b, U_b) = 0
-        for n in range(Tm + Um - 1, -1, -1):
-            ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
-            us = n - ts
-            d = np.where(final[:, ts, us], 0.0, bt[:, ts + 1, us])
-            down[:, ts, us] = d
-            bt[:, ts, us] = np.logaddexp(d + pb[:, ts, us], bt[:, ts, us + 1] + pe[:, ts, us])
-        beta[...] = bt[b, t, u]
-        llr = ll[b]
-        coef_blank[...] = np.exp(a[b, t, u] + pb[b, t, u] + down[b, t, u] - llr)
-        coef_emit[...] = np.exp(a[b, t, u] + pe[b, t, u] + bt[b, t, u + 1] - llr)
+        # vectorised over the samples of a group, on padded grids; groups of similar
+        # lattice shapes keep the grids O(rows) for skewed lengths
+        for samples in _lattice_groups(plan.logit_len, plan.target_len):
+            rows = np.concatenate([np.arange(plan.offsets[s], plan.offsets[s + 1])
+                                   for s in samples])
+            _lattice_group(plan, samples, rows, lp_blank, lp_emit, alpha, beta, log_like,
+                           coef_blank, coef_emit, need_grad)
 
     # ---------------------------------------------------------------- joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):
@@ -190,3 +159,68 @@ class NumpyBackend:
             starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
             de2[seg[starts]] += np.add.reduceat(g, starts, axis=0)
             np.add.at(dp2, ip[i0:i1], g)
+
+
+def _lattice_groups(T, U, slack: int = 4, floor: int = 1 << 16):
+    """Samples in groups (sorted by T, then U) whose padded grid
+    ``n * (T_max + 1) * (U_max + 2)`` stays within ``slack * rows + floor``."""
+    T, U = np.asarray(T, np.int64), np.asarray(U, np.int64)
+    groups, cur, rows, tm, um = [], [], 0, 0, 0
+    for s in np.lexsort((U, T)):
+        t, u = int(T[s]), int(U[s])
+        n_rows, n_tm, n_um = rows + t * (u + 1), max(tm, t), max(um, u)
+        if cur and (len(cur) + 1) * (n_tm + 1) * (n_um + 2) > slack * n_rows + floor:
+            groups.append(np.array(cur))
+            cur, n_rows, n_tm, n_um = [], t * (u + 1), t, u
+        cur.append(int(s))
+        rows, tm, um = n_rows, n_tm, n_um
+    if cur:
+        groups.append(np.array(cur))
+    return groups
+
+
+def _lattice_group(plan, samples, rows, lp_blank, lp_emit, alpha, beta, log_like, coef_blank,
+                   coef_emit, need_grad):
+    """Backend.lattice for the samples ``samples`` whose packed rows are ``rows``."""
+    cdt = lp_blank.dtype
+    G = len(samples)
+    T = plan.logit_len[samples].astype(np.int64)
+    U = plan.target_len[samples].astype(np.int64)
+    Tm, Um = int(T.max()), int(U.max())
+    local = np.repeat(np.arange(G), T * (U + 1))  # group-local sample of each row
+    off = rows - plan.offsets[samples][local]
+    b, t, u = local, off // (U[local] + 1), off % (U[local] + 1)
+    # padded (G, Tm + 1, Um + 2) grids, -inf outside each sample's lattice
+    pb = np.full((G, Tm + 1, Um + 2), -np.inf, dtype=cdt)
+    pe = np.full_like(pb, -np.inf)
+    pb[b, t, u] = lp_blank[rows]
+    pe[b, t, u] = lp_emit[rows]
+    a = np.full_like(pb, -np.inf)
+    a[:, 0, 0] = 0.0
+    for n in range(1, Tm + Um):
+        ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
+        us = n - ts
+        from_t = np.where(ts >= 1, a[:, ts - 1, us] + pb[:, ts - 1, us], -np.inf)
+        from_u = np.where(us >= 1, a[:, ts, us - 1] + pe[:, ts, us - 1], -np.inf)
+        a[:, ts, us] = np.logaddexp(from_t, from_u)
+    gi = np.arange(G)
+    ll = a[gi, T - 1, U] + pb[gi, T - 1, U]
+    log_like[samples] = ll
+    alpha[rows] = a[b, t, u]
+    if not need_grad:
+        return
+    final = np.zeros((G, Tm + 1, Um + 2), dtype=bool)
+    final[gi, T - 1, U] = True
+    bt = np.full_like(pb, -np.inf)
+    down = np.full_like(pb, -np.inf)  # beta(t+1, u), with beta(T_b, U_b) = 0
+    for n in range(Tm + Um - 1, -1, -1):
+        ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
+        us = n - ts
+        d = np.where(final[:, ts, us], 0.0, bt[:, ts + 1, us])
+        down[:, ts, us] = d
+        bt[:, ts, us] = np.logaddexp(d + pb[:, ts, us], bt[:, ts, us + 1] + pe[:, ts, us])
+    beta[rows] = bt[b, t, u]
+    llr = ll[b]
+    with np.errstate(invalid="ignore"):  # -inf - -inf for impossible samples (reported later)
+        coef_blank[rows] = np.exp(a[b, t, u] + pb[b, t, u] + down[b, t, u] - llr)
+        coef_emit[rows] = np.exp(a[b, t, u] + pe[b, t, u] + bt[b, t, u + 1] - llr)

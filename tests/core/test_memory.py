@@ -38,3 +38,29 @@ def test_fused_peak_memory_bounded_by_budget():
     assert peak < bound
     assert peak < batched_bytes / 20
     assert np.isfinite(out.loss)
+
+
+def test_lattice_memory_stays_o_rows_for_skewed_lengths():
+    # one long utterance among many one-frame ones: padded grids would be B * T * U
+    rng = np.random.default_rng(1)
+    B, T, U, V, H = 400, 300, 80, 16, 4
+    t_len = np.ones(B, np.int64)
+    u_len = np.zeros(B, np.int64)
+    t_len[7], u_len[7] = T, U
+    rows = int((t_len * (u_len + 1)).sum())
+    case = (rng.standard_normal((B, T, H)), rng.standard_normal((B, U + 1, H)),
+            rng.standard_normal((V, H)), rng.standard_normal(V),
+            rng.integers(1, V, size=(B, U)), t_len, u_len)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        losses, _ = cutrans.transducer_forward(*case, max_workspace_bytes=MB)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    padded_grid = B * (T + 1) * (U + 2) * 8
+    print(f"rows {rows}, fused forward peak {peak / MB:.1f} MiB, one padded grid "
+          f"{padded_grid / MB:.0f} MiB")
+    assert peak < MB + 400 * rows + 2 * MB
+    assert peak < padded_grid / 4
+    assert np.all(np.isfinite(losses))

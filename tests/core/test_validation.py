@@ -70,12 +70,73 @@ def test_logits_op_errors(over, exc, msg):
         call_logits(**over)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_logits(bad):
+@pytest.mark.parametrize("bad,where", [(np.nan, 2), (np.inf, 2), (-np.inf, 0)])
+def test_non_finite_logits(bad, where):
     logits = logits_args()["logits"].copy()
-    logits[1, 0, 0, 2] = bad
-    with pytest.raises(ValueError, match=r"logits: expected finite values, found NaN or infinity"):
+    logits[1, 0, 0, where] = bad  # label 2 is never a target of sample 1; 0 is blank
+    with pytest.raises(ValueError, match=r"logits: expected finite values \(-inf only for masked "
+                                         r"labels other than blank\), found NaN or \+inf"):
         call_logits(logits=logits)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emulated"])
+def test_minus_inf_masks_a_label(backend):
+    logits = logits_args()["logits"].astype(np.float64)
+    masked = logits.copy()
+    masked[..., 4] = -np.inf  # label 4 is no target: masking it == a logit of -1e4
+    very_negative = logits.copy()
+    very_negative[..., 4] = -1e4
+    a, ga = call_logits(logits=masked, return_grad=True, backend=backend)
+    b, gb = call_logits(logits=very_negative, return_grad=True, backend=backend)
+    np.testing.assert_allclose(a, b, rtol=1e-14)
+    np.testing.assert_allclose(ga, gb, atol=1e-15)
+    assert np.all(ga[..., 4] == 0)
+
+
+def test_masked_target_label_means_no_alignment():
+    logits = logits_args()["logits"].copy()
+    logits[0, :, :, 2] = -np.inf  # label 2 is the second target of sample 0
+    with pytest.raises(ValueError, match=r"logits: no alignment of sample 0 has a nonzero "
+                                         r"probability"):
+        call_logits(logits=logits)
+
+
+def test_empty_batch():
+    with pytest.raises(ValueError, match=r"targets: expected at least one sample \(B >= 1\), got B=0"):
+        call_logits(logits=np.zeros((0, 4, 3, 5), np.float32), targets=np.zeros((0, 2), np.int32),
+                    logit_lengths=np.zeros(0, np.int32), target_lengths=np.zeros(0, np.int32))
+    with pytest.raises(ValueError, match=r"enc: expected at least one sample \(B >= 1\), got B=0"):
+        call_fused(enc=np.zeros((0, 4, 3)), pred=np.zeros((0, 3, 3)), targets=np.zeros((0, 2), int),
+                   enc_lengths=np.zeros(0, int), target_lengths=np.zeros(0, int))
+
+
+@pytest.mark.parametrize("up,msg", [(np.ones(1), r"got \(1,\)"), (np.ones(5), r"got \(5,\)"),
+                                    (1.0, r"got \(\)"), (np.ones((2, 1)), r"got \(2, 1\)")])
+def test_upstream_gradient_shape(up, msg):
+    _, ctx = cutrans.rnnt_loss_forward(*logits_args().values())
+    with pytest.raises(ValueError, match=r"grad_losses: expected shape \(2,\) \(one upstream "
+                                         r"gradient per sample\), " + msg):
+        cutrans.rnnt_loss_backward(ctx, up)
+    _, fctx = cutrans.transducer_forward(*fused_args().values())
+    with pytest.raises(ValueError, match=r"grad_losses: expected shape \(2,\)"):
+        cutrans.transducer_backward(fctx, up)
+
+
+def test_strided_upstream_gradient_is_honoured():
+    up = np.array([1.0, 9.0, -2.0, 9.0])
+    _, ctx = cutrans.rnnt_loss_forward(*logits_args().values())
+    g1 = cutrans.rnnt_loss_backward(ctx, up[::2])
+    g2 = cutrans.rnnt_loss_backward(ctx, np.array([1.0, -2.0]))
+    np.testing.assert_array_equal(g1, g2)
+
+
+def test_arrays_must_match_the_backend():
+    class Fake:  # stands for an array of another library (e.g. a CuPy array on the CPU path)
+        __module__ = "cupy._core.core"
+        shape, dtype, ndim = (5,), np.dtype(np.float64), 1
+    with pytest.raises(TypeError, match=r"bias: expected a numpy array for the numpy backend, "
+                                        r"got cupy._core.core.Fake"):
+        call_fused(bias=Fake())
 
 
 def test_packed_row_count_checked():

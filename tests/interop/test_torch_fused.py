@@ -171,3 +171,20 @@ def test_errors_name_the_argument(change, exc, match):
             kw[k] = val
     with pytest.raises(exc, match=match):
         transducer_loss(**kw)
+
+
+def test_module_under_autocast_casts_the_output_layer():
+    import torch
+    from cutrans.interop.torch import TransducerLoss
+    from interop_cases import fused_case
+    enc, pred, w, b, targets, t_len, u_len = fused_case(3, dtype=np.float32)
+    layer = torch.nn.Linear(w.shape[1], w.shape[0])
+    loss_fn = TransducerLoss(layer)
+    e = torch.tensor(enc, requires_grad=True)
+    p = torch.tensor(pred)
+    args = (torch.tensor(targets), torch.tensor(t_len), torch.tensor(u_len))
+    loss = loss_fn(e.to(torch.bfloat16), p.to(torch.bfloat16), *args)  # as autocast does
+    loss.backward()
+    assert layer.weight.grad.dtype == torch.float32 and e.grad.dtype == torch.float32
+    ref = loss_fn(e.detach().to(torch.bfloat16).float(), p.to(torch.bfloat16).float(), *args)
+    np.testing.assert_allclose(loss.item(), ref.item(), rtol=3e-2)

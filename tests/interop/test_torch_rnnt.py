@@ -197,3 +197,23 @@ def test_errors_name_the_argument(fused, change, exc, match):
             kw[k] = val
     with pytest.raises(exc, match=match):
         rnnt_loss(**kw)
+
+
+def test_logprob_path_validates_before_computing():
+    import torch
+    from cutrans.interop.torch import rnnt_loss
+    lp = torch.log_softmax(torch.randn(2, 4, 3, 5), -1)
+    tg = torch.tensor([[1, 2], [3, 1]], dtype=torch.int32)
+    tl = torch.tensor([4, 3], dtype=torch.int32)
+    ul = torch.tensor([2, 1], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"logits: expected size 5 \(U\+1, from targets' width U\)"):
+        rnnt_loss(lp, torch.cat([tg, tg], 1), tl, ul, fused_log_softmax=False)
+    with pytest.raises(ValueError, match=r"targets: expected size 2 \(batch size B of logits\)"):
+        rnnt_loss(lp, tg[:1], tl, ul, fused_log_softmax=False)
+    bad = lp.clone()
+    bad[0, 0, 0, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"logits: expected log-probabilities without NaN"):
+        rnnt_loss(bad, tg, tl, ul, blank=0, fused_log_softmax=False)
+    masked = lp.clone()
+    masked[..., 4] = float("-inf")  # -inf log-probs (masked label) are allowed
+    assert torch.isfinite(rnnt_loss(masked, tg, tl, ul, blank=0, fused_log_softmax=False))
