@@ -47,17 +47,26 @@ def test_torch_cuda_matches_cpu_on_a_side_stream(dtype):
         torch.testing.assert_close(a.grad.cpu(), b.grad, **tol)
 
 
-def test_torch_cuda_second_device_and_compile():
+@pytest.mark.parametrize("second", [False, True])
+def test_torch_cuda_device_index_and_compile(second):
     torch = _torch_cuda()
+    if second and torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    import cutrans
     from cutrans.interop.torch import transducer_loss
-    dev = f"cuda:{torch.cuda.device_count() - 1}"
+    dev = f"cuda:{1 if second else 0}"
     case = fused_case(2)
     fl = [torch.tensor(a, device=dev, dtype=torch.float32, requires_grad=True) for a in case[:4]]
     ints = [torch.tensor(a, device=dev) for a in case[4:]]
-    f = torch.compile(lambda *a: transducer_loss(*a, *ints), fullgraph=True)
+    f = torch.compile(lambda *a: transducer_loss(*a, *ints, reduction="sum"), fullgraph=True)
     loss = f(*fl)
     loss.backward()
     assert loss.device == torch.device(dev) and fl[0].grad.device == torch.device(dev)
+    ref = cutrans.transducer_loss(*[a.astype(np.float32) for a in case[:4]], *case[4:],
+                                  reduction="sum")
+    np.testing.assert_allclose(loss.item(), float(ref.loss), rtol=1e-5)
+    for g, r in zip(fl, ref.grads):
+        np.testing.assert_allclose(g.grad.cpu().numpy(), r, rtol=1e-4, atol=1e-5)
 
 
 def test_jax_gpu_buffer_callback_matches_cpu():
@@ -73,3 +82,28 @@ def test_jax_gpu_buffer_callback_matches_cpu():
     want, want_g = cutrans.rnnt_loss(x, targets, t_len, u_len, return_grad=True)
     np.testing.assert_allclose(loss, want, rtol=1e-4)
     np.testing.assert_allclose(g, want_g, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_matches_torchaudio(device, reduction):
+    """torchaudio is on the GPU machines only (its CPU wheel needs libc10_cuda)."""
+    torch = pytest.importorskip("torch")
+    ta = pytest.importorskip("torchaudio.functional")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device for torch")
+    from cutrans.interop.torch import rnnt_loss
+    logits, targets, t_len, u_len = logits_case(5)
+    args = [torch.tensor(targets, dtype=torch.int32, device=device),
+            torch.tensor(t_len, dtype=torch.int32, device=device),
+            torch.tensor(u_len, dtype=torch.int32, device=device)]
+    x1 = torch.tensor(logits, dtype=torch.float32, device=device, requires_grad=True)
+    x2 = torch.tensor(logits, dtype=torch.float32, device=device, requires_grad=True)
+    ours = rnnt_loss(x1, *args, blank=0, reduction=reduction)
+    theirs = ta.rnnt_loss(x2, *args, blank=0, reduction=reduction)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    ours.sum().backward()
+    theirs.sum().backward()
+    for b in range(len(t_len)):  # the valid lattice (padding is not torchaudio's contract)
+        sl = (b, slice(0, int(t_len[b])), slice(0, int(u_len[b]) + 1))
+        torch.testing.assert_close(x1.grad[sl], x2.grad[sl], rtol=1e-4, atol=1e-5)

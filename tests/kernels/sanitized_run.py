@@ -25,6 +25,14 @@ def main(sanitizer: str) -> int:
         got = cutrans.rnnt_loss(*args, return_grad=True, backend=be, fastemit_lambda=0.1)
         np.testing.assert_allclose(got[0], ref[0], rtol=1e-5)
         np.testing.assert_allclose(got[1], ref[1], rtol=1e-4, atol=1e-6)
+    # a lattice whose diagonals need 128 threads (cross-warp barriers in the wavefront)
+    T, U, V = 70, 69, 4
+    args = (rng.standard_normal((1, T, U + 1, V)), rng.integers(1, V, size=(1, U)).astype(np.int32),
+            np.array([T], np.int32), np.array([U], np.int32))
+    ref = cutrans.rnnt_loss(*args, return_grad=True, backend="numpy")
+    got = cutrans.rnnt_loss(*args, return_grad=True, backend=be)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12)
     H, V = 40, 6
     fused = (rng.standard_normal((2, 3, H)), rng.standard_normal((2, 3, H)),
              rng.standard_normal((V, H)), rng.standard_normal(V),
