@@ -10,6 +10,16 @@ using cutrans::Layout;
 using cutrans::Lse;
 using cutrans::RowPos;
 
+// logsumexp of a row of V logits, computed by the whole block (every thread gets it).
+template <class T, int BLOCK>
+__device__ __forceinline__ typename Compute<T>::type row_lse(const T* row, int V,
+                                                             typename Compute<T>::type* scratch) {
+  using C = typename Compute<T>::type;
+  Lse<C> acc{cutrans::neg_inf(C()), C(0)};
+  for (int k = threadIdx.x; k < V; k += BLOCK) cutrans::lse_push(acc, cutrans::to_compute(row[k]));
+  return cutrans::block_lse<C, BLOCK>(acc, scratch);
+}
+
 // lp_blank[r] = z[r, blank] - lse(r); lp_emit[r] = z[r, y_b[u]] - lse(r) (-inf at u = U_b).
 //   z: logits, storage type T; lp_blank, lp_emit: (R,) compute type.
 //   offsets (B+1,) int64, target_len (B,) int32, targets (B, tgt_ld) int32.
@@ -28,9 +38,7 @@ row_stats(const T* __restrict__ z, long long row0, long long n_rows, int V, int 
     const long long r = row0 + i;
     const RowPos p = cutrans::row_pos(offsets, target_len, batch, r);
     const T* row = z + layout.start(i, p);
-    Lse<C> acc{cutrans::neg_inf(C()), C(0)};
-    for (int k = threadIdx.x; k < V; k += BLOCK) cutrans::lse_push(acc, cutrans::to_compute(row[k]));
-    const C lse = cutrans::block_lse<C, BLOCK>(acc, scratch);
+    const C lse = row_lse<T, BLOCK>(row, V, scratch);
     if (threadIdx.x == 0) {
       lp_blank[r] = cutrans::to_compute(row[blank]) - lse;
       C e = cutrans::neg_inf(C());
@@ -63,9 +71,7 @@ row_grad(const T* z, T* grad, long long row0, long long n_rows, int V, int packe
     const long long start = layout.start(i, p);
     const T* row = z + start;
     T* out = grad + start;
-    Lse<C> acc{cutrans::neg_inf(C()), C(0)};
-    for (int k = threadIdx.x; k < V; k += BLOCK) cutrans::lse_push(acc, cutrans::to_compute(row[k]));
-    const C lse = cutrans::block_lse<C, BLOCK>(acc, scratch);
+    const C lse = row_lse<T, BLOCK>(row, V, scratch);
     const C cb = coef_blank[r];
     const C ce = (C(1) + fastemit_lambda) * coef_emit[r];
     const int label = p.u < p.U ? targets[p.b * tgt_ld + p.u] : -1;
