@@ -2,8 +2,10 @@
 
 Logits op:   row_stats over all rows -> lattice -> (backward) row_grad.
 Fused op:    forward, per row chunk: joint_forward (h) -> GEMM z = h W^T + bias ->
-             row_stats; then one lattice launch for all samples. Only 2 floats per row
-             (the gradient coefficients) and log-likelihoods are kept.
+             row_stats; then the lattice, one launch per group of consecutive samples
+             whose alpha/beta workspaces fit the budget. Only 2 floats per row (the
+             gradient coefficients, written over the log-probabilities) and the
+             log-likelihoods are kept.
              backward, per chunk: recompute h and z (kept from the forward instead when
              everything fit in one chunk) -> row_grad in place over z ->
              dW += g^T h, dbias += sum g, dh = g W -> joint_backward (accumulates into
@@ -19,7 +21,7 @@ import numpy as np
 
 from . import _validate as v
 from ._dtypes import compute_dtype
-from ._plan import DevicePlan, RowPlan, rows_per_chunk, to_device
+from ._plan import DevicePlan, RowPlan, rows_per_chunk, subset, to_device
 from .backends.base import RowLayout
 
 
@@ -59,13 +61,24 @@ class FusedContext(LossContext):
     resident: tuple | None = None  # (h, z) of a single chunk kept from the forward
 
 
-def _lattice(backend, dplan, lp_blank, lp_emit, need_grad):
+def _lattice(backend, plan, dplan, lp_blank, lp_emit, need_grad, max_rows=None):
+    """Log-likelihoods (B,); the coefficients overwrite ``lp_blank``/``lp_emit`` in place.
+
+    The alpha/beta workspaces hold at most ``max_rows`` rows (or one sample's rows, if
+    larger): the lattice runs per group of consecutive samples.
+    """
     xp = backend.xp
-    alpha = xp.empty_like(lp_blank)
-    beta = xp.empty_like(lp_blank) if need_grad else alpha
+    groups = plan.sample_groups(max_rows)
+    n = max(int(plan.offsets[b1] - plan.offsets[b0]) for b0, b1 in groups)
+    alpha = xp.empty(n, dtype=lp_blank.dtype)
+    beta = xp.empty_like(alpha) if need_grad else alpha
     log_like = xp.empty(dplan.batch, dtype=lp_blank.dtype)
-    # coefficients overwrite the log-probabilities in place (see Backend.lattice)
-    backend.lattice(dplan, lp_blank, lp_emit, alpha, beta, log_like, lp_blank, lp_emit, need_grad)
+    for b0, b1 in groups:
+        sub = dplan if len(groups) == 1 else subset(plan, dplan, b0, b1, xp)
+        r0, r1 = int(plan.offsets[b0]), int(plan.offsets[b1])
+        lpb, lpe = lp_blank[r0:r1], lp_emit[r0:r1]
+        backend.lattice(sub, lpb, lpe, alpha[:r1 - r0], beta[:r1 - r0], log_like[b0:b1],
+                        lpb, lpe, need_grad)
     return log_like
 
 
@@ -95,7 +108,7 @@ def logits_forward(backend, logits, targets, plan: RowPlan, *, packed: bool, bla
     lp_emit = xp.empty(dplan.rows, dtype=cdt)
     backend.row_stats(logits, layout, 0, dplan.rows, dplan, blank, lp_blank, lp_emit)
     v.check_log_probs(lp_blank, xp)  # NaN/inf in the logits, in O(rows) memory
-    log_like = _lattice(backend, dplan, lp_blank, lp_emit, need_grad)
+    log_like = _lattice(backend, plan, dplan, lp_blank, lp_emit, need_grad)
     v.check_log_likelihood(log_like, xp)
     ctx = LogitsContext(backend, plan, dplan, lp_blank, lp_emit, blank, fastemit_lambda, clamp,
                         logits=logits, packed=packed) if need_grad else None
@@ -182,7 +195,9 @@ def fused_forward(backend, enc, pred, weight, bias, targets, plan: RowPlan, *, a
     # a single chunk stays resident (within the budget) so the backward need not recompute it
     ctx.resident = (h_ws, z_ws) if need_grad and len(ctx.chunks) == 1 else None
     del h_ws, z_ws
-    log_like = _lattice(backend, ctx.dplan, lp_blank, lp_emit, need_grad)
+    # alpha/beta workspaces within the budget too (2 floats per row, per sample group)
+    lattice_rows = max_workspace_bytes // (2 * np.dtype(cdt).itemsize)
+    log_like = _lattice(backend, plan, ctx.dplan, lp_blank, lp_emit, need_grad, lattice_rows)
     return _losses(log_like, fastemit_lambda), (ctx if need_grad else None)
 
 

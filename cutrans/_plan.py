@@ -45,6 +45,18 @@ class RowPlan:
                 out.append((row0, min(rows_per_chunk, hi - row0)))
         return out
 
+    def sample_groups(self, max_rows: int | None) -> list[tuple[int, int]]:
+        """Consecutive sample ranges ``[b0, b1)`` of at most ``max_rows`` rows each (a
+        larger sample forms a group of its own); one group when ``max_rows`` is None."""
+        if max_rows is None or self.rows <= max_rows:
+            return [(0, self.batch)]
+        groups, b0 = [], 0
+        for b in range(1, self.batch + 1):
+            if b == self.batch or self.offsets[b + 1] - self.offsets[b0] > max_rows:
+                groups.append((b0, b))
+                b0 = b
+        return groups
+
 
 def make_plan(logit_len: np.ndarray, target_len: np.ndarray) -> RowPlan:
     """Plan for per-sample frame counts ``logit_len`` and label counts ``target_len``."""
@@ -82,6 +94,16 @@ def to_device(plan: RowPlan, targets, xp) -> DevicePlan:
         rows=plan.rows,
         max_diag=int(np.minimum(plan.logit_len, plan.target_len + 1).max(initial=1)),
     )
+
+
+def subset(plan: RowPlan, dplan: DevicePlan, b0: int, b1: int, xp) -> DevicePlan:
+    """The device plan of samples ``[b0, b1)``, row 0 at their first row."""
+    t, u = plan.logit_len[b0:b1], plan.target_len[b0:b1]
+    return DevicePlan(offsets=dplan.offsets[b0:b1 + 1] - xp.int64(plan.offsets[b0]),
+                      logit_len=dplan.logit_len[b0:b1], target_len=dplan.target_len[b0:b1],
+                      targets=dplan.targets[b0:b1], batch=b1 - b0,
+                      rows=int(plan.offsets[b1] - plan.offsets[b0]),
+                      max_diag=int(np.minimum(t, u + 1).max()))
 
 
 def rows_per_chunk(budget_bytes: int, bytes_per_row: int, fixed_bytes: int, total_rows: int) -> int:
