@@ -59,14 +59,19 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    kib = _status_kib("VmRSS")
+def _status_bytes(field: str) -> int:
+    """``/proc/self/status`` field in bytes; elsewhere the peak RSS is all we have."""
+    kib = _status_kib(field)
     if kib is not None:
         return kib * 1024
-    import resource  # pragma: no cover - non-Linux fallback: the peak is all we have
+    import resource  # pragma: no cover - non-Linux fallback
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # pragma: no cover
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    return _status_bytes("VmRSS")
 
 
 def reset_peak_rss() -> bool:
@@ -80,12 +85,7 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_bytes() -> int:
-    kib = _status_kib("VmHWM")
-    if kib is not None:
-        return kib * 1024
-    import resource  # pragma: no cover
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # pragma: no cover
+    return _status_bytes("VmHWM")
 
 
 def available_memory(device: str) -> int:
