@@ -143,7 +143,8 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
                        activation: str = "tanh", blank: int = 0, clamp: float | None = None,
                        fastemit_lambda: float = 0.0,
                        max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                       sample_wise: bool = False, need_grad: bool = True, backend=None):
+                       sample_wise: bool = False, need_grad: bool = True,
+                       allow_tf32: bool = False, backend=None):
     """Per-sample losses of the fused joint network + RNN-T, and the backward context.
 
     ``z(b,t,u) = act(enc[b,t] + pred[b,u]) @ weight.T + bias`` is computed in row chunks
@@ -156,6 +157,8 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
             prediction-network output; weight: ``(V, H)``; bias: ``(V,)``; all one dtype.
         targets: ``(B, U)`` labels; enc_lengths ``(B,)`` in [1, T]; target_lengths in [0, U].
         activation: ``"tanh"`` | ``"relu"`` | ``"identity"``.
+        allow_tf32: float32 inputs only: let the GEMMs round their inputs to TF32 (tensor
+            cores, ~10-bit mantissa). Off by default: float32 is exact float32.
     Returns:
         ``(losses (B,), ctx)``; ctx is None unless ``need_grad``.
     """
@@ -185,6 +188,8 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
     if isinstance(max_workspace_bytes, bool) or not isinstance(max_workspace_bytes, int):
         raise TypeError(f"max_workspace_bytes: expected an int, got "
                         f"{type(max_workspace_bytes).__name__}")
+    if not isinstance(allow_tf32, bool):
+        raise TypeError(f"allow_tf32: expected a bool, got {type(allow_tf32).__name__}")
     host_targets = v.to_host(targets)
     v.check_targets(host_targets, u_len, V, blank)
     be = get_backend(backend, enc)
@@ -213,7 +218,7 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
                     clamp: float | None = None, fastemit_lambda: float = 0.0,
                     max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                     sample_wise: bool = False, compute_grad: bool = True,
-                    backend=None) -> TransducerOutput:
+                    allow_tf32: bool = False, backend=None) -> TransducerOutput:
     """Fused loss and (if ``compute_grad``) the gradients of the reduced loss.
 
     See ``transducer_forward`` for shapes; ``reduction`` as in ``rnnt_loss``.
@@ -223,7 +228,7 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
         blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
         max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-        need_grad=compute_grad, backend=backend)
+        need_grad=compute_grad, allow_tf32=allow_tf32, backend=backend)
     loss = _reduce(losses, reduction)
     if not compute_grad:
         return TransducerOutput(loss, None)
