@@ -20,8 +20,17 @@ INDEX_DTYPES = ("int32", "int64")
 
 
 def dtype_name(dtype) -> str:
-    """Canonical name ('float16', 'bfloat16', 'float32', 'float64', ...) of a dtype."""
-    return str(np.dtype(dtype)) if not str(dtype).endswith("bfloat16") else "bfloat16"
+    """Canonical name ('float16', 'bfloat16', 'float32', 'float64', ...) of a NumPy, CuPy,
+    JAX or torch dtype."""
+    text = str(dtype)
+    if text.endswith("bfloat16"):
+        return "bfloat16"
+    if text.startswith("torch."):
+        return text[len("torch."):]
+    try:
+        return str(np.dtype(dtype))
+    except TypeError:
+        return text
 
 
 def is_float_dtype(dtype) -> bool:

@@ -5,8 +5,8 @@ compiled lazily per device), the CPU emulation (``cutrans.emulation.EmulatedModu
 compile-check tests (``cutrans.compile_check``). Nothing here touches a device or imports
 CuPy at import time.
 
-Registry: source file -> kernel templates ``name<T, BLOCK>``; ``T`` is the C++ storage type
-(``_dtypes.DTYPES``) or compute type, ``BLOCK`` threads per block. Each template carries its
+Registry: source file -> kernel templates ``name<T..., BLOCK>``; ``T...`` are C++ storage or
+compute types (``_dtypes.DTYPES``), ``BLOCK`` threads per block. Each template carries its
 declared resource limits (checked by the compile-check tests on sm_80/sm_90).
 
 The source hash is computed once per process (edit kernels -> restart Python).
@@ -33,29 +33,43 @@ MAX_GRID = 1 << 22  # blocks per launch; kernels loop (grid-stride) over the res
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """One kernel template and its instantiations; limits are per instantiation."""
+    """One kernel template and its instantiations; limits are per instantiation.
+
+    ``types``: the type-argument tuples it is instantiated with (dtype names of
+    ``_dtypes.DTYPES``), e.g. ``(("float32",), ...)`` for ``row_stats<float, B>`` or
+    ``(("float16", "float32"), ...)`` for ``joint_backward_enc<__half, float, B>``.
+    """
 
     template: str
     source: str
-    dtypes: tuple[str, ...]
+    types: tuple[tuple[str, ...], ...]
     max_registers: int
     max_shared_bytes: int  # static shared memory, bytes
     blocks: tuple[int, ...] = BLOCKS
 
-    def name(self, dtype: str, block: int) -> str:
-        return f"{self.template}<{DTYPES[dtype][1]}, {block}>"
+    def name(self, types, block: int) -> str:
+        types = (types,) if isinstance(types, str) else tuple(types)
+        return f"{self.template}<{', '.join(DTYPES[t][1] for t in types)}, {block}>"
 
     def names(self) -> list[str]:
-        return [self.name(d, b) for d in self.dtypes for b in self.blocks]
+        return [self.name(t, b) for t in self.types for b in self.blocks]
 
+
+_ONE_STORAGE = tuple((d,) for d in STORAGE)
+_ONE_COMPUTE = tuple((d,) for d in COMPUTE)
+# joint backward outputs: the storage type, or float32 accumulators for 16-bit storage
+_STORAGE_OUT = tuple((d, d) for d in STORAGE) + (("float16", "float32"),
+                                                  ("bfloat16", "float32"))
 
 KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
-    KernelSpec("row_stats", "row_ops.cu", STORAGE, max_registers=72, max_shared_bytes=128),
-    KernelSpec("row_grad", "row_ops.cu", STORAGE, max_registers=80, max_shared_bytes=128),
-    KernelSpec("lattice", "lattice.cu", COMPUTE, max_registers=64, max_shared_bytes=16),
-    KernelSpec("joint_forward", "joint.cu", STORAGE, max_registers=56, max_shared_bytes=0),
-    KernelSpec("joint_backward_enc", "joint.cu", COMPUTE, max_registers=72, max_shared_bytes=0),
-    KernelSpec("joint_backward_pred", "joint.cu", COMPUTE, max_registers=72, max_shared_bytes=0),
+    KernelSpec("row_stats", "row_ops.cu", _ONE_STORAGE, max_registers=72, max_shared_bytes=128),
+    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=80, max_shared_bytes=128),
+    KernelSpec("lattice", "lattice.cu", _ONE_COMPUTE, max_registers=64, max_shared_bytes=16),
+    KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0),
+    KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=72,
+               max_shared_bytes=0),
+    KernelSpec("joint_backward_pred", "joint.cu", _STORAGE_OUT, max_registers=72,
+               max_shared_bytes=0),
 )}
 
 
@@ -129,9 +143,9 @@ class _Provider:
     def _build(self, source: str):
         raise NotImplementedError
 
-    def function(self, template: str, dtype: str, block: int):
+    def function(self, template: str, types, block: int):
         spec = KERNELS[template]
-        key = (self._key(), template, dtype, block)
+        key = (self._key(), template, types, block)
         k = self._kernels.get(key)
         if k is None:
             with self._lock:
@@ -139,15 +153,17 @@ class _Provider:
                 mod = self._modules.get(mkey)
                 if mod is None:
                     mod = self._modules[mkey] = self._build(spec.source)
-                k = self._kernels[key] = mod.get_function(spec.name(dtype, block))
+                k = self._kernels[key] = mod.get_function(spec.name(types, block))
         return k
 
-    def launch(self, template: str, dtype: str, block: int, grid: int, args: tuple) -> None:
-        """Launch ``template<dtype, block>`` on ``min(grid, MAX_GRID)`` blocks (grid >= 1)."""
-        k = self.function(template, dtype, block)
+    def launch(self, template: str, types, block: int, grid: int, args: tuple) -> None:
+        """Launch ``template<types..., block>`` on ``min(grid, MAX_GRID)`` blocks (grid >= 1).
+
+        ``types``: a dtype name or a tuple of them (see ``KernelSpec``)."""
+        k = self.function(template, types, block)
         grid = max(1, min(int(grid), MAX_GRID))
         if debug_enabled():
-            self._debug(k, KERNELS[template].name(dtype, block), grid, block)
+            self._debug(k, KERNELS[template].name(types, block), grid, block)
         k((grid,), (block,), args)
 
     def _debug(self, k, name, grid, block):

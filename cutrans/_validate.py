@@ -1,10 +1,14 @@
-"""Input validation: every message names the argument, what was expected and what came.
+"""Input validation for every entry point (core, PyTorch and JAX adapters): one rule per
+argument, one message naming the argument, what was expected and what came.
 
-Integer inputs (lengths, targets) are inspected on the host: for device arrays this is
-the op's one host synchronisation (the row plan needs the lengths on the host anyway).
+Shape/dtype checks work on any array with ``shape``/``dtype`` (NumPy, CuPy, torch, JAX,
+tracers included), so adapters run them at trace time. Value checks (lengths, labels) run
+on host copies: for device arrays that is the op's one host synchronisation (the row plan
+needs the lengths on the host anyway).
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -12,12 +16,80 @@ import numpy as np
 from ._dtypes import DTYPES, INDEX_DTYPES, dtype_name, is_float_dtype
 
 REDUCTIONS = ("none", "mean", "sum")
+ACTIVATION_NAMES = ("tanh", "relu", "identity")
 
 
+# ------------------------------------------------------------------ scalars
+def check_choice(name: str, value, choices):
+    want = ", ".join(map(repr, choices))
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a str, one of {want}, got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {want}, got {value!r}")
+    return value
+
+
+def check_scalar(name: str, value, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name}: expected a finite number >= {minimum}, got {value}")
+    return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def normalize_clamp(clamp) -> float:
+    """torchaudio's rule: ``None`` or ``clamp <= 0`` means no clamping (-> 0.0)."""
+    if clamp is None:
+        return 0.0
+    if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
+        raise TypeError(f"clamp: expected a real number or None, got {type(clamp).__name__}")
+    c = float(clamp)
+    if math.isnan(c) or c == math.inf:  # pure Python: traceable by torch.compile
+        raise ValueError(f"clamp: expected a finite number (<= 0 disables), got {clamp}")
+    return c if c > 0 else 0.0
+
+
+def normalize_blank(blank, vocab: int) -> int:
+    """blank in [-V, V); negative values count from the end (torchaudio's -1 = V - 1)."""
+    if isinstance(blank, bool) or not isinstance(blank, numbers.Integral):
+        raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
+    if not -vocab <= blank < vocab:
+        raise ValueError(f"blank: expected a label id in [{-vocab}, {vocab}) for V={vocab}, got {blank}")
+    return int(blank) % vocab
+
+
+def check_workspace(max_workspace_bytes) -> int:
+    if isinstance(max_workspace_bytes, bool) or not isinstance(max_workspace_bytes,
+                                                               numbers.Integral):
+        raise TypeError(f"max_workspace_bytes: expected an int, got "
+                        f"{type(max_workspace_bytes).__name__}")
+    return int(max_workspace_bytes)
+
+
+def reduce_losses(losses, reduction: str):
+    """``none`` -> (B,), ``mean`` over the batch, ``sum``: for any array type."""
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.mean()
+
+
+# ------------------------------------------------------------------ arrays
 def to_host(x) -> np.ndarray:
-    """A NumPy copy/view of a NumPy or CuPy array."""
+    """A NumPy copy/view of a NumPy, CuPy, torch or JAX array."""
+    if isinstance(x, np.ndarray):
+        return x
     get = getattr(x, "get", None)
-    return get() if callable(get) and not isinstance(x, np.ndarray) else np.asarray(x)
+    if callable(get) and type(x).__module__.startswith("cupy"):
+        return get()
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 def check_array(name: str, x, *, kind: str, ndim: int, shape_doc: str):
@@ -29,7 +101,7 @@ def check_array(name: str, x, *, kind: str, ndim: int, shape_doc: str):
         raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {dn}")
     if kind == "index" and dn not in INDEX_DTYPES:
         raise TypeError(f"{name}: expected dtype int32 or int64, got {dn}")
-    if x.ndim != ndim:
+    if len(x.shape) != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions {shape_doc}, got shape {tuple(x.shape)}")
 
 
@@ -40,6 +112,61 @@ def check_dim(name: str, x, axis: int, expected: int, what: str):
             f"{tuple(x.shape)}")
 
 
+def check_batch(name: str, batch: int):
+    if batch < 1:
+        raise ValueError(f"{name}: expected at least one sample (B >= 1), got B={batch}")
+
+
+def check_same_dtype(name: str, x, ref_name: str, ref):
+    if dtype_name(x.dtype) != dtype_name(ref.dtype):
+        raise TypeError(f"{name}: expected the dtype of {ref_name} ({dtype_name(ref.dtype)}), "
+                        f"got {dtype_name(x.dtype)}")
+
+
+def check_length_arrays(t_name: str, logit_lengths, target_lengths, targets, batch: int):
+    check_array("targets", targets, kind="index", ndim=2, shape_doc="(B, U)")
+    check_dim("targets", targets, 0, batch, "batch size B")
+    for name, x in ((t_name, logit_lengths), ("target_lengths", target_lengths)):
+        check_array(name, x, kind="index", ndim=1, shape_doc="(B,)")
+        check_dim(name, x, 0, batch, "batch size B")
+
+
+def logits_shapes(logits, targets, logit_lengths, target_lengths, packed: bool = False) -> int:
+    """Shapes and dtypes of the loss-on-logits arguments; returns V."""
+    check_array("logits", logits, kind="float", ndim=2 if packed else 4,
+                shape_doc="(rows, V)" if packed else "(B, T, U+1, V)")
+    check_array("targets", targets, kind="index", ndim=2, shape_doc="(B, U)")
+    B = targets.shape[0]
+    check_batch("targets", B)
+    if not packed:
+        check_dim("logits", logits, 0, B, "batch size B of targets")
+        check_dim("logits", logits, 2, targets.shape[1] + 1, "U+1, from targets' width U")
+    check_length_arrays("logit_lengths", logit_lengths, target_lengths, targets, B)
+    return int(logits.shape[-1])
+
+
+def fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths) -> int:
+    """Shapes and dtypes of the fused op's arguments; returns V."""
+    check_array("enc", enc, kind="float", ndim=3, shape_doc="(B, T, H)")
+    check_array("pred", pred, kind="float", ndim=3, shape_doc="(B, U+1, H)")
+    check_array("weight", weight, kind="float", ndim=2, shape_doc="(V, H)")
+    check_array("bias", bias, kind="float", ndim=1, shape_doc="(V,)")
+    check_array("targets", targets, kind="index", ndim=2, shape_doc="(B, U)")
+    for name, x in (("pred", pred), ("weight", weight), ("bias", bias)):
+        check_same_dtype(name, x, "enc", enc)
+    B, _, H = enc.shape
+    check_batch("enc", B)
+    check_dim("pred", pred, 0, B, "batch size B of enc")
+    check_dim("pred", pred, 1, targets.shape[1] + 1, "U+1, from targets' width U")
+    check_dim("pred", pred, 2, H, "hidden size H of enc")
+    check_dim("targets", targets, 0, B, "batch size B of enc")
+    check_dim("weight", weight, 1, H, "hidden size H of enc")
+    check_dim("bias", bias, 0, weight.shape[0], "vocabulary size V of weight")
+    check_length_arrays("enc_lengths", enc_lengths, target_lengths, targets, B)
+    return int(weight.shape[0])
+
+
+# ------------------------------------------------------------------ values (host)
 def check_range(name: str, values: np.ndarray, low: int, high: int, what: str):
     """All values in [low, high]; the message gives the first offending sample."""
     bad = np.flatnonzero((values < low) | (values > high))
@@ -65,6 +192,18 @@ def check_targets(targets: np.ndarray, target_len: np.ndarray, vocab: int, blank
                          f"sample {b}, position {u}")
 
 
+def check_values(t_name: str, logit_lengths, target_lengths, targets, max_frames: int,
+                 vocab: int, blank: int):
+    """Host copies of (lengths, labels) after checking their values: (t_len, u_len, targets)."""
+    t_len = to_host(logit_lengths).astype(np.int64)
+    check_range(t_name, t_len, 1, max_frames, "frame counts")
+    u_len = to_host(target_lengths).astype(np.int64)
+    check_range("target_lengths", u_len, 0, targets.shape[1], "label counts")
+    host_targets = to_host(targets)
+    check_targets(host_targets, u_len, vocab, blank)
+    return t_len, u_len, host_targets
+
+
 def check_finite(name: str, x, xp):
     """No NaN/inf in ``x``, in O(1) extra memory: a NaN or inf anywhere makes the sum
     (accumulated in float32/float64) non-finite."""
@@ -88,11 +227,6 @@ def check_log_likelihood(log_like, xp):
                          f"(a target label masked with -inf?)")
 
 
-def check_batch(name: str, batch: int):
-    if batch < 1:
-        raise ValueError(f"{name}: expected at least one sample (B >= 1), got B={batch}")
-
-
 def check_array_module(name: str, x, backend):
     """Float inputs must live where the backend computes (NumPy vs CuPy arrays)."""
     mod = type(x).__module__.split(".")[0]
@@ -109,41 +243,3 @@ def upstream_gradient(grad_losses, batch: int, xp, dtype):
         raise ValueError(f"grad_losses: expected shape ({batch},) (one upstream gradient per "
                          f"sample), got {tuple(g.shape)}")
     return xp.ascontiguousarray(g)
-
-
-def check_scalar(name: str, value, *, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    if not np.isfinite(value) or value < minimum:
-        raise ValueError(f"{name}: expected a finite number >= {minimum}, got {value}")
-    return float(value)
-
-
-def check_choice(name: str, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
-def normalize_blank(blank, vocab: int) -> int:
-    """blank in [-V, V); negative values count from the end (torchaudio's -1 = V - 1)."""
-    if isinstance(blank, bool) or not isinstance(blank, numbers.Integral):
-        raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
-    if not -vocab <= blank < vocab:
-        raise ValueError(f"blank: expected a label id in [{-vocab}, {vocab}) for V={vocab}, got {blank}")
-    return int(blank) % vocab
-
-
-def normalize_clamp(clamp) -> float:
-    """``None`` (or 0) means no clamping; negative values are rejected."""
-    if clamp is None:
-        return 0.0
-    return check_scalar("clamp", clamp)
-
-
-def check_lengths(name: str, lengths, batch: int, low: int, high: int, what: str) -> np.ndarray:
-    check_array(name, lengths, kind="index", ndim=1, shape_doc="(B,)")
-    check_dim(name, lengths, 0, batch, "batch size B")
-    host = to_host(lengths).astype(np.int64)
-    check_range(name, host, low, high, what)
-    return host

@@ -15,35 +15,38 @@ Math (0-based targets ``y``, ``lp = log_softmax(z)``)::
 FastEmit follows NeMo/warprnnt-numba: the emission terms of the gradient get weight
 ``1 + lambda`` and the reported loss is ``(1 + lambda) * (-log P(y|x))``.
 ``clamp`` clips dLoss/dlogits to ``[-clamp, clamp]`` before the upstream scaling
-(torchaudio semantics).
+(torchaudio's rule: ``None`` or ``clamp <= 0`` is off).
+
+Precision: float16/bfloat16 inputs keep the joint activations and logits in their dtype
+with float32 math and GEMM accumulation (what ``torch.autocast`` gives the batched
+computation); float32 is exact float32 unless ``allow_tf32=True`` lets the GEMMs use TF32;
+float64 is float64 throughout.
 
 Host synchronisation (CuPy arrays): the forwards copy ``*_lengths`` and ``targets`` to the
-host (the row plan and the validation need them) and check the float inputs for NaN/inf
-(one ``bool(isfinite(x).all())`` per input). Nothing else synchronises: the kernels and
-the cuBLAS GEMMs are enqueued on the current CuPy stream, backwards included.
+host (the row plan and the validation need them), check the fused op's float inputs for
+NaN/inf (one ``bool(isfinite(x.sum()))`` per input) and the log-likelihoods once at the end.
+Nothing else synchronises: the kernels and the cuBLAS GEMMs are enqueued on the current
+CuPy stream, backwards included.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import _fused
 from . import _orchestrate as orch
 from . import _validate as v
 from ._plan import make_plan
 from .backends import ACTIVATIONS, get_backend
 
 DEFAULT_WORKSPACE_BYTES = 512 << 20  # 512 MiB of chunk workspace for the fused op
+ALL_GRADS = (True, True, True, True)
 
 
 def _common_scalars(blank, vocab, clamp, fastemit_lambda):
     return (v.normalize_blank(blank, vocab), v.normalize_clamp(clamp),
             v.check_scalar("fastemit_lambda", fastemit_lambda))
-
-
-def _reduce(losses, reduction: str):
-    if reduction == "none":
-        return losses
-    return losses.sum() if reduction == "sum" else losses.mean()
 
 
 def _upstream(xp, batch: int, reduction: str, dtype):
@@ -67,34 +70,22 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
         ``(losses, ctx)``: losses ``(B,)`` in the compute dtype (float32, float64 for
         float64 logits); ``ctx`` is None unless ``need_grad``.
     """
-    v.check_choice("layout", layout, ("padded", "packed"))
-    packed = layout == "packed"
-    v.check_array("logits", logits, kind="float", ndim=2 if packed else 4,
-                  shape_doc="(rows, V)" if packed else "(B, T, U+1, V)")
-    v.check_array("targets", targets, kind="index", ndim=2, shape_doc="(B, U)")
-    B = targets.shape[0]
-    v.check_batch("targets", B)
-    if not packed:
-        v.check_dim("logits", logits, 0, B, "batch size B of targets")
-        v.check_dim("logits", logits, 2, targets.shape[1] + 1, "U+1, from targets' width U")
-    T_max = logits.shape[1] if not packed else logits.shape[0]
-    t_len = v.check_lengths("logit_lengths", logit_lengths, B, 1, T_max, "frame counts")
-    u_len = v.check_lengths("target_lengths", target_lengths, B, 0, targets.shape[1],
-                            "label counts")
-    V = logits.shape[-1]
+    packed = v.check_choice("layout", layout, ("padded", "packed")) == "packed"
+    V = v.logits_shapes(logits, targets, logit_lengths, target_lengths, packed)
     blank, clamp, lam = _common_scalars(blank, V, clamp, fastemit_lambda)
+    T_max = logits.shape[0] if packed else logits.shape[1]
+    t_len, u_len, host_targets = v.check_values("logit_lengths", logit_lengths, target_lengths,
+                                                targets, T_max, V, blank)
     plan = make_plan(t_len, u_len)
     if packed and logits.shape[0] != plan.rows:
         raise ValueError(f"logits: expected {plan.rows} rows (sum of T_b * (U_b + 1)) for the "
                          f"packed layout, got shape {tuple(logits.shape)}")
-    host_targets = v.to_host(targets)
-    v.check_targets(host_targets, u_len, V, blank)
     be = get_backend(backend, logits)
     v.check_array_module("logits", logits, be)  # finiteness: checked on the row statistics
     logits = be.xp.ascontiguousarray(logits)
     return orch.logits_forward(be, logits, be.xp.asarray(host_targets), plan, packed=packed,
                                blank=blank, fastemit_lambda=lam, clamp=clamp,
-                               need_grad=need_grad)
+                               need_grad=v.check_bool("need_grad", need_grad))
 
 
 def rnnt_loss_backward(ctx, grad_losses):
@@ -116,7 +107,7 @@ def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
     losses, ctx = rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, blank=blank,
                                     clamp=clamp, fastemit_lambda=fastemit_lambda, layout=layout,
                                     need_grad=return_grad, backend=backend)
-    loss = _reduce(losses, reduction)
+    loss = v.reduce_losses(losses, reduction)
     if not return_grad:
         return loss
     xp = ctx.backend.xp
@@ -139,78 +130,118 @@ class TransducerOutput:
     grads: TransducerGrads | None
 
 
+@dataclass
+class ReducedContext:
+    """One-pass context: the gradients of the reduced loss, computed in the forward; the
+    backward only scales them by the upstream scalar."""
+
+    grads: tuple
+    reduction: str
+    needs: tuple
+
+
+def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation,
+                blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32,
+                backend):
+    """Validate a fused call: ``(backend, FusedInputs, device targets, plan)``."""
+    V = v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
+    act = ACTIVATIONS[v.check_choice("activation", activation, v.ACTIVATION_NAMES)]
+    blank, clamp, lam = _common_scalars(blank, V, clamp, fastemit_lambda)
+    budget = v.check_workspace(max_workspace_bytes)
+    sample_wise = v.check_bool("sample_wise", sample_wise)
+    tf32 = v.check_bool("allow_tf32", allow_tf32)
+    t_len, u_len, host_targets = v.check_values("enc_lengths", enc_lengths, target_lengths,
+                                                targets, enc.shape[1], V, blank)
+    be = get_backend(backend, enc)
+    xp = be.xp
+    for name, x in (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)):
+        v.check_array_module(name, x, be)
+        v.check_finite(name, x, xp)
+    f = _fused.FusedInputs(*(xp.ascontiguousarray(x) for x in (enc, pred, weight, bias)),
+                           activation=act, blank=blank, fastemit_lambda=lam, clamp=clamp,
+                           tf32=tf32)
+    return be, f, xp.asarray(host_targets), make_plan(t_len, u_len), budget, sample_wise
+
+
+def _check_needs(needs) -> tuple:
+    if len(needs) != 4:
+        raise ValueError(f"needs: expected 4 flags (enc, pred, weight, bias), got {len(needs)}")
+    return tuple(bool(n) for n in needs)
+
+
 def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *,
                        activation: str = "tanh", blank: int = 0, clamp: float | None = None,
                        fastemit_lambda: float = 0.0,
                        max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                        sample_wise: bool = False, need_grad: bool = True,
-                       allow_tf32: bool = False, backend=None):
+                       reduction: str = "none", needs=ALL_GRADS, allow_tf32: bool = False,
+                       backend=None):
     """Per-sample losses of the fused joint network + RNN-T, and the backward context.
 
     ``z(b,t,u) = act(enc[b,t] + pred[b,u]) @ weight.T + bias`` is computed in row chunks
-    of the packed lattice whose workspace (h, dh: H floats; z: V floats per row, plus a
-    (V, H) buffer) fits ``max_workspace_bytes``; ``sample_wise=True`` keeps each chunk
-    inside one utterance (the seed paper's schedule).
+    of the packed lattice whose workspace fits ``max_workspace_bytes`` (see
+    ``cutrans._fused``); ``sample_wise=True`` keeps each chunk inside one utterance (the
+    seed paper's schedule).
 
     Args:
         enc: ``(B, T, H)`` projected encoder output; pred: ``(B, U+1, H)`` projected
             prediction-network output; weight: ``(V, H)``; bias: ``(V,)``; all one dtype.
         targets: ``(B, U)`` labels; enc_lengths ``(B,)`` in [1, T]; target_lengths in [0, U].
         activation: ``"tanh"`` | ``"relu"`` | ``"identity"``.
+        reduction: what the backward will receive. ``"none"``: a per-sample upstream
+            gradient ``(B,)`` -- the forward keeps 2 floats per lattice row and the backward
+            recomputes the logits. ``"mean"``/``"sum"``: the upstream gradient of the
+            reduced loss, a scalar -- every gradient is computed during the forward in one
+            pass (only ``needs``), and the backward scales them.
         allow_tf32: float32 inputs only: let the GEMMs round their inputs to TF32 (tensor
             cores, ~10-bit mantissa). Off by default: float32 is exact float32.
     Returns:
         ``(losses (B,), ctx)``; ctx is None unless ``need_grad``.
     """
-    v.check_array("enc", enc, kind="float", ndim=3, shape_doc="(B, T, H)")
-    v.check_array("pred", pred, kind="float", ndim=3, shape_doc="(B, U+1, H)")
-    v.check_array("weight", weight, kind="float", ndim=2, shape_doc="(V, H)")
-    v.check_array("bias", bias, kind="float", ndim=1, shape_doc="(V,)")
-    v.check_array("targets", targets, kind="index", ndim=2, shape_doc="(B, U)")
-    for name, x in (("pred", pred), ("weight", weight), ("bias", bias)):
-        if x.dtype != enc.dtype:
-            raise TypeError(f"{name}: expected the dtype of enc ({v.dtype_name(enc.dtype)}), "
-                            f"got {v.dtype_name(x.dtype)}")
-    B, T, H = enc.shape
-    v.check_batch("enc", B)
-    v.check_dim("pred", pred, 0, B, "batch size B of enc")
-    v.check_dim("pred", pred, 2, H, "hidden size H of enc")
-    v.check_dim("pred", pred, 1, targets.shape[1] + 1, "U+1, from targets' width U")
-    v.check_dim("targets", targets, 0, B, "batch size B of enc")
-    v.check_dim("weight", weight, 1, H, "hidden size H of enc")
-    v.check_dim("bias", bias, 0, weight.shape[0], "vocabulary size V of weight")
-    act = ACTIVATIONS[v.check_choice("activation", activation, tuple(ACTIVATIONS))]
-    t_len = v.check_lengths("enc_lengths", enc_lengths, B, 1, T, "frame counts")
-    u_len = v.check_lengths("target_lengths", target_lengths, B, 0, targets.shape[1],
-                            "label counts")
-    V = weight.shape[0]
-    blank, clamp, lam = _common_scalars(blank, V, clamp, fastemit_lambda)
-    if isinstance(max_workspace_bytes, bool) or not isinstance(max_workspace_bytes, int):
-        raise TypeError(f"max_workspace_bytes: expected an int, got "
-                        f"{type(max_workspace_bytes).__name__}")
-    if not isinstance(allow_tf32, bool):
-        raise TypeError(f"allow_tf32: expected a bool, got {type(allow_tf32).__name__}")
-    host_targets = v.to_host(targets)
-    v.check_targets(host_targets, u_len, V, blank)
-    be = get_backend(backend, enc)
-    xp = be.xp
-    for name, x in (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)):
-        v.check_array_module(name, x, be)
-        v.check_finite(name, x, xp)
-    enc, pred, weight, bias = (xp.ascontiguousarray(x) for x in (enc, pred, weight, bias))
-    return orch.fused_forward(be, enc, pred, weight, bias, xp.asarray(host_targets),
-                              make_plan(t_len, u_len), activation=act, blank=blank,
-                              fastemit_lambda=lam, clamp=clamp, need_grad=need_grad,
-                              max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise)
+    v.check_choice("reduction", reduction, v.REDUCTIONS)
+    need_grad = v.check_bool("need_grad", need_grad)
+    be, f, tg, plan, budget, sw = _fused_call(
+        enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank,
+        clamp, fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32, backend)
+    needs = _check_needs(needs)
+    if need_grad and reduction != "none" and any(needs):
+        scale = 1.0 / plan.batch if reduction == "mean" else 1.0
+        losses, grads = _fused.one_pass(be, f, tg, plan, scale=scale, needs=needs,
+                                        max_workspace_bytes=budget, sample_wise=sw)
+        return losses, ReducedContext(grads, reduction, needs)
+    return _fused.forward(be, f, tg, plan, need_grad=need_grad, max_workspace_bytes=budget,
+                          sample_wise=sw)
 
 
-def transducer_backward(ctx, grad_losses, needs=(True, True, True, True)) -> TransducerGrads:
-    """Gradients for upstream per-sample gradients ``grad_losses`` ``(B,)``.
+def _scale(grad, g):
+    """``grad * g`` in grad's dtype (g a Python number or a one-element array)."""
+    if isinstance(g, numbers.Real):  # a weak Python scalar keeps grad's dtype
+        return grad if g == 1 else grad * g
+    return grad * g.reshape(()).astype(grad.dtype)
 
-    ``needs``: flags for (enc, pred, weight, bias); unneeded gradients come back as None
-    and their work (dW GEMM, dh GEMM + joint backward) is skipped.
+
+def transducer_backward(ctx, grad_losses, needs=ALL_GRADS) -> TransducerGrads:
+    """Gradients for the upstream gradient of the forward's ``reduction``.
+
+    ``"none"`` contexts take ``grad_losses`` ``(B,)`` per sample; one-pass contexts
+    (``"mean"``/``"sum"``) take the scalar upstream gradient of the reduced loss (a number
+    or a one-element array) and scale the gradients computed in the forward (out of place;
+    returned as they are for ``1``). ``needs``: flags for (enc, pred, weight, bias);
+    unneeded gradients come back as None and their work is skipped.
     """
-    return TransducerGrads(*orch.fused_backward(ctx, grad_losses, needs))
+    needs = _check_needs(needs)
+    if isinstance(ctx, ReducedContext):
+        missing = [n for n, want, have in zip(("enc", "pred", "weight", "bias"), needs,
+                                              ctx.needs) if want and not have]
+        if missing:
+            raise ValueError(f"needs: the forward computed no gradient for {', '.join(missing)}")
+        if not isinstance(grad_losses, numbers.Real) and getattr(grad_losses, "size", 0) != 1:
+            raise ValueError(f"grad_losses: expected the scalar upstream gradient of the "
+                             f"{ctx.reduction}-reduced loss, got shape "
+                             f"{tuple(getattr(grad_losses, 'shape', ()))}")
+        return TransducerGrads(*(None if g is None or not want else _scale(g, grad_losses)
+                                 for g, want in zip(ctx.grads, needs)))
+    return TransducerGrads(*_fused.backward(ctx, grad_losses, needs))
 
 
 def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *,
@@ -219,18 +250,23 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
                     max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                     sample_wise: bool = False, compute_grad: bool = True,
                     allow_tf32: bool = False, backend=None) -> TransducerOutput:
-    """Fused loss and (if ``compute_grad``) the gradients of the reduced loss.
+    """Fused loss and (if ``compute_grad``) the gradients of the reduced loss (of the sum
+    for ``"none"``), computed in one pass over the batch.
 
     See ``transducer_forward`` for shapes; ``reduction`` as in ``rnnt_loss``.
     """
     v.check_choice("reduction", reduction, v.REDUCTIONS)
+    if not v.check_bool("compute_grad", compute_grad):
+        losses, _ = transducer_forward(
+            enc, pred, weight, bias, targets, enc_lengths, target_lengths,
+            activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
+            max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, need_grad=False,
+            allow_tf32=allow_tf32, backend=backend)
+        return TransducerOutput(v.reduce_losses(losses, reduction), None)
     losses, ctx = transducer_forward(
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
         blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
         max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-        need_grad=compute_grad, allow_tf32=allow_tf32, backend=backend)
-    loss = _reduce(losses, reduction)
-    if not compute_grad:
-        return TransducerOutput(loss, None)
-    up = _upstream(ctx.backend.xp, losses.shape[0], reduction, losses.dtype)
-    return TransducerOutput(loss, transducer_backward(ctx, up))
+        reduction="sum" if reduction == "none" else reduction, allow_tf32=allow_tf32,
+        backend=backend)
+    return TransducerOutput(v.reduce_losses(losses, reduction), TransducerGrads(*ctx.grads))

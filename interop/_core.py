@@ -1,26 +1,26 @@
 """Framework-free glue shared by the adapters (NumPy or CuPy arrays in, out).
 
 Framework custom ops (``torch.library.custom_op``, ``jax.pure_callback``) can only hand
-arrays from a forward to its backward, not the core's opaque ``LossContext``. So the
-forward here returns the per-sample losses plus the two small gradient coefficients
-(``coef_blank``, ``coef_emit``; see ``cutrans._orchestrate.LossContext``) laid out
-*padded* as ``(B, T, U+1)`` -- a shape known from the input shapes alone, so fake /
-abstract evaluation needs no data -- and the backward rebuilds the context from the
-inputs and those coefficients and runs the core's backward (recomputing logits).
+arrays from a forward to its backward, not the core's opaque contexts. So:
+
+* two-pass ops (per-sample upstream gradient, reduction "none"): the forward returns the
+  per-sample losses plus the two gradient coefficients (``coef_blank``, ``coef_emit``)
+  laid out *padded* as ``(B, T, U+1)`` -- a shape known from the input shapes alone, so
+  fake / abstract evaluation needs no data -- and the backward rebuilds the core's context
+  from the inputs and those coefficients (``_orchestrate.logits_context`` /
+  ``_fused.fused_context``, the constructors the core's forwards use) and runs its backward;
+* the one-pass fused op (reduction "mean"/"sum"): the forward returns the reduced loss and
+  the gradients themselves; the adapter's backward scales them by the upstream scalar.
 
 Padded <-> packed is a boolean mask: the packed row order (sample, then t, then u) is
 exactly the C order of the valid points ``t < T_b, u <= U_b`` of a ``(B, T, U+1)`` grid.
-
-The rebuild goes through the core's ``_orchestrate.logits_context`` /
-``_orchestrate.fused_context``, the same constructors the core's forwards use.
+All argument checks are ``cutrans._validate``'s, as in the core.
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
+from cutrans import _fused
 from cutrans import _orchestrate as orch
 from cutrans import _validate as v
 from cutrans import api
@@ -29,19 +29,7 @@ from cutrans._plan import make_plan, to_device
 from cutrans.backends import ACTIVATIONS, get_backend
 
 __all__ = ["logits_forward", "logits_backward", "fused_forward", "fused_backward",
-           "lattice_forward", "norm_clamp", "validate_logprob_args"]
-
-
-def norm_clamp(clamp) -> float:
-    """torchaudio's clamp: ``None`` or ``<= 0`` means no clamping (-> 0.0)."""
-    if clamp is None:
-        return 0.0
-    if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
-        raise TypeError(f"clamp: expected a real number or None, got {type(clamp).__name__}")
-    c = float(clamp)
-    if math.isnan(c) or c == math.inf:  # pure Python: traceable by torch.compile
-        raise ValueError(f"clamp: expected a finite number (<= 0 disables), got {clamp}")
-    return c if c > 0 else 0.0
+           "fused_reduced", "lattice_forward", "validate_logprob_args"]
 
 
 def _mask(xp, t_len, u_len, T: int, U1: int):
@@ -100,19 +88,21 @@ def logits_backward(grad_losses, logits, targets, logit_lengths, target_lengths,
                                           coef_blank, coef_emit, T, U1, cdt)
     ctx = orch.logits_context(be, logits, None, plan, cb, ce, packed=False,
                               blank=v.normalize_blank(blank, V),
-                              fastemit_lambda=float(fastemit_lambda), clamp=norm_clamp(clamp),
-                              dplan=dplan)
+                              fastemit_lambda=float(fastemit_lambda),
+                              clamp=v.normalize_clamp(clamp), dplan=dplan)
     return api.rnnt_loss_backward(ctx, grad_losses)
 
 
 # ------------------------------------------------------------------ fused op
 def fused_forward(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *, activation,
-                  blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, need_grad):
+                  blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, need_grad,
+                  allow_tf32=False):
     """``(losses (B,), coef_blank, coef_emit)``, coefficients ``(B, T, U+1)`` or None."""
     losses, ctx = api.transducer_forward(
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
         blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
-        max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, need_grad=need_grad)
+        max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, need_grad=need_grad,
+        allow_tf32=allow_tf32)
     if ctx is None:
         return losses, None, None
     return (losses, *_coefs_padded(ctx, enc.shape[1], pred.shape[1]))
@@ -120,7 +110,8 @@ def fused_forward(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
 
 def fused_backward(grad_losses, enc, pred, weight, bias, targets, enc_lengths, target_lengths,
                    coef_blank, coef_emit, *, activation, blank, clamp, fastemit_lambda,
-                   max_workspace_bytes, sample_wise, needs=(True, True, True, True)):
+                   max_workspace_bytes, sample_wise, needs=(True, True, True, True),
+                   allow_tf32=False):
     """``(d_enc, d_pred, d_weight, d_bias)`` from inputs + saved coefficients.
 
     ``needs`` flags the gradients to compute; the others come back as None.
@@ -132,28 +123,38 @@ def fused_backward(grad_losses, enc, pred, weight, bias, targets, enc_lengths, t
     cdt = compute_dtype(enc.dtype)
     plan, dplan, cb, ce = _plan_and_coefs(xp, targets, enc_lengths, target_lengths,
                                           coef_blank, coef_emit, T, U1, cdt)
-    ctx = orch.fused_context(be, enc, pred, weight, bias, None, plan, cb, ce,
-                             activation=ACTIVATIONS[activation],
-                             blank=v.normalize_blank(blank, V),
-                             fastemit_lambda=float(fastemit_lambda), clamp=norm_clamp(clamp),
-                             max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-                             dplan=dplan)
-    return tuple(orch.fused_backward(ctx, grad_losses, needs=tuple(needs)))
+    f = _fused.FusedInputs(*(xp.ascontiguousarray(x) for x in (enc, pred, weight, bias)),
+                           activation=ACTIVATIONS[activation],
+                           blank=v.normalize_blank(blank, V),
+                           fastemit_lambda=float(fastemit_lambda),
+                           clamp=v.normalize_clamp(clamp), tf32=bool(allow_tf32))
+    ctx = _fused.fused_context(be, f, None, plan, cb, ce,
+                               max_workspace_bytes=max_workspace_bytes,
+                               sample_wise=sample_wise, dplan=dplan)
+    return tuple(_fused.backward(ctx, grad_losses, needs=tuple(needs)))
+
+
+def fused_reduced(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *, activation,
+                  blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, reduction,
+                  needs=(True, True, True, True), allow_tf32=False):
+    """One pass: ``(reduced loss (0-d), d_enc, d_pred, d_weight, d_bias)``, the gradients of
+    the reduced loss (None where not in ``needs``)."""
+    losses, ctx = api.transducer_forward(
+        enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
+        blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
+        max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, reduction=reduction,
+        needs=needs, allow_tf32=allow_tf32)
+    xp = get_backend(None, enc).xp
+    return (xp.asarray(v.reduce_losses(losses, reduction)), *ctx.grads)
 
 
 # ------------------------------------------------------------------ lattice only
 def validate_logprob_args(logits, targets, logit_lengths, target_lengths, blank) -> int:
     """The checks of ``api.rnnt_loss_forward`` (padded layout); returns the blank id."""
-    v.check_array("logits", logits, kind="float", ndim=4, shape_doc="(B, T, U+1, V)")
-    v.check_array("targets", targets, kind="index", ndim=2, shape_doc="(B, U)")
-    B = targets.shape[0]
-    v.check_dim("logits", logits, 0, B, "batch size B of targets")
-    v.check_dim("logits", logits, 2, targets.shape[1] + 1, "U+1, from targets' width U")
-    v.check_lengths("logit_lengths", logit_lengths, B, 1, logits.shape[1], "frame counts")
-    u_len = v.check_lengths("target_lengths", target_lengths, B, 0, targets.shape[1],
-                            "label counts")
-    blank = v.normalize_blank(blank, logits.shape[-1])
-    v.check_targets(v.to_host(targets), u_len, logits.shape[-1], blank)
+    V = v.logits_shapes(logits, targets, logit_lengths, target_lengths)
+    blank = v.normalize_blank(blank, V)
+    v.check_values("logit_lengths", logit_lengths, target_lengths, targets, logits.shape[1], V,
+                   blank)
     return blank
 
 
@@ -175,8 +176,8 @@ def lattice_forward(lp_blank, lp_emit, logit_lengths, target_lengths, *, fastemi
     alpha = xp.empty_like(lpb)
     beta = xp.empty_like(lpb) if need_grad else alpha
     ll = xp.empty(B, dtype=lpb.dtype)
-    be.lattice(dplan, lpb, lpe, alpha, beta, ll, lpb, lpe, need_grad)
-    losses = ll * (-(1.0 + fastemit_lambda))
+    be.lattice(dplan, 0, B, 0, lpb, lpe, alpha, beta, ll, lpb, lpe, need_grad)
+    losses = _fused.losses_from(ll, fastemit_lambda)
     if not need_grad:
         return losses, None, None
     return losses, _pad(xp, lpb, mask), _pad(xp, lpe, mask)

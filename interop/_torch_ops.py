@@ -5,7 +5,11 @@ gradient coefficients, padded ``(B, T, U+1)``; the backward op recomputes from t
 inputs and those coefficients):
 
 * ``cutrans::rnnt_loss_fwd`` / ``cutrans::rnnt_loss_bwd``      -- logits op
-* ``cutrans::transducer_fwd`` / ``cutrans::transducer_bwd``    -- fused op
+* ``cutrans::transducer_fwd`` / ``cutrans::transducer_bwd``    -- fused op, two passes
+  (reduction "none": the backward gets a per-sample upstream gradient)
+* ``cutrans::transducer_reduced``                             -- fused op, one pass
+  (reduction "mean"/"sum": the forward returns the reduced loss and the gradients; the
+  backward scales them by the upstream scalar, out of place)
 * ``cutrans::rnnt_lattice``                                    -- recursion on log-probs
   (``fused_log_softmax=False``; its backward is plain torch arithmetic)
 
@@ -176,14 +180,15 @@ rnnt_loss_fwd.register_autograd(_rnnt_backward, setup_context=_rnnt_setup)
 def transducer_fwd(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
                    enc_lengths: Tensor, target_lengths: Tensor, activation: str, blank: int,
                    clamp: float, fastemit_lambda: float, max_workspace_bytes: int,
-                   sample_wise: bool, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+                   sample_wise: bool, allow_tf32: bool, need_grad: bool
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     with device_scope(enc):
         losses, cb, ce = _core.fused_forward(
             *(to_xp(x) for x in (enc, pred, weight, bias, targets, enc_lengths,
                                  target_lengths)),
             activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
             max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-            need_grad=need_grad)
+            need_grad=need_grad, allow_tf32=allow_tf32)
         if cb is None:
             return (from_xp(losses), *_empty_coefs(enc))
         return from_xp(losses), from_xp(cb), from_xp(ce)
@@ -191,7 +196,7 @@ def transducer_fwd(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor, targ
 
 @transducer_fwd.register_fake
 def _(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank, clamp,
-      fastemit_lambda, max_workspace_bytes, sample_wise, need_grad):
+      fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32, need_grad):
     B, T, _ = enc.shape
     U1 = pred.shape[1]
     return (enc.new_empty((B,), dtype=compute_dtype(enc.dtype)),
@@ -203,7 +208,7 @@ def transducer_bwd(grad_losses: Tensor, enc: Tensor, pred: Tensor, weight: Tenso
                    bias: Tensor, targets: Tensor, enc_lengths: Tensor, target_lengths: Tensor,
                    coef_blank: Tensor, coef_emit: Tensor, activation: str, blank: int,
                    clamp: float, fastemit_lambda: float, max_workspace_bytes: int,
-                   sample_wise: bool, needs: list[bool]
+                   sample_wise: bool, allow_tf32: bool, needs: list[bool]
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ins = (enc, pred, weight, bias)
     with device_scope(enc):
@@ -212,7 +217,8 @@ def transducer_bwd(grad_losses: Tensor, enc: Tensor, pred: Tensor, weight: Tenso
             *(to_xp(x) for x in (*ins, targets, enc_lengths, target_lengths, coef_blank,
                                  coef_emit)),
             activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
-            max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, needs=needs)
+            max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, needs=needs,
+            allow_tf32=allow_tf32)
         return tuple(from_xp(g, x.dtype) if need else x.new_empty((0,))
                      for g, x, need in zip(grads, ins, needs))
 
@@ -226,19 +232,62 @@ def _(grad_losses, enc, pred, weight, bias, *args):
 
 def _fused_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:7], output[1], output[2])
-    ctx.scalars = inputs[7:13]
+    ctx.scalars = inputs[7:14]
 
 
 def _fused_backward(ctx, grad_losses, _gcb, _gce):
     needs = list(ctx.needs_input_grad[:4])
     if not any(needs):
-        return (None,) * 14
+        return (None,) * 15
     saved = ctx.saved_tensors
     grads = torch.ops.cutrans.transducer_bwd(grad_losses, *saved, *ctx.scalars, needs)
-    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 10
+    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 11
 
 
 transducer_fwd.register_autograd(_fused_backward, setup_context=_fused_setup)
+
+
+@torch.library.custom_op("cutrans::transducer_reduced", mutates_args=())
+def transducer_reduced(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor,
+                       targets: Tensor, enc_lengths: Tensor, target_lengths: Tensor,
+                       activation: str, blank: int, clamp: float, fastemit_lambda: float,
+                       max_workspace_bytes: int, sample_wise: bool, allow_tf32: bool,
+                       reduction: str, needs: list[bool]
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One pass: the reduced loss (0-d, compute dtype) and the gradients of the reduced
+    loss w.r.t. (enc, pred, weight, bias) (empty where not in ``needs``)."""
+    ins = (enc, pred, weight, bias)
+    with device_scope(enc):
+        loss, *grads = _core.fused_reduced(
+            *(to_xp(x) for x in (*ins, targets, enc_lengths, target_lengths)),
+            activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
+            max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
+            reduction=reduction, needs=needs, allow_tf32=allow_tf32)
+        return (from_xp(loss), *(from_xp(g, x.dtype) if need else x.new_empty((0,))
+                                 for g, x, need in zip(grads, ins, needs)))
+
+
+@transducer_reduced.register_fake
+def _(enc, pred, weight, bias, *args):
+    needs = args[-1]
+    return (enc.new_empty((), dtype=compute_dtype(enc.dtype)),
+            *(torch.empty_like(x, memory_format=torch.contiguous_format) if need
+              else x.new_empty((0,)) for x, need in zip((enc, pred, weight, bias), needs)))
+
+
+def _reduced_setup(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:])
+    ctx.needs = inputs[-1]
+
+
+def _reduced_backward(ctx, grad_loss, *_grad_grads):
+    # out of place, so that a repeated backward (retain_graph) scales the same gradients
+    grads = tuple(g * grad_loss.to(g.dtype) if need and n else None
+                  for g, need, n in zip(ctx.saved_tensors, ctx.needs, ctx.needs_input_grad))
+    return grads + (None,) * 12
+
+
+transducer_reduced.register_autograd(_reduced_backward, setup_context=_reduced_setup)
 
 
 # ------------------------------------------------------------------ lattice op

@@ -38,7 +38,6 @@ from . import _core
 __all__ = ["rnnt_loss", "transducer_loss", "ROUTE"]
 
 ROUTE: str | None = None  # None (by platform) | "pure" | "buffer"
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 # ------------------------------------------------------------------ callbacks
@@ -64,13 +63,29 @@ def _call(fn, out_types, *args):
                            vmap_method="sequential")(*args)
 
 
+class _StreamHandle:
+    """XLA's stream pointer as a ``__cuda_stream__`` object (CUDA stream protocol)."""
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+def _xla_stream(cupy, ptr: int, dev_id: int):
+    if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy >= 14 (ExternalStream deprecated)
+        return cupy.cuda.Stream.from_external(_StreamHandle(ptr))
+    return cupy.cuda.ExternalStream(ptr, dev_id)
+
+
 def _buffer_cb(fn, ctx, outs, *bufs):
     """buffer_callback body: device buffers -> CuPy on XLA's stream (NumPy on the CPU)."""
     dev_type, dev_id = bufs[0].__dlpack_device__()
     if dev_type != 1:  # DLPack device type 1 = kDLCPU
         import cupy
         # the buffers' device, and XLA's stream on it (not CuPy's current device)
-        with cupy.cuda.Device(dev_id), cupy.cuda.ExternalStream(int(ctx.stream), dev_id):
+        with cupy.cuda.Device(dev_id), _xla_stream(cupy, int(ctx.stream), dev_id):
             res = fn(*(cupy.from_dlpack(b) for b in bufs))
             for o, r in zip(outs, res):
                 dst = cupy.from_dlpack(o)
@@ -92,49 +107,12 @@ def _is_concrete(*xs) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
-def _check(name, x, ndim, doc, kind):
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
-    dt = jnp.dtype(x.dtype)
-    if kind == "float" and dt not in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64):
-        raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, "
-                        f"got {dt}")
-    if kind == "index" and dt not in (jnp.int32, jnp.int64):
-        raise TypeError(f"{name}: expected dtype int32 or int64, got {dt}")
-    if len(x.shape) != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions {doc}, got shape {tuple(x.shape)}")
-
-
-def _check_dim(name, x, axis, expected, what):
-    if x.shape[axis] != expected:
-        raise ValueError(f"{name}: expected size {expected} ({what}) at dimension {axis}, got "
-                         f"shape {tuple(x.shape)}")
-
-
-def _check_common(targets, t_len, u_len, t_name, B, T, reduction, blank, V):
-    _check("targets", targets, 2, "(B, U)", "index")
-    _check(t_name, t_len, 1, "(B,)", "index")
-    _check("target_lengths", u_len, 1, "(B,)", "index")
-    _check_dim("targets", targets, 0, B, "batch size B")
-    _check_dim(t_name, t_len, 0, B, "batch size B")
-    _check_dim("target_lengths", u_len, 0, B, "batch size B")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
-    if isinstance(blank, bool) or not isinstance(blank, int):
-        raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
-    if not -V <= blank < V:
-        raise ValueError(f"blank: expected a label id in [{-V}, {V}) for V={V}, got {blank}")
-    if _is_concrete(targets, t_len, u_len):  # eager: check values now, with a clear error
-        _v.check_lengths(t_name, np.asarray(t_len), B, 1, T, "frame counts")
-        u = _v.check_lengths("target_lengths", np.asarray(u_len), B, 0, targets.shape[1],
-                             "label counts")
-        _v.check_targets(np.asarray(targets), u, V, blank % V)
-
-
-def _reduce(losses, reduction):
-    if reduction == "mean":
-        return losses.mean()
-    return losses.sum() if reduction == "sum" else losses
+def _check_values(t_name, t_len, u_len, targets, T, V, blank):
+    """Eager calls: check lengths and labels now, with the core's messages (under jit the
+    callback checks them)."""
+    if _is_concrete(targets, t_len, u_len):
+        _v.check_values(t_name, np.asarray(t_len), np.asarray(u_len), np.asarray(targets), T,
+                        V, blank)
 
 
 # ------------------------------------------------------------------ logits op
@@ -194,14 +172,14 @@ def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
     Returns:
         The loss in the compute dtype (float32; float64 for float64 logits).
     """
-    _check("logits", logits, 4, "(B, T, U+1, V)", "float")
-    B, T, U1, V = logits.shape
-    _check_common(targets, logit_lengths, target_lengths, "logit_lengths", B, T, reduction,
-                  blank, V)
-    _check_dim("logits", logits, 2, targets.shape[1] + 1, "U+1, from targets' width U")
-    p = _LogitsParams(blank % V, _core.norm_clamp(clamp),
+    _v.check_choice("reduction", reduction, _v.REDUCTIONS)
+    V = _v.logits_shapes(logits, targets, logit_lengths, target_lengths)
+    blank = _v.normalize_blank(blank, V)
+    _check_values("logit_lengths", logit_lengths, target_lengths, targets, logits.shape[1], V,
+                  blank)
+    p = _LogitsParams(blank, _v.normalize_clamp(clamp),
                       _v.check_scalar("fastemit_lambda", fastemit_lambda))
-    return _reduce(_rnnt(logits, targets, logit_lengths, target_lengths, p), reduction)
+    return _v.reduce_losses(_rnnt(logits, targets, logit_lengths, target_lengths, p), reduction)
 
 
 # ------------------------------------------------------------------ fused op
@@ -248,6 +226,30 @@ def _fused_bwd(p, res, g):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _fused_reduced(enc, pred, weight, bias, targets, t_len, u_len, p: _FusedParams,
+                   reduction: str):
+    """The reduced loss; differentiated, it computes every gradient in one pass."""
+    return _v.reduce_losses(_fused(enc, pred, weight, bias, targets, t_len, u_len, p),
+                            reduction)
+
+
+def _fused_reduced_fwd(enc, pred, weight, bias, targets, t_len, u_len, p, reduction):
+    def fwd(*a):
+        return _core.fused_reduced(*a, **p.kw(), reduction=reduction)
+    ins = (enc, pred, weight, bias)
+    loss, *grads = _call(fwd, [_sds((), _cdt(enc.dtype))] +
+                         [_sds(x.shape, x.dtype) for x in ins], *ins, targets, t_len, u_len)
+    return loss, tuple(grads)
+
+
+def _fused_reduced_bwd(p, reduction, grads, g):
+    return (*(x * g.astype(x.dtype) for x in grads), None, None, None)
+
+
+_fused_reduced.defvjp(_fused_reduced_fwd, _fused_reduced_bwd)
+
+
 def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *,
                     activation: str = "tanh", blank: int = 0, reduction: str = "mean",
                     clamp: float | None = None, fastemit_lambda: float = 0.0,
@@ -258,31 +260,20 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
     Never builds ``(B, T, U+1, V)``; differentiable in enc ``(B, T, H)``, pred
     ``(B, U+1, H)``, weight ``(V, H)`` and bias ``(V,)`` (one float dtype). Other
     arguments as ``rnnt_loss``; ``activation``: ``"tanh"`` | ``"relu"`` | ``"identity"``.
+    ``"mean"``/``"sum"``: differentiation computes every gradient in one pass with the
+    loss (the backward scales them); ``"none"``: two passes.
     Returns the loss in the compute dtype (float32; float64 for float64 inputs).
     """
-    for name, x, nd, doc in (("enc", enc, 3, "(B, T, H)"), ("pred", pred, 3, "(B, U+1, H)"),
-                             ("weight", weight, 2, "(V, H)"), ("bias", bias, 1, "(V,)")):
-        _check(name, x, nd, doc, "float")
-        if jnp.dtype(x.dtype) != jnp.dtype(enc.dtype):
-            raise TypeError(f"{name}: expected the dtype of enc ({jnp.dtype(enc.dtype)}), got "
-                            f"{jnp.dtype(x.dtype)}")
-    B, T, H = enc.shape
-    V = weight.shape[0]
-    _check_common(targets, enc_lengths, target_lengths, "enc_lengths", B, T, reduction, blank,
-                  V)
-    _check_dim("pred", pred, 0, B, "batch size B of enc")
-    _check_dim("pred", pred, 1, targets.shape[1] + 1, "U+1, from targets' width U")
-    _check_dim("pred", pred, 2, H, "hidden size H of enc")
-    _check_dim("weight", weight, 1, H, "hidden size H of enc")
-    _check_dim("bias", bias, 0, V, "vocabulary size V of weight")
-    if activation not in ("tanh", "relu", "identity"):
-        raise ValueError(f"activation: expected one of 'tanh', 'relu', 'identity', got "
-                         f"{activation!r}")
-    if isinstance(max_workspace_bytes, bool) or not isinstance(max_workspace_bytes, int):
-        raise TypeError(f"max_workspace_bytes: expected an int, got "
-                        f"{type(max_workspace_bytes).__name__}")
-    p = _FusedParams(activation, blank % V, _core.norm_clamp(clamp),
+    _v.check_choice("reduction", reduction, _v.REDUCTIONS)
+    V = _v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
+    _v.check_choice("activation", activation, _v.ACTIVATION_NAMES)
+    blank = _v.normalize_blank(blank, V)
+    _check_values("enc_lengths", enc_lengths, target_lengths, targets, enc.shape[1], V, blank)
+    p = _FusedParams(activation, blank, _v.normalize_clamp(clamp),
                      _v.check_scalar("fastemit_lambda", fastemit_lambda),
-                     max_workspace_bytes, bool(sample_wise))
-    losses = _fused(enc, pred, weight, bias, targets, enc_lengths, target_lengths, p)
-    return _reduce(losses, reduction)
+                     _v.check_workspace(max_workspace_bytes),
+                     _v.check_bool("sample_wise", sample_wise))
+    args = (enc, pred, weight, bias, targets, enc_lengths, target_lengths, p)
+    if reduction == "none":
+        return _fused(*args)
+    return _fused_reduced(*args, reduction)

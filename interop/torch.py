@@ -3,8 +3,12 @@
 Both losses are ``torch.library`` custom ops (``cutrans::*``, see ``_torch_ops``) with
 autograd formulas and fake implementations: they work eagerly, under
 ``torch.compile(fullgraph=True)``, in ``DistributedDataParallel``, and with repeated
-``backward(retain_graph=True)`` (gradients are scaled out of place). The batch reduction
-happens outside the op, so its backward receives a per-sample upstream gradient.
+``backward(retain_graph=True)`` (gradients are scaled out of place). The fused loss with
+``reduction="mean"``/``"sum"`` reduces inside the op and computes every gradient in its
+forward, one pass over the batch (the seed paper's schedule); its backward only scales
+them by the upstream scalar. ``reduction="none"`` keeps two passes (a per-sample upstream
+gradient). ``allow_tf32`` of the fused op follows ``torch.backends.cuda.matmul.allow_tf32``
+for float32 CUDA tensors.
 CPU tensors run the NumPy backend, CUDA tensors the CuPy kernels on torch's current
 stream -- zero-copy through DLPack either way.
 
@@ -22,14 +26,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cutrans import _validate as v
 from cutrans.api import DEFAULT_WORKSPACE_BYTES
 
-from . import _core
 from . import _torch_ops as _ops
 
 __all__ = ["rnnt_loss", "RNNTLoss", "transducer_loss", "TransducerLoss"]
 
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 def _check_tensor(name: str, x) -> Tensor:
@@ -39,14 +42,7 @@ def _check_tensor(name: str, x) -> Tensor:
 
 
 def _check_reduction(reduction):
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
-
-
-def _reduce(losses: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return losses.mean()
-    return losses.sum() if reduction == "sum" else losses
+    v.check_choice("reduction", reduction, v.REDUCTIONS)
 
 
 def _need_grad(*xs) -> bool:
@@ -88,7 +84,7 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
                     ("target_lengths", target_lengths)):
         _check_tensor(name, x)
     _check_reduction(reduction)
-    clamp = _core.norm_clamp(clamp)
+    clamp = v.normalize_clamp(clamp)
     if isinstance(blank, bool) or not isinstance(blank, int):
         raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
     need = _need_grad(logits)
@@ -98,27 +94,13 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
     else:
         losses = _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp,
                                  float(fastemit_lambda), need)
-    return _reduce(losses.to(logits.dtype), reduction)
+    return v.reduce_losses(losses.to(logits.dtype), reduction)
 
 
 def _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp, lam, need):
     """fused_log_softmax=False: gather lp_blank / lp_y in torch, recursion in the core."""
-    for name, x, nd, doc in (("logits", logits, 4, "(B, T, U+1, V)"),
-                             ("targets", targets, 2, "(B, U)"),
-                             ("logit_lengths", logit_lengths, 1, "(B,)"),
-                             ("target_lengths", target_lengths, 1, "(B,)")):
-        if x.dim() != nd:
-            raise ValueError(f"{name}: expected {nd} dimensions {doc}, got shape "
-                             f"{tuple(x.shape)}")
+    v.logits_shapes(logits, targets, logit_lengths, target_lengths)  # named errors first
     B, T, U1, V = logits.shape
-    for name, x, dim, want, what in (("targets", targets, 0, B, "batch size B of logits"),
-                                     ("logits", logits, 2, targets.shape[1] + 1,
-                                      "U+1, from targets' width U"),
-                                     ("logit_lengths", logit_lengths, 0, B, "batch size B"),
-                                     ("target_lengths", target_lengths, 0, B, "batch size B")):
-        if x.shape[dim] != want:
-            raise ValueError(f"{name}: expected size {want} ({what}) at dimension {dim}, got "
-                             f"shape {tuple(x.shape)}")
     if not torch.compiler.is_compiling():
         # log-probs may hold -inf (masked labels); NaN and +inf show in the sum, O(1) memory
         total = logits.detach().sum(dtype=torch.float64 if logits.dtype == torch.float64
@@ -166,7 +148,8 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
     ``z(b,t,u) = act(enc[b,t] + pred[b,u]) @ weight.T + bias``, ``lp = log_softmax(z)``,
     RNN-T loss over the lattice -- without building a ``(B, T, U+1, V)`` tensor (row
     chunks bounded by ``max_workspace_bytes``; ``sample_wise`` keeps each chunk in one
-    utterance). Gradients are recomputed chunk by chunk in the backward.
+    utterance). ``"mean"``/``"sum"``: every gradient is computed in the forward, one pass
+    (the backward scales them); ``"none"``: two passes (the backward recomputes).
 
     Args:
         enc: ``(B, T, H)``; pred: ``(B, U+1, H)``; weight ``(V, H)``; bias ``(V,)`` or
@@ -188,12 +171,15 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
     _check_tensor("bias", bias)
     if not isinstance(activation, str):
         raise TypeError(f"activation: expected a str, got {type(activation).__name__}")
-    need = _need_grad(enc, pred, weight, bias)
-    losses = _ops.transducer_fwd(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
-                                 activation, blank, _core.norm_clamp(clamp),
-                                 float(fastemit_lambda), max_workspace_bytes, sample_wise,
-                                 need)[0]
-    return _reduce(losses, reduction)
+    tf32 = bool(enc.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+    args = (enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank,
+            v.normalize_clamp(clamp), float(fastemit_lambda), max_workspace_bytes, sample_wise,
+            tf32)
+    if reduction != "none" and _need_grad(enc, pred, weight, bias):
+        needs = [x.requires_grad for x in (enc, pred, weight, bias)]
+        return _ops.transducer_reduced(*args, reduction, needs)[0]
+    losses = _ops.transducer_fwd(*args, _need_grad(enc, pred, weight, bias))[0]
+    return v.reduce_losses(losses, reduction)
 
 
 class TransducerLoss(nn.Module):

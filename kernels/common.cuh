@@ -107,8 +107,94 @@ __device__ __forceinline__ C block_lse(Lse<C> a, C* scratch) {
   return lse_value(t);
 }
 
+// ----------------------------------------------------------------- 16-byte vectors
+// Row kernels read and write rows of V elements in 16-byte words when the row starts on a
+// 16-byte boundary (the fused op's workspaces are laid out so that every row does).
+// Vec<T>::N elements of T per word; unpacked to / packed from the compute type.
+template <class T> struct Vec { static constexpr int N = 16 / sizeof(T); };
+
+template <class T> __device__ __forceinline__ bool is_aligned16(const T* p) {
+  return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
+}
+
+__device__ __forceinline__ void unpack16(uint4 w, float (&x)[4]) {
+  x[0] = __uint_as_float(w.x); x[1] = __uint_as_float(w.y);
+  x[2] = __uint_as_float(w.z); x[3] = __uint_as_float(w.w);
+}
+__device__ __forceinline__ double bits_to_double(unsigned lo, unsigned hi) {
+  return __longlong_as_double(
+      static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo));
+}
+__device__ __forceinline__ void unpack16(uint4 w, double (&x)[2]) {
+  x[0] = bits_to_double(w.x, w.y);
+  x[1] = bits_to_double(w.z, w.w);
+}
+template <class H> __device__ __forceinline__ float half_bits_to_compute(unsigned bits);
+template <> __device__ __forceinline__ float half_bits_to_compute<__half>(unsigned bits) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+}
+template <> __device__ __forceinline__ float half_bits_to_compute<__nv_bfloat16>(unsigned bits) {
+  return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(bits)));
+}
+template <class H> __device__ __forceinline__ void unpack16_half(uint4 w, float (&x)[8]) {
+  const unsigned words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    x[2 * i] = half_bits_to_compute<H>(words[i] & 0xffffu);
+    x[2 * i + 1] = half_bits_to_compute<H>(words[i] >> 16);
+  }
+}
+template <class T, int N = Vec<T>::N>
+__device__ __forceinline__ void load16(const T* p, typename Compute<T>::type (&x)[N]);
+template <> __device__ __forceinline__ void load16<float>(const float* p, float (&x)[4]) {
+  unpack16(*reinterpret_cast<const uint4*>(p), x);
+}
+template <> __device__ __forceinline__ void load16<double>(const double* p, double (&x)[2]) {
+  unpack16(*reinterpret_cast<const uint4*>(p), x);
+}
+template <> __device__ __forceinline__ void load16<__half>(const __half* p, float (&x)[8]) {
+  unpack16_half<__half>(*reinterpret_cast<const uint4*>(p), x);
+}
+template <> __device__ __forceinline__ void load16<__nv_bfloat16>(const __nv_bfloat16* p,
+                                                                 float (&x)[8]) {
+  unpack16_half<__nv_bfloat16>(*reinterpret_cast<const uint4*>(p), x);
+}
+
+__device__ __forceinline__ unsigned half_bits(__half h) { return __half_as_ushort(h); }
+__device__ __forceinline__ unsigned half_bits(__nv_bfloat16 h) { return __bfloat16_as_ushort(h); }
+
+template <class T, int N = Vec<T>::N>
+__device__ __forceinline__ void store16(T* p, const typename Compute<T>::type (&x)[N]);
+template <> __device__ __forceinline__ void store16<float>(float* p, const float (&x)[4]) {
+  *reinterpret_cast<uint4*>(p) = make_uint4(__float_as_uint(x[0]), __float_as_uint(x[1]),
+                                            __float_as_uint(x[2]), __float_as_uint(x[3]));
+}
+template <> __device__ __forceinline__ void store16<double>(double* p, const double (&x)[2]) {
+  const unsigned long long a = static_cast<unsigned long long>(__double_as_longlong(x[0]));
+  const unsigned long long b = static_cast<unsigned long long>(__double_as_longlong(x[1]));
+  *reinterpret_cast<uint4*>(p) =
+      make_uint4(static_cast<unsigned>(a), static_cast<unsigned>(a >> 32),
+                 static_cast<unsigned>(b), static_cast<unsigned>(b >> 32));
+}
+template <class H> __device__ __forceinline__ void store16_half(H* p, const float (&x)[8]) {
+  unsigned w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    w[i] = half_bits(from_compute<H>(x[2 * i])) | (half_bits(from_compute<H>(x[2 * i + 1])) << 16);
+  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+template <> __device__ __forceinline__ void store16<__half>(__half* p, const float (&x)[8]) {
+  store16_half(p, x);
+}
+template <> __device__ __forceinline__ void store16<__nv_bfloat16>(__nv_bfloat16* p,
+                                                                  const float (&x)[8]) {
+  store16_half(p, x);
+}
+
 // ----------------------------------------------------------------- row plan
-// Sample of packed row r: the largest b with offsets[b] <= r (offsets strictly increasing).
+// The largest b in [0, batch) with offsets[b] <= r (offsets non-decreasing, offsets[0] <= r):
+// the sample of packed row r (row offsets), of frame r (frame offsets: cumsum of T_b), or of
+// label slot r (label offsets: cumsum of U_b + 1).
 __device__ __forceinline__ int find_sample(const long long* offsets, int batch, long long r) {
   int lo = 0, hi = batch - 1;
   while (lo < hi) {

@@ -1,10 +1,13 @@
 // cutrans joint-network kernels: h = act(enc[b,t] + pred[b,u]) and its backward.
 //
-// Chunk rows r = row0 + i, i in [0, n_rows); h and dh are (n_rows, H) in the compute type.
-// enc (B, T_max, H) and pred (B, U_max + 1, H) are contiguous (enc_T = T_max,
-// pred_U1 = U_max + 1). Activation codes: 0 tanh, 1 relu, 2 identity.
-// The backward reductions are deterministic: every output element is summed by one thread in
-// row order (no atomics); d_enc / d_pred accumulate (+=) across chunks.
+// Chunk rows r = row0 + i, i in [0, n_rows); h and dh are (n_rows, ldh) arrays of the storage
+// type T (the first H columns are used; ldh >= H). enc (B, T_max, H) and pred
+// (B, U_max + 1, H) are contiguous (enc_T = T_max, pred_U1 = U_max + 1). Math runs in the
+// compute type. Activation codes: 0 tanh, 1 relu, 2 identity.
+// The backward recomputes act'(x) from enc and pred (h is not kept) and reduces in a fixed
+// order with one thread per output element: deterministic, no atomics. Its outputs have type
+// O (T, or the compute type for the float32 accumulators of a sample split across chunks);
+// an output's row for sample b is (b - out_b0): out_b0 = 0 for whole (B, ...) gradients.
 #include "common.cuh"
 
 using cutrans::Compute;
@@ -23,78 +26,112 @@ template <class C> __device__ __forceinline__ C activate_grad(C h, int activatio
   return C(1);
 }
 
-// One block per row (grid-stride), BLOCK threads over H.
+// out = acc (accumulate == 0) or out + acc, stored as O.
+template <class O, class C>
+__device__ __forceinline__ void store_out(O* out, C acc, int accumulate) {
+  if (accumulate) acc += static_cast<C>(cutrans::to_compute(*out));
+  *out = cutrans::from_compute<O>(static_cast<typename Compute<O>::type>(acc));
+}
+
+// One block per row (grid-stride), BLOCK threads over H; h[i, k] = act(enc + pred) as T.
 template <class T, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
 joint_forward(const T* __restrict__ enc, const T* __restrict__ pred,
               const long long* __restrict__ offsets, const int* __restrict__ target_len,
               int batch, long long row0, long long n_rows, int H, long long enc_T,
-              long long pred_U1, int activation, typename Compute<T>::type* __restrict__ h) {
+              long long pred_U1, int activation, T* __restrict__ h, long long ldh) {
   using C = typename Compute<T>::type;
   for (long long i = blockIdx.x; i < n_rows; i += gridDim.x) {
     const RowPos p = cutrans::row_pos(offsets, target_len, batch, row0 + i);
     const T* e = enc + (p.b * enc_T + p.t) * H;
     const T* q = pred + (p.b * pred_U1 + p.u) * H;
-    C* out = h + i * H;
+    T* out = h + i * ldh;
     for (int k = threadIdx.x; k < H; k += BLOCK) {
       const C x = cutrans::to_compute(e[k]) + cutrans::to_compute(q[k]);
-      out[k] = activate(x, activation);
+      out[k] = cutrans::from_compute<T>(activate(x, activation));
     }
   }
 }
 
-// dh <- dpre = dh * act'(h); d_enc[b, t] += sum of dpre over the chunk's rows of (b, t).
-// Block i owns the run of rows of one (b, t) that starts at chunk row i (u == 0 or i == 0)
-// and sums it in row order; other blocks skip. Every dh element is rewritten exactly once.
-template <class C, int BLOCK>
+// d_enc[b, t] (+)= sum over the chunk's rows of (b, t) of dh * act'(enc[b,t] + pred[b,u]),
+// in u order. One block per frame F = f0 + j, j in [0, n_frames) (grid-stride), F indexing
+// the frames of all samples (frame_offsets: exclusive cumsum of T_b); the chunk's frames are
+// consecutive, so every block has work.
+template <class T, class O, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
-joint_backward_enc(C* __restrict__ dh, const C* __restrict__ h,
-                   const long long* __restrict__ offsets, const int* __restrict__ target_len,
-                   int batch, long long row0, long long n_rows, int H, long long enc_T,
-                   int activation, C* __restrict__ d_enc) {
-  for (long long i = blockIdx.x; i < n_rows; i += gridDim.x) {
-    const RowPos p = cutrans::row_pos(offsets, target_len, batch, row0 + i);
-    if (p.u != 0 && i != 0) continue;
-    long long len = p.U + 1 - p.u;
-    if (len > n_rows - i) len = n_rows - i;
-    C* out = d_enc + (p.b * enc_T + p.t) * H;
+joint_backward_enc(const T* __restrict__ dh, long long ldh, const T* __restrict__ enc,
+                   const T* __restrict__ pred, const long long* __restrict__ offsets,
+                   const long long* __restrict__ frame_offsets,
+                   const int* __restrict__ target_len, int batch, long long row0,
+                   long long n_rows, long long f0, long long n_frames, int H, long long enc_T,
+                   long long pred_U1, int activation, O* __restrict__ d_enc, int out_b0,
+                   long long out_T, int accumulate) {
+  using C = typename Compute<T>::type;
+  for (long long j = blockIdx.x; j < n_frames; j += gridDim.x) {
+    const long long F = f0 + j;
+    const int b = cutrans::find_sample(frame_offsets, batch, F);
+    const int t = static_cast<int>(F - frame_offsets[b]);
+    const int U1 = target_len[b] + 1;
+    const long long first = offsets[b] + static_cast<long long>(t) * U1;  // row of (b, t, 0)
+    const long long lo = first > row0 ? first : row0;
+    const long long hi = first + U1 < row0 + n_rows ? first + U1 : row0 + n_rows;
+    const T* e = enc + (b * enc_T + t) * H;
+    const T* q = pred + b * pred_U1 * H;
+    O* out = d_enc + ((b - out_b0) * out_T + t) * H;
     for (int k = threadIdx.x; k < H; k += BLOCK) {
+      const C ek = cutrans::to_compute(e[k]);
       C acc = C(0);
-      for (long long j = i; j < i + len; ++j) {
-        const C g = dh[j * H + k] * activate_grad(h[j * H + k], activation);
-        dh[j * H + k] = g;
-        acc += g;
+      for (long long r = lo; r < hi; ++r) {
+        const int u = static_cast<int>(r - first);
+        const C hv = activate(ek + cutrans::to_compute(q[u * H + k]), activation);
+        acc += cutrans::to_compute(dh[(r - row0) * ldh + k]) * activate_grad(hv, activation);
       }
-      out[k] += acc;
+      store_out(out + k, acc, accumulate);
     }
   }
 }
 
-// d_pred[b, u] += sum over the chunk's rows of (b, u) (stride U_b + 1 rows), in t order.
-// Block i owns (b, u) if chunk row i is its first row in the chunk (t == 0 or the row one
-// frame earlier precedes row0). Reads dpre written by joint_backward_enc.
-template <class C, int BLOCK>
+// d_pred[b, u] (+)= sum over the chunk's rows of (b, u) (stride U_b + 1 rows) of
+// dh * act'(enc[b,t] + pred[b,u]), in t order. One block per label slot L = l0 + j
+// (label_offsets: exclusive cumsum of U_b + 1); a slot with no row in the chunk (at most
+// U_b + 1 of them, at the chunk's two ends) exits at once.
+template <class T, class O, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
-joint_backward_pred(const C* __restrict__ dpre, const long long* __restrict__ offsets,
+joint_backward_pred(const T* __restrict__ dh, long long ldh, const T* __restrict__ enc,
+                    const T* __restrict__ pred, const long long* __restrict__ offsets,
+                    const long long* __restrict__ label_offsets,
                     const int* __restrict__ logit_len, const int* __restrict__ target_len,
-                    int batch, long long row0, long long n_rows, int H, long long pred_U1,
-                    C* __restrict__ d_pred) {
-  for (long long i = blockIdx.x; i < n_rows; i += gridDim.x) {
-    const RowPos p = cutrans::row_pos(offsets, target_len, batch, row0 + i);
-    const int U1 = p.U + 1;
-    if (p.t != 0 && i >= U1) continue;  // row i - U1 (same (b, u), frame t - 1) is in the chunk
-    // rows i, i + U1, ... of the sample that lie in the chunk
-    const int T = logit_len[p.b];
-    int steps = T - p.t;
-    const long long end = row0 + n_rows - offsets[p.b];  // chunk end, sample-local
-    const unsigned local = static_cast<unsigned>(p.t) * static_cast<unsigned>(U1) + p.u;
-    if (end < static_cast<long long>(T) * U1)
-      steps = static_cast<int>((static_cast<unsigned>(end) - local - 1u) / static_cast<unsigned>(U1)) + 1;
-    C* out = d_pred + (p.b * pred_U1 + p.u) * H;
+                    int batch, long long row0, long long n_rows, long long l0,
+                    long long n_slots, int H, long long enc_T, long long pred_U1,
+                    int activation, O* __restrict__ d_pred, int out_b0, long long out_U1,
+                    int accumulate) {
+  using C = typename Compute<T>::type;
+  for (long long j = blockIdx.x; j < n_slots; j += gridDim.x) {
+    const long long L = l0 + j;
+    const int b = cutrans::find_sample(label_offsets, batch, L);
+    const int u = static_cast<int>(L - label_offsets[b]);
+    const long long U1 = target_len[b] + 1;
+    const long long frames = logit_len[b];
+    // rows offsets[b] + t * U1 + u inside [row0, row0 + n_rows): t in [t_lo, t_hi)
+    const long long rel0 = row0 - offsets[b] - u;  // t * U1 >= rel0
+    const long long rel1 = row0 + n_rows - offsets[b] - u;  // t * U1 < rel1
+    long long t_lo = rel0 <= 0 ? 0 : (rel0 + U1 - 1) / U1;
+    long long t_hi = rel1 <= 0 ? 0 : (rel1 + U1 - 1) / U1;
+    if (t_hi > frames) t_hi = frames;
+    if (t_lo >= t_hi) continue;
+    const T* e = enc + b * enc_T * H;
+    const T* q = pred + (b * pred_U1 + u) * H;
+    O* out = d_pred + ((b - out_b0) * out_U1 + u) * H;
+    const long long r0 = offsets[b] + t_lo * U1 + u - row0;  // chunk row of (b, t_lo, u)
     for (int k = threadIdx.x; k < H; k += BLOCK) {
+      const C qk = cutrans::to_compute(q[k]);
       C acc = C(0);
-      for (int s = 0; s < steps; ++s) acc += dpre[(i + static_cast<long long>(s) * U1) * H + k];
-      out[k] += acc;
+      for (long long t = t_lo; t < t_hi; ++t) {
+        const C hv = activate(cutrans::to_compute(e[t * H + k]) + qk, activation);
+        acc += cutrans::to_compute(dh[(r0 + (t - t_lo) * U1) * ldh + k]) *
+               activate_grad(hv, activation);
+      }
+      store_out(out + k, acc, accumulate);
     }
   }
 }

@@ -1,10 +1,11 @@
 // cutrans lattice kernel: RNN-T alpha/beta recursions and gradient coefficients.
 //
-// One block per sample b (grid-stride over samples). The sample's T_b x (U_b + 1) lattice
-// lives in rows offsets[b] + t * (U_b + 1) + u of the (R,) arrays. Anti-diagonal wavefront:
-// cells of diagonal n = t + u depend only on diagonal n -+ 1, so BLOCK threads loop over
-// the cells of one diagonal, then __syncthreads (global-memory writes of the block are
-// visible to the block after the barrier).
+// One block per sample b in [b0, b1) (grid-stride). The sample's T_b x (U_b + 1) lattice
+// lives in rows offsets[b] + t * (U_b + 1) + u of the packed row space; the per-row arrays
+// hold rows [rbase, ...) (row r is element r - rbase); log_like is indexed by b.
+// Anti-diagonal wavefront: cells of diagonal n = t + u depend only on diagonal n -+ 1, so
+// BLOCK threads loop over the cells of one diagonal, then __syncthreads (global-memory
+// writes of the block are visible to the block after the barrier).
 #include "common.cuh"
 
 // alpha(0,0) = 0;
@@ -21,13 +22,13 @@
 template <class C, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
 lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len,
-        const int* __restrict__ target_len, int batch, const C* lp_blank, const C* lp_emit,
-        C* alpha, C* beta, C* __restrict__ log_like, C* coef_blank, C* coef_emit,
-        int need_grad) {
+        const int* __restrict__ target_len, int b0, int b1, long long rbase, const C* lp_blank,
+        const C* lp_emit, C* alpha, C* beta, C* __restrict__ log_like, C* coef_blank,
+        C* coef_emit, int need_grad) {
   __shared__ C ll_shared;
   const C ninf = cutrans::neg_inf(C());
-  for (int b = blockIdx.x; b < batch; b += gridDim.x) {
-    const long long base = offsets[b];
+  for (int b = b0 + static_cast<int>(blockIdx.x); b < b1; b += gridDim.x) {
+    const long long base = offsets[b] - rbase;
     const int T = logit_len[b], U = target_len[b], U1 = U + 1;
     const C* pb = lp_blank + base;
     const C* pe = lp_emit + base;

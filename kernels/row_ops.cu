@@ -2,13 +2,38 @@
 //
 // One block per row (grid-stride over the chunk's rows), BLOCK threads striding over V.
 // Rows r = row0 + i, i in [0, n_rows), of the packed row space; logits of row r start at
-// layout.start(i, pos) (see common.cuh, backends/base.py: RowLayout).
+// layout.start(i, pos) (see common.cuh, backends/base.py: RowLayout). Rows that start on a
+// 16-byte boundary are read (and written) in 16-byte words.
+// Per-row state arrays (lp_blank, lp_emit, lse, coefficients) hold rows [rbase, ...): row r
+// is element r - rbase.
 #include "common.cuh"
 
 using cutrans::Compute;
 using cutrans::Layout;
 using cutrans::Lse;
 using cutrans::RowPos;
+using cutrans::Vec;
+
+// Calls f(k, x) for every element k < V of a row, x in the compute type; thread-strided.
+// Each thread visits its elements in increasing k; the visit order depends only on V, BLOCK
+// and the row's alignment (deterministic).
+template <class T, int BLOCK, class F>
+__device__ __forceinline__ void for_each_in_row(const T* row, int V, F&& f) {
+  using C = typename Compute<T>::type;
+  constexpr int N = Vec<T>::N;
+  int tail = 0;
+  if (cutrans::is_aligned16(row)) {
+    const int words = V / N;
+    for (int w = threadIdx.x; w < words; w += BLOCK) {
+      C x[N];
+      cutrans::load16<T>(row + w * N, x);
+#pragma unroll
+      for (int j = 0; j < N; ++j) f(w * N + j, x[j]);
+    }
+    tail = words * N;
+  }
+  for (int k = tail + threadIdx.x; k < V; k += BLOCK) f(k, cutrans::to_compute(row[k]));
+}
 
 // logsumexp of a row of V logits, computed by the whole block (every thread gets it).
 template <class T, int BLOCK>
@@ -16,12 +41,13 @@ __device__ __forceinline__ typename Compute<T>::type row_lse(const T* row, int V
                                                              typename Compute<T>::type* scratch) {
   using C = typename Compute<T>::type;
   Lse<C> acc{cutrans::neg_inf(C()), C(0)};
-  for (int k = threadIdx.x; k < V; k += BLOCK) cutrans::lse_push(acc, cutrans::to_compute(row[k]));
+  for_each_in_row<T, BLOCK>(row, V, [&](int, C x) { cutrans::lse_push(acc, x); });
   return cutrans::block_lse<C, BLOCK>(acc, scratch);
 }
 
-// lp_blank[r] = z[r, blank] - lse(r); lp_emit[r] = z[r, y_b[u]] - lse(r) (-inf at u = U_b).
-//   z: logits, storage type T; lp_blank, lp_emit: (R,) compute type.
+// lp_blank[r] = z[r, blank] - lse(r); lp_emit[r] = z[r, y_b[u]] - lse(r) (-inf at u = U_b);
+// if write_lse: lse_out[r] = lse(r). Each logit is read once (online logsumexp).
+//   z: logits, storage type T; lp_blank, lp_emit, lse_out: compute type, index r - rbase.
 //   offsets (B+1,) int64, target_len (B,) int32, targets (B, tgt_ld) int32.
 template <class T, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
@@ -29,8 +55,9 @@ row_stats(const T* __restrict__ z, long long row0, long long n_rows, int V, int 
           long long ld, long long sb, long long st, long long su,
           const long long* __restrict__ offsets, const int* __restrict__ target_len,
           const int* __restrict__ targets, long long tgt_ld, int batch, int blank,
-          typename Compute<T>::type* __restrict__ lp_blank,
-          typename Compute<T>::type* __restrict__ lp_emit) {
+          long long rbase, typename Compute<T>::type* __restrict__ lp_blank,
+          typename Compute<T>::type* __restrict__ lp_emit,
+          typename Compute<T>::type* __restrict__ lse_out, int write_lse) {
   using C = typename Compute<T>::type;
   __shared__ C scratch[2 * BLOCK / cutrans::kWarp];
   const Layout layout{ld, sb, st, su, packed};
@@ -40,29 +67,44 @@ row_stats(const T* __restrict__ z, long long row0, long long n_rows, int V, int 
     const T* row = z + layout.start(i, p);
     const C lse = row_lse<T, BLOCK>(row, V, scratch);
     if (threadIdx.x == 0) {
-      lp_blank[r] = cutrans::to_compute(row[blank]) - lse;
+      lp_blank[r - rbase] = cutrans::to_compute(row[blank]) - lse;
       C e = cutrans::neg_inf(C());
       if (p.u < p.U) e = cutrans::to_compute(row[targets[p.b * tgt_ld + p.u]]) - lse;
-      lp_emit[r] = e;
+      lp_emit[r - rbase] = e;
+      if (write_lse) lse_out[r - rbase] = lse;
     }
   }
 }
 
+// One element of row_grad (see below).
+template <class C>
+__device__ __forceinline__ C grad_of(int k, C x, C lse, C cb, C ce, C s, int blank, int label,
+                                     C clamp) {
+  C g = (cb + ce) * cutrans::c_exp(x - lse);
+  if (k == blank) g -= cb;
+  if (k == label) g -= ce;
+  if (clamp > C(0)) g = g < -clamp ? -clamp : (g > clamp ? clamp : g);
+  return s * g;
+}
+
 // grad[r, k] = scale[b] * clip((cb + ce) softmax(z[r])[k] - cb [k == blank] - ce [k == y_b[u]])
 // with cb = coef_blank[r], ce = (1 + fastemit_lambda) coef_emit[r]; clip to [-clamp, clamp]
-// only if clamp > 0. grad has z's type and layout and may be z (each element is read, then
-// written, by the same thread, after the row's reduction).
+// only if clamp > 0. The row's logsumexp comes from lse_in[r] when have_lse (one read of the
+// row), else it is computed first (two reads). grad has z's type and layout and may be z
+// (each element is read, then written, by the same thread, after the row's reduction).
 template <class T, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
 row_grad(const T* z, T* grad, long long row0, long long n_rows, int V, int packed,
          long long ld, long long sb, long long st, long long su,
          const long long* __restrict__ offsets, const int* __restrict__ target_len,
          const int* __restrict__ targets, long long tgt_ld, int batch, int blank,
-         const typename Compute<T>::type* __restrict__ coef_blank,
+         long long rbase, const typename Compute<T>::type* __restrict__ coef_blank,
          const typename Compute<T>::type* __restrict__ coef_emit,
+         const typename Compute<T>::type* __restrict__ lse_in, int have_lse,
          const typename Compute<T>::type* __restrict__ scale,
          typename Compute<T>::type fastemit_lambda, typename Compute<T>::type clamp) {
   using C = typename Compute<T>::type;
+  constexpr int N = Vec<T>::N;
   __shared__ C scratch[2 * BLOCK / cutrans::kWarp];
   const Layout layout{ld, sb, st, su, packed};
   for (long long i = blockIdx.x; i < n_rows; i += gridDim.x) {
@@ -71,17 +113,26 @@ row_grad(const T* z, T* grad, long long row0, long long n_rows, int V, int packe
     const long long start = layout.start(i, p);
     const T* row = z + start;
     T* out = grad + start;
-    const C lse = row_lse<T, BLOCK>(row, V, scratch);
-    const C cb = coef_blank[r];
-    const C ce = (C(1) + fastemit_lambda) * coef_emit[r];
+    const C lse = have_lse ? lse_in[r - rbase] : row_lse<T, BLOCK>(row, V, scratch);
+    const C cb = coef_blank[r - rbase];
+    const C ce = (C(1) + fastemit_lambda) * coef_emit[r - rbase];
     const int label = p.u < p.U ? targets[p.b * tgt_ld + p.u] : -1;
     const C s = scale[p.b];
-    for (int k = threadIdx.x; k < V; k += BLOCK) {
-      C g = (cb + ce) * cutrans::c_exp(cutrans::to_compute(row[k]) - lse);
-      if (k == blank) g -= cb;
-      if (k == label) g -= ce;
-      if (clamp > C(0)) g = g < -clamp ? -clamp : (g > clamp ? clamp : g);
-      out[k] = cutrans::from_compute<T>(s * g);
+    int tail = 0;
+    if (cutrans::is_aligned16(row) && cutrans::is_aligned16(out)) {
+      const int words = V / N;
+      for (int w = threadIdx.x; w < words; w += BLOCK) {
+        C x[N];
+        cutrans::load16<T>(row + w * N, x);
+#pragma unroll
+        for (int j = 0; j < N; ++j)
+          x[j] = grad_of(w * N + j, x[j], lse, cb, ce, s, blank, label, clamp);
+        cutrans::store16<T>(out + w * N, x);
+      }
+      tail = words * N;
     }
+    for (int k = tail + threadIdx.x; k < V; k += BLOCK)
+      out[k] = cutrans::from_compute<T>(
+          grad_of(k, cutrans::to_compute(row[k]), lse, cb, ce, s, blank, label, clamp));
   }
 }

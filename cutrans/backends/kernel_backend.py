@@ -3,7 +3,8 @@
 ``KernelBackend`` implements ``backends.base.Backend`` by launching the kernels of
 ``kernels/*.cu`` through a module provider (``cutrans._kernels``); ``xp`` is cupy or numpy.
 Ops only enqueue launches (on the current CuPy stream for ``cupy_backend()``): no host
-synchronisation, no allocation. Scalars go with explicit numpy types; bfloat16 arrays go as
+synchronisation, no allocation. An optional per-row array the kernel does not touch (a flag
+says so) is passed as another array of the same type. Scalars go with explicit numpy types; bfloat16 arrays go as
 uint16 views (the kernels reinterpret them as ``__nv_bfloat16``). Limit: at most 2^31 - 1
 rows in a plan (the kernels use 32-bit arithmetic inside a sample's lattice).
 """
@@ -37,10 +38,13 @@ def _layout_args(layout):
 
 
 class KernelBackend:
-    """Backend running the CUDA kernels through ``provider`` on arrays of ``xp``."""
+    """Backend running the CUDA kernels through ``provider`` on arrays of ``xp``.
 
-    def __init__(self, provider, xp, name: str):
-        self.provider, self.xp, self.name = provider, xp, name
+    ``gemm``: the GEMM route (cuBLAS for CuPy, the NumPy reference for the emulation).
+    """
+
+    def __init__(self, provider, xp, name: str, gemm):
+        self.provider, self.xp, self.name, self._gemm = provider, xp, name, gemm
 
     def _plan_args(self, plan):
         _check_rows(plan)
@@ -48,36 +52,42 @@ class KernelBackend:
                 _i32(plan.batch))
 
     # ---------------------------------------------------------------- row ops
-    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit):
+    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit, rbase=0,
+                  lse=None):
         if n_rows <= 0:
             return
-        V = int(z.shape[-1])
+        V = layout.vocab or int(z.shape[-1])
         args = (_ptr(z, self.xp), _i64(row0), _i64(n_rows), _i32(V), *_layout_args(layout),
-                *self._plan_args(plan), _i32(blank), lp_blank, lp_emit)
+                *self._plan_args(plan), _i32(blank), _i64(rbase), lp_blank, lp_emit,
+                lp_blank if lse is None else lse, _i32(lse is not None))
         self.provider.launch("row_stats", dtype_name(z.dtype), _kernels.pick_block(V), n_rows,
                              args)
 
     def row_grad(self, z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
-                 scale, fastemit_lambda, clamp):
+                 scale, fastemit_lambda, clamp, rbase=0, lse=None):
         if n_rows <= 0:
             return
-        V = int(z.shape[-1])
+        V = layout.vocab or int(z.shape[-1])
         cdt = coef_blank.dtype.type
         args = (_ptr(z, self.xp), _ptr(grad, self.xp), _i64(row0), _i64(n_rows), _i32(V),
-                *_layout_args(layout), *self._plan_args(plan), _i32(blank), coef_blank,
-                coef_emit, scale, cdt(fastemit_lambda), cdt(clamp))
+                *_layout_args(layout), *self._plan_args(plan), _i32(blank), _i64(rbase),
+                coef_blank, coef_emit, coef_blank if lse is None else lse,
+                _i32(lse is not None), scale, cdt(fastemit_lambda), cdt(clamp))
         self.provider.launch("row_grad", dtype_name(z.dtype), _kernels.pick_block(V), n_rows,
                              args)
 
     # ---------------------------------------------------------------- lattice
-    def lattice(self, plan, lp_blank, lp_emit, alpha, beta, log_like, coef_blank, coef_emit,
-                need_grad):
+    def lattice(self, plan, b0, b1, rbase, lp_blank, lp_emit, alpha, beta, log_like,
+                coef_blank, coef_emit, need_grad):
         # threads of a block share one anti-diagonal (longest: plan.max_diag cells)
         _check_rows(plan)
+        if b1 <= b0:
+            return
         block = _kernels.pick_block(plan.max_diag)
-        args = (plan.offsets, plan.logit_len, plan.target_len, _i32(plan.batch), lp_blank,
-                lp_emit, alpha, beta, log_like, coef_blank, coef_emit, _i32(bool(need_grad)))
-        self.provider.launch("lattice", dtype_name(lp_blank.dtype), block, plan.batch, args)
+        args = (plan.offsets, plan.logit_len, plan.target_len, _i32(b0), _i32(b1), _i64(rbase),
+                lp_blank, lp_emit, alpha, beta, log_like, coef_blank, coef_emit,
+                _i32(bool(need_grad)))
+        self.provider.launch("lattice", dtype_name(lp_blank.dtype), block, b1 - b0, args)
 
     # ---------------------------------------------------------------- joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):
@@ -86,31 +96,51 @@ class KernelBackend:
         H = int(enc.shape[-1])
         args = (_ptr(enc, self.xp), _ptr(pred, self.xp), plan.offsets, plan.target_len,
                 _i32(plan.batch), _i64(row0), _i64(n_rows), _i32(H), _i64(enc.shape[1]),
-                _i64(pred.shape[1]), _i32(activation), h)
+                _i64(pred.shape[1]), _i32(activation), _ptr(h, self.xp), _i64(h.shape[1]))
         self.provider.launch("joint_forward", dtype_name(enc.dtype), _kernels.pick_block(H),
                              n_rows, args)
 
-    def joint_backward(self, dh, h, plan, row0, n_rows, activation, d_enc, d_pred):
-        if n_rows <= 0:
-            return
-        H = int(dh.shape[-1])
-        dt, block = dtype_name(dh.dtype), _kernels.pick_block(H)
-        self.provider.launch("joint_backward_enc", dt, block, n_rows, (
-            dh, h, plan.offsets, plan.target_len, _i32(plan.batch), _i64(row0), _i64(n_rows),
-            _i32(H), _i64(d_enc.shape[1]), _i32(activation), d_enc))
-        self.provider.launch("joint_backward_pred", dt, block, n_rows, (
-            dh, plan.offsets, plan.logit_len, plan.target_len, _i32(plan.batch), _i64(row0),
-            _i64(n_rows), _i32(H), _i64(d_pred.shape[1]), d_pred))
+    def joint_backward(self, dh, enc, pred, plan, chunk, activation, d_enc, d_pred, out_b0=0,
+                       accumulate=False):
+        H = int(enc.shape[-1])
+        T, block, xp = dtype_name(enc.dtype), _kernels.pick_block(H), self.xp
+        common = (_ptr(dh, xp), _i64(dh.shape[1]), _ptr(enc, xp), _ptr(pred, xp), plan.offsets)
+        rows = (_i64(chunk.row0), _i64(chunk.n))
+        if d_enc is not None:
+            self.provider.launch("joint_backward_enc", (T, dtype_name(d_enc.dtype)), block,
+                                 chunk.n_frames, (
+                *common, plan.frame_offsets, plan.target_len, _i32(plan.batch), *rows,
+                _i64(chunk.f0), _i64(chunk.n_frames), _i32(H), _i64(enc.shape[1]),
+                _i64(pred.shape[1]), _i32(activation), _ptr(d_enc, xp), _i32(out_b0),
+                _i64(d_enc.shape[1]), _i32(bool(accumulate))))
+        if d_pred is not None:
+            self.provider.launch("joint_backward_pred", (T, dtype_name(d_pred.dtype)), block,
+                                 chunk.n_slots, (
+                *common, plan.label_offsets, plan.logit_len, plan.target_len,
+                _i32(plan.batch), *rows, _i64(chunk.l0), _i64(chunk.n_slots), _i32(H),
+                _i64(enc.shape[1]), _i64(pred.shape[1]), _i32(activation), _ptr(d_pred, xp),
+                _i32(out_b0), _i64(d_pred.shape[1]), _i32(bool(accumulate))))
+
+    # ---------------------------------------------------------------- GEMM
+    def gemm(self, a, b, out, accumulate=False, tf32=False):
+        self._gemm(a, b, out, accumulate, tf32)
 
 
 @functools.lru_cache(maxsize=None)
 def cupy_backend() -> KernelBackend:
-    """The CuPy backend (kernels compiled lazily per device, on first use)."""
+    """The CuPy backend (kernels compiled lazily per device, on first use; cuBLAS GEMMs)."""
     import cupy
-    return KernelBackend(_kernels.CupyProvider(), cupy, "cupy")
+
+    from ._cublas import gemm
+    return KernelBackend(_kernels.CupyProvider(), cupy, "cupy", gemm)
 
 
 @functools.lru_cache(maxsize=None)
-def emulated_backend(mode: str = "fiber", order: str = "forward") -> KernelBackend:
-    """The same kernels on the CPU (NumPy arrays) through ``cutrans.emulation``."""
-    return KernelBackend(_kernels.EmulatedProvider(mode, order), np, "emulated")
+def emulated_backend(mode: str = "fiber", order: str = "forward",
+                     sanitizer: str | None = None) -> KernelBackend:
+    """The same kernels on the CPU (NumPy arrays) through ``cutrans.emulation``; the GEMMs
+    are the NumPy reference's (same precision contract as cuBLAS's). ``sanitizer``:
+    "address" / "thread" builds (see ``cutrans.emulation.sanitizer_env``)."""
+    from .numpy_backend import NumpyBackend
+    return KernelBackend(_kernels.EmulatedProvider(mode, order, sanitizer), np, "emulated",
+                         NumpyBackend().gemm)

@@ -36,8 +36,8 @@ def _row_starts(layout: RowLayout, row0, b, t, u, i0, i1):
 
 def _contiguous_block(z, layout: RowLayout, i0, i1, V):
     """A writable (i1-i0, V) view of the block when the layout allows it, else None."""
-    if layout.packed and layout.ld == V and z.ndim == 2 and z.flags.c_contiguous:
-        return z[i0:i1]
+    if layout.packed and z.ndim == 2 and layout.ld == z.shape[1] and z.flags.c_contiguous:
+        return z[i0:i1, :V]
     return None
 
 
@@ -74,38 +74,42 @@ class NumpyBackend:
     xp = np
 
     # ---------------------------------------------------------------- row ops
-    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit):
+    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit, rbase=0,
+                  lse=None):
         cdt = lp_blank.dtype
-        V = z.shape[-1]
+        V = layout.vocab or z.shape[-1]
         b, t, u = row_index(plan, row0, n_rows)
         for i0, i1 in _blocks(n_rows, V):
             x = _gather(z, layout, b, t, u, i0, i1, V)
-            lse = _lse(x, cdt)
+            m = _lse(x, cdt)
             rows = np.arange(i1 - i0)
             bb, uu = b[i0:i1], u[i0:i1]
             emits = uu < plan.target_len[bb]
             label = plan.targets[bb, np.where(emits, uu, 0)]
-            lp_blank[row0 + i0:row0 + i1] = x[rows, blank].astype(cdt) - lse
-            lpe = x[rows, label].astype(cdt) - lse
-            lp_emit[row0 + i0:row0 + i1] = np.where(emits, lpe, -np.inf)
+            out = slice(row0 + i0 - rbase, row0 + i1 - rbase)
+            lp_blank[out] = x[rows, blank].astype(cdt) - m
+            lp_emit[out] = np.where(emits, x[rows, label].astype(cdt) - m, -np.inf)
+            if lse is not None:
+                lse[out] = m
 
     def row_grad(self, z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
-                 scale, fastemit_lambda, clamp):
+                 scale, fastemit_lambda, clamp, rbase=0, lse=None):
         cdt = coef_blank.dtype
-        V = z.shape[-1]
+        V = layout.vocab or z.shape[-1]
         b, t, u = row_index(plan, row0, n_rows)
         for i0, i1 in _blocks(n_rows, V):
             x = _gather(z, layout, b, t, u, i0, i1, V)
             g = x if x.dtype == cdt else x.astype(cdt)
             if g is x and not np.shares_memory(g, grad):
                 g = x.copy()  # never write into the caller's logits
-            lse = _lse(g, cdt)
-            np.subtract(g, lse[:, None], out=g)
+            st = slice(row0 + i0 - rbase, row0 + i1 - rbase)
+            m = _lse(g, cdt) if lse is None else lse[st]
+            np.subtract(g, m[:, None], out=g)
             np.exp(g, out=g)
             rows = np.arange(i1 - i0)
             bb, uu = b[i0:i1], u[i0:i1]
-            cb = coef_blank[row0 + i0:row0 + i1]
-            ce = (1.0 + fastemit_lambda) * coef_emit[row0 + i0:row0 + i1]
+            cb = coef_blank[st]
+            ce = (1.0 + fastemit_lambda) * coef_emit[st]
             g *= (cb + ce)[:, None]
             g[rows, blank] -= cb
             emits = uu < plan.target_len[bb]
@@ -117,48 +121,98 @@ class NumpyBackend:
             _scatter(grad, layout, b, t, u, i0, i1, V, g.astype(grad.dtype, copy=False))
 
     # ---------------------------------------------------------------- lattice
-    def lattice(self, plan, lp_blank, lp_emit, alpha, beta, log_like, coef_blank, coef_emit,
-                need_grad):
+    def lattice(self, plan, b0, b1, rbase, lp_blank, lp_emit, alpha, beta, log_like,
+                coef_blank, coef_emit, need_grad):
         # vectorised over the samples of a group, on padded grids; groups of similar
         # lattice shapes keep the grids O(rows) for skewed lengths
-        for samples in _lattice_groups(plan.logit_len, plan.target_len):
+        for samples in _lattice_groups(plan.logit_len[b0:b1], plan.target_len[b0:b1]):
+            samples = samples + b0
             rows = np.concatenate([np.arange(plan.offsets[s], plan.offsets[s + 1])
                                    for s in samples])
-            _lattice_group(plan, samples, rows, lp_blank, lp_emit, alpha, beta, log_like,
-                           coef_blank, coef_emit, need_grad)
+            _lattice_group(plan, samples, rows, rbase, lp_blank, lp_emit, alpha, beta,
+                           log_like, coef_blank, coef_emit, need_grad)
 
     # ---------------------------------------------------------------- joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):
-        b, t, u = row_index(plan, row0, n_rows)
         H = enc.shape[-1]
-        e2, p2 = enc.reshape(-1, H), pred.reshape(-1, H)
-        ie = b * enc.shape[1] + t
-        ip = b * pred.shape[1] + u
-        for i0, i1 in _blocks(n_rows, H):
-            blk = h[i0:i1]
-            np.add(e2[ie[i0:i1]], p2[ip[i0:i1]], out=blk, dtype=blk.dtype)
-            if activation == 0:
-                np.tanh(blk, out=blk)
-            elif activation == 1:
-                np.maximum(blk, 0, out=blk)
+        for i0, i1, x in _joint_preactivations(enc, pred, plan, row0, n_rows):
+            h[i0:i1, :H] = _ACT[activation](x)
 
-    def joint_backward(self, dh, h, plan, row0, n_rows, activation, d_enc, d_pred):
-        b, t, u = row_index(plan, row0, n_rows)
-        H = dh.shape[-1]
-        ie = b * d_enc.shape[1] + t
-        ip = b * d_pred.shape[1] + u
-        de2, dp2 = d_enc.reshape(-1, H), d_pred.reshape(-1, H)
-        for i0, i1 in _blocks(n_rows, H):
-            g, hb = dh[i0:i1], h[i0:i1]
-            if activation == 0:
-                g *= 1.0 - hb * hb
-            elif activation == 1:
-                g *= hb > 0
-            # d_enc: rows of one (b, t) are contiguous -> segment sums in row order
-            seg = ie[i0:i1]
-            starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
-            de2[seg[starts]] += np.add.reduceat(g, starts, axis=0)
-            np.add.at(dp2, ip[i0:i1], g)
+    def joint_backward(self, dh, enc, pred, plan, chunk, activation, d_enc, d_pred, out_b0=0,
+                       accumulate=False):
+        H = enc.shape[-1]
+        b, t, u = row_index(plan, chunk.row0, chunk.n)
+        b = b - out_b0
+        # sums per output row in the compute dtype, stored once (rounded once) at the end
+        outs = [(o, np.unique(b * o.shape[1] + k, return_inverse=True))
+                for o, k in ((d_enc, t), (d_pred, u)) if o is not None]
+        sums = [np.zeros((keys.size, H), dtype=np.float64 if enc.dtype == np.float64
+                         else np.float32) for _, (keys, _) in outs]
+        for i0, i1, x in _joint_preactivations(enc, pred, plan, chunk.row0, chunk.n):
+            g = dh[i0:i1, :H].astype(x.dtype) * _ACT_GRAD[activation](_ACT[activation](x))
+            for acc, (_, (_, inv)) in zip(sums, outs):
+                np.add.at(acc, inv[i0:i1], g)
+        for acc, (o, (keys, _)) in zip(sums, outs):
+            flat = o.reshape(-1, H)
+            if accumulate:
+                acc += flat[keys].astype(acc.dtype)
+            flat[keys] = acc
+
+    # ---------------------------------------------------------------- GEMM
+    def gemm(self, a, b, out, accumulate=False, tf32=False):
+        cdt = np.float64 if out.dtype == np.float64 else np.float32
+        if a.dtype == b.dtype == out.dtype == cdt and not tf32:  # no rounding to emulate
+            if accumulate:
+                out += a @ b
+            else:
+                np.matmul(a, b, out=out)
+            return
+        m, k = a.shape
+        n = b.shape[1]
+        if k > m:  # a long summed dimension (dW = dz^T h): blocks of it, one accumulator
+            step = max(1, _BLOCK_ELEMS // (m + n))
+            acc = out.astype(cdt) if accumulate else np.zeros(out.shape, cdt)
+            for k0 in range(0, k, step):
+                acc += _gemm_operand(a[:, k0:k0 + step], cdt, tf32) @ \
+                    _gemm_operand(b[k0:k0 + step], cdt, tf32)
+            out[...] = acc
+            return
+        bc = _gemm_operand(b, cdt, tf32)  # the small operand (W), converted once
+        step = max(1, _BLOCK_ELEMS // (k + n))
+        for i0 in range(0, m, step):  # blocks of output rows
+            res = _gemm_operand(a[i0:i0 + step], cdt, tf32) @ bc
+            if accumulate:
+                res += out[i0:i0 + step].astype(cdt)
+            out[i0:i0 + step] = res
+
+
+_ACT = {0: np.tanh, 1: lambda x: np.maximum(x, 0), 2: lambda x: x}
+_ACT_GRAD = {0: lambda h: 1.0 - h * h, 1: lambda h: (h > 0).astype(h.dtype),
+             2: lambda h: np.ones_like(h)}
+
+
+def _joint_preactivations(enc, pred, plan, row0, n_rows):
+    """Blocks ``(i0, i1, enc[b, t] + pred[b, u])`` (compute dtype) of a chunk's rows."""
+    b, t, u = row_index(plan, row0, n_rows)
+    H = enc.shape[-1]
+    cdt = np.float64 if enc.dtype == np.float64 else np.float32
+    e2, p2 = enc.reshape(-1, H), pred.reshape(-1, H)
+    ie = b * enc.shape[1] + t
+    ip = b * pred.shape[1] + u
+    for i0, i1 in _blocks(n_rows, H):
+        yield i0, i1, e2[ie[i0:i1]].astype(cdt) + p2[ip[i0:i1]].astype(cdt)
+
+
+def _tf32(x):
+    """Round float32 to TF32 (10-bit mantissa, round to nearest even)."""
+    bits = x.view(np.uint32)
+    lsb = (bits >> 13) & 1
+    return ((bits + 0xFFF + lsb) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def _gemm_operand(x, cdt, tf32):
+    x = x.astype(cdt)
+    return _tf32(x) if tf32 and cdt == np.float32 else x
 
 
 def _lattice_groups(T, U, slack: int = 4, floor: int = 1 << 16):
@@ -179,9 +233,10 @@ def _lattice_groups(T, U, slack: int = 4, floor: int = 1 << 16):
     return groups
 
 
-def _lattice_group(plan, samples, rows, lp_blank, lp_emit, alpha, beta, log_like, coef_blank,
-                   coef_emit, need_grad):
-    """Backend.lattice for the samples ``samples`` whose packed rows are ``rows``."""
+def _lattice_group(plan, samples, rows, rbase, lp_blank, lp_emit, alpha, beta, log_like,
+                   coef_blank, coef_emit, need_grad):
+    """Backend.lattice for the samples ``samples`` whose packed rows are ``rows`` (element
+    ``rows - rbase`` of the per-row arrays)."""
     cdt = lp_blank.dtype
     G = len(samples)
     T = plan.logit_len[samples].astype(np.int64)
@@ -190,6 +245,7 @@ def _lattice_group(plan, samples, rows, lp_blank, lp_emit, alpha, beta, log_like
     local = np.repeat(np.arange(G), T * (U + 1))  # group-local sample of each row
     off = rows - plan.offsets[samples][local]
     b, t, u = local, off // (U[local] + 1), off % (U[local] + 1)
+    rows = rows - rbase
     # padded (G, Tm + 1, Um + 2) grids, -inf outside each sample's lattice
     pb = np.full((G, Tm + 1, Um + 2), -np.inf, dtype=cdt)
     pe = np.full_like(pb, -np.inf)

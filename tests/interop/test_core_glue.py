@@ -20,19 +20,23 @@ def test_fused_context_rebuild_matches_core_forward():
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15)
     # the rebuilt context equals the one the core's forward made (but the resident chunk)
     import dataclasses
-    import cutrans._orchestrate as orch
+    import cutrans._fused as fused
     seen = {}
-    orig = orch.fused_backward
+    orig = fused.backward
     try:
-        orch.fused_backward = lambda c, g, **k: seen.setdefault("ctx", c) and orig(c, g, **k)
+        fused.backward = lambda c, g, **k: seen.setdefault("ctx", c) and orig(c, g, **k)
         _core.fused_backward(up, *case, cb, ce, **kw)
     finally:
-        orch.fused_backward = orig
+        fused.backward = orig
     rebuilt = seen["ctx"]
-    for f in dataclasses.fields(orch.FusedContext):
+    for f in dataclasses.fields(fused.FusedContext):
         a, b = getattr(rebuilt, f.name), getattr(ctx, f.name)
         if isinstance(a, np.ndarray):
             np.testing.assert_allclose(a, b, rtol=1e-12, err_msg=f.name)
+        elif f.name == "inputs":
+            for g in dataclasses.fields(fused.FusedInputs):
+                x, y = getattr(a, g.name), getattr(b, g.name)
+                assert np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y, g.name
         elif f.name not in ("backend", "plan", "dplan", "resident"):
             assert a == b, f.name
 

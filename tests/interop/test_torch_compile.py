@@ -33,7 +33,10 @@ def test_custom_ops_pass_opcheck():
     enc.requires_grad_()
     torch.library.opcheck(torch.ops.cutrans.transducer_fwd.default,
                           (enc, pred, w, b, y2, tl2, ul2, "tanh", 0, 0.0, 0.0, 1 << 20, False,
-                           True))
+                           False, True))
+    torch.library.opcheck(torch.ops.cutrans.transducer_reduced.default,
+                          (enc, pred, w, b, y2, tl2, ul2, "tanh", 0, 0.0, 0.0, 1 << 20, False,
+                           False, "mean", [True, False, False, True]))
 
 
 @pytest.mark.parametrize("fused_log_softmax", [True, False])

@@ -208,8 +208,10 @@ def test_logprob_path_validates_before_computing():
     ul = torch.tensor([2, 1], dtype=torch.int32)
     with pytest.raises(ValueError, match=r"logits: expected size 5 \(U\+1, from targets' width U\)"):
         rnnt_loss(lp, torch.cat([tg, tg], 1), tl, ul, fused_log_softmax=False)
-    with pytest.raises(ValueError, match=r"targets: expected size 2 \(batch size B of logits\)"):
-        rnnt_loss(lp, tg[:1], tl, ul, fused_log_softmax=False)
+    with pytest.raises(ValueError, match=r"logits: expected size 1 \(batch size B of targets\)"):
+        rnnt_loss(lp, tg[:1], tl, ul, fused_log_softmax=False)  # the core's message
+    with pytest.raises(ValueError, match=r"logit_lengths: expected size 2 \(batch size B\)"):
+        rnnt_loss(lp, tg, tl[:1], ul, fused_log_softmax=False)
     bad = lp.clone()
     bad[0, 0, 0, 3] = float("nan")
     with pytest.raises(ValueError, match=r"logits: expected log-probabilities without NaN"):

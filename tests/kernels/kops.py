@@ -2,7 +2,8 @@
 
 Each ``check_*`` runs one backend op over every chunk of a chunking on host inputs copied to
 the backend's ``xp``, runs ``NumpyBackend`` on the same inputs, and compares with
-``kcases.TOL``. Optional ``stats`` dict collects max abs/rel errors per dtype.
+``kcases.TOL``. Optional ``stats`` dict collects max abs/rel errors per dtype. Per-row state
+arrays are tested with an offset (``rbase``) as the fused op's group state uses them.
 """
 from __future__ import annotations
 
@@ -20,23 +21,30 @@ def lp_arrays(case, dtype):
     return lpb, lpe
 
 
-def check_row_stats(be, case, dtype, layout, chunks, stats=None):
+def check_row_stats(be, case, dtype, layout, chunks, stats=None, rbase=0):
+    """row_stats with the per-row arrays (lp_blank, lp_emit, lse) holding rows [rbase, R)."""
     xp, c = be.xp, cdt(dtype)
     z = case.logits(dtype, layout)
     zx, dp, dpx = to_xp(z, xp), case.dplan(), case.dplan(xp)
-    out = [np.full(case.R, 7.0, c) for _ in range(2)]
-    outx = [xp.full(case.R, 7.0, dtype=c) for _ in range(2)]
+    n_state = case.R - rbase
+    out = [np.full(n_state, 7.0, c) for _ in range(3)]
+    outx = [xp.full(n_state, 7.0, dtype=c) for _ in range(3)]
     for row0, n in chunks:
+        if row0 < rbase:
+            continue
         lay = case.layout(z, layout, row0)
-        REF.row_stats(case.chunk_view(z, layout, row0, n), lay, row0, n, dp, case.blank, *out)
-        be.row_stats(case.chunk_view(zx, layout, row0, n), lay, row0, n, dpx, case.blank, *outx)
-    for name, a, e in zip(("lp_blank", "lp_emit"), outx, out):
+        REF.row_stats(case.chunk_view(z, layout, row0, n), lay, row0, n, dp, case.blank,
+                      out[0], out[1], rbase, out[2])
+        be.row_stats(case.chunk_view(zx, layout, row0, n), lay, row0, n, dpx, case.blank,
+                     outx[0], outx[1], rbase, outx[2])
+    for name, a, e in zip(("lp_blank", "lp_emit", "lse"), outx, out):
         assert_close(to_np(a), e, np.dtype(c).name, f"row_stats {name}", stats,
                      f"row_stats {dtype}")
 
 
 def check_row_grad(be, case, dtype, layout, chunks, *, in_place, fastemit=0.0, clamp=0.0,
-                   stats=None):
+                   stats=None, with_lse=False):
+    """row_grad; ``with_lse``: the rows' logsumexp is given (one read of each row)."""
     xp, c = be.xp, cdt(dtype)
     rng = np.random.default_rng(5)
     z = case.logits(dtype, layout)
@@ -45,19 +53,25 @@ def check_row_grad(be, case, dtype, layout, chunks, *, in_place, fastemit=0.0, c
     ce[case.plan.offsets[1:] - 1] = 0  # last row of each sample is u = U_b: no emission
     scale = rng.uniform(0.5, 2, case.B).astype(c)
     dp, dpx = case.dplan(), case.dplan(xp)
+    lse = None
+    if with_lse:  # the reference logsumexp of every row, from the NumPy backend
+        lse = np.empty(case.R, c)
+        REF.row_stats(z, case.layout(z, layout, 0), 0, case.R, dp, case.blank,
+                      np.empty(case.R, c), np.empty(case.R, c), 0, lse)
     pad = np.nan if layout == "padded" else 0
     ref = z.copy() if in_place else np.full_like(z, pad)
     zx = to_xp(z, xp)
     got = zx if in_place else to_xp(np.full_like(z, pad), xp)
     args = (cb, ce, scale)
     argsx = tuple(to_xp(a, xp) for a in args)
+    lsex = None if lse is None else to_xp(lse, xp)
     for row0, n in chunks:
         lay = case.layout(z, layout, row0)
         zin = case.chunk_view(ref if in_place else z, layout, row0, n)
         REF.row_grad(zin, case.chunk_view(ref, layout, row0, n), lay, row0, n, dp, case.blank,
-                     *args, fastemit, clamp)
+                     *args, fastemit, clamp, 0, lse)
         be.row_grad(case.chunk_view(zx, layout, row0, n), case.chunk_view(got, layout, row0, n),
-                    lay, row0, n, dpx, case.blank, *argsx, fastemit, clamp)
+                    lay, row0, n, dpx, case.blank, *argsx, fastemit, clamp, 0, lsex)
     g = to_np(got, dtype)
     assert g.dtype == np_dtype(dtype)
     assert_close(g, ref, dtype, "row_grad", stats, f"row_grad {dtype}")
@@ -66,68 +80,101 @@ def check_row_grad(be, case, dtype, layout, chunks, *, in_place, fastemit=0.0, c
     return g
 
 
-def run_lattice(be, case, lpb, lpe, need_grad, alias):
-    """Run ``be.lattice``; returns host (alpha, beta, ll, coef_blank, coef_emit)."""
+def run_lattice(be, case, lpb, lpe, need_grad, alias, b0=0, b1=None):
+    """Run ``be.lattice`` on samples [b0, b1) with per-row arrays of their rows only;
+    returns host (alpha, beta, ll, coef_blank, coef_emit) (ll is (B,), 9.0 elsewhere)."""
     xp = be.xp
+    b1 = case.B if b1 is None else b1
+    r0, r1 = int(case.plan.offsets[b0]), int(case.plan.offsets[b1])
     c = lpb.dtype
     dpx = case.dplan(xp) if be is not REF else case.dplan()
-    lb, le = to_xp(lpb.copy(), xp), to_xp(lpe.copy(), xp)
-    alpha = xp.full(case.R, 9.0, dtype=c)
-    beta = xp.full(case.R, 9.0, dtype=c) if need_grad else alpha
+    lb, le = to_xp(lpb[r0:r1].copy(), xp), to_xp(lpe[r0:r1].copy(), xp)
+    alpha = xp.full(r1 - r0, 9.0, dtype=c)
+    beta = xp.full(r1 - r0, 9.0, dtype=c) if need_grad else alpha
     ll = xp.full(case.B, 9.0, dtype=c)
     if alias:
         cb, ce = lb, le
     else:
-        cb, ce = xp.full(case.R, 9.0, dtype=c), xp.full(case.R, 9.0, dtype=c)
-    be.lattice(dpx, lb, le, alpha, beta, ll, cb, ce, need_grad)
+        cb, ce = xp.full(r1 - r0, 9.0, dtype=c), xp.full(r1 - r0, 9.0, dtype=c)
+    be.lattice(dpx, b0, b1, r0, lb, le, alpha, beta, ll, cb, ce, need_grad)
     return tuple(to_np(x) for x in (alpha, beta, ll, cb, ce))
 
 
 def check_lattice(be, case, dtype, need_grad=True, alias=True, stats=None):
     lpb, lpe = lp_arrays(case, dtype)
-    exp = run_lattice(REF, case, lpb, lpe, need_grad, False)
-    got = run_lattice(be, case, lpb, lpe, need_grad, alias)
     names = ("alpha", "beta", "log_like", "coef_blank", "coef_emit")
-    n = 5 if need_grad else 1
-    for name, a, e in list(zip(names, got, exp))[:n] + [(names[2], got[2], exp[2])]:
-        assert_close(a, e, dtype, f"lattice {name}", stats, f"lattice {dtype}")
-    if not need_grad and not alias:
-        assert np.all(got[3] == 9.0), "coefs written without need_grad"
+    spans = [(0, case.B)] + ([(1, case.B)] if case.B > 1 else [])  # all, and a subset
+    for b0, b1 in spans:
+        exp = run_lattice(REF, case, lpb, lpe, need_grad, False, b0, b1)
+        got = run_lattice(be, case, lpb, lpe, need_grad, alias, b0, b1)
+        n = 5 if need_grad else 1
+        for name, a, e in list(zip(names, got, exp))[:n] + [(names[2], got[2], exp[2])]:
+            assert_close(a, e, dtype, f"lattice {name} [{b0}:{b1}]", stats, f"lattice {dtype}")
+        assert np.all(got[2][:b0] == 9.0), "log_like written outside [b0, b1)"
+        if not need_grad and not alias:
+            assert np.all(got[3] == 9.0), "coefs written without need_grad"
     return got
 
 
+def joint_inputs(case, dtype, H, seed=11):
+    rng = np.random.default_rng(seed)
+    enc = rng.standard_normal((case.B, case.T_max, H)).astype(np_dtype(dtype))
+    pred = rng.standard_normal((case.B, case.U_max + 1, H)).astype(np_dtype(dtype))
+    return enc, pred
+
+
 def check_joint_forward(be, case, dtype, H, activation, chunks, stats=None):
-    xp, c = be.xp, cdt(dtype)
-    rng = np.random.default_rng(11)
-    enc = (rng.standard_normal((case.B, case.T_max, H))).astype(np_dtype(dtype))
-    pred = (rng.standard_normal((case.B, case.U_max + 1, H))).astype(np_dtype(dtype))
+    """h (n, ldh > H) in the storage dtype; columns >= H untouched."""
+    xp = be.xp
+    enc, pred = joint_inputs(case, dtype, H)
     encx, predx = to_xp(enc, xp), to_xp(pred, xp)
     dp, dpx = case.dplan(), case.dplan(xp)
+    ldh = H + 3
     for row0, n in chunks:
-        h = np.full((n, H), 7.0, c)
-        hx = xp.full((n, H), 7.0, dtype=c)
+        h = np.full((n, ldh), 7.0).astype(np_dtype(dtype))
+        hx = to_xp(h.copy(), xp)
         REF.joint_forward(enc, pred, dp, row0, n, activation, h)
         be.joint_forward(encx, predx, dpx, row0, n, activation, hx)
-        assert_close(to_np(hx), h, np.dtype(c).name, f"joint_forward[{row0}:{row0 + n}]", stats,
+        hx = to_np(hx)
+        assert np.all(hx[:, H:].astype(np.float64) == 7.0), "joint_forward wrote past H"
+        assert_close(hx, h, dtype, f"joint_forward[{row0}:{row0 + n}]", stats,
                      f"joint_forward {dtype}")
 
 
-def check_joint_backward(be, case, dtype, H, activation, chunks, stats=None):
+def check_joint_backward(be, case, dtype, H, activation, chunks, stats=None, out="same"):
+    """joint_backward over a chunking into outputs of the storage dtype (``out="same"``),
+    or float32 accumulators (``out="float32"``, 16-bit storage); the first chunk writes,
+    later ones accumulate. Also a split-sample style call with ``out_b0``."""
     xp = be.xp
     rng = np.random.default_rng(12)
-    d_enc = rng.standard_normal((case.B, case.T_max, H)).astype(dtype)
-    d_pred = rng.standard_normal((case.B, case.U_max + 1, H)).astype(dtype)
+    enc, pred = joint_inputs(case, dtype, H)
+    encx, predx = to_xp(enc, xp), to_xp(pred, xp)
+    odt = np_dtype(dtype) if out == "same" else np.dtype(out)
+    d_enc = rng.standard_normal((case.B, case.T_max, H)).astype(odt)
+    d_pred = rng.standard_normal((case.B, case.U_max + 1, H)).astype(odt)
     d_encx, d_predx = to_xp(d_enc, xp), to_xp(d_pred, xp)
     dp, dpx = case.dplan(), case.dplan(xp)
-    for row0, n in chunks:
-        h = np.tanh(rng.standard_normal((n, H))).astype(dtype)
-        if activation == 1:
-            h = np.maximum(h, 0)
-        dh = rng.standard_normal((n, H)).astype(dtype)
-        dhx, hx = to_xp(dh, xp), to_xp(h, xp)
-        REF.joint_backward(dh, h, dp, row0, n, activation, d_enc, d_pred)
-        be.joint_backward(dhx, hx, dpx, row0, n, activation, d_encx, d_predx)
-        assert_close(to_np(dhx), dh, dtype, "joint_backward dpre", stats, f"joint_backward {dtype}")
+    ldh = H + 2
+    for i, (row0, n) in enumerate(chunks):
+        chunk = case.plan.chunk(row0, n)
+        dh = rng.standard_normal((n, ldh)).astype(np_dtype(dtype))
+        dhx = to_xp(dh, xp)
+        REF.joint_backward(dh, enc, pred, dp, chunk, activation, d_enc, d_pred, 0, i > 0)
+        be.joint_backward(dhx, encx, predx, dpx, chunk, activation, d_encx, d_predx, 0, i > 0)
+        assert np.array_equal(to_np(dhx).view(np.uint8), dh.view(np.uint8)), "dh modified"
     key = f"joint_backward {dtype}"
-    assert_close(to_np(d_encx), d_enc, dtype, "joint_backward d_enc", stats, key)
-    assert_close(to_np(d_predx), d_pred, dtype, "joint_backward d_pred", stats, key)
+    odn = dtype if out == "same" else out
+    assert_close(to_np(d_encx), d_enc, odn, "joint_backward d_enc", stats, key)
+    assert_close(to_np(d_predx), d_pred, odn, "joint_backward d_pred", stats, key)
+    # one sample's rows into (1, ...) outputs addressed with out_b0 = b
+    b = case.B - 1
+    lo, hi = int(case.plan.offsets[b]), int(case.plan.offsets[b + 1])
+    chunk = case.plan.chunk(lo, hi - lo)
+    dh = rng.standard_normal((hi - lo, H)).astype(np_dtype(dtype))
+    outs = [np.zeros((1,) + x.shape[1:], odt) for x in (d_enc, d_pred)]
+    outsx = [to_xp(o.copy(), xp) for o in outs]
+    REF.joint_backward(dh, enc, pred, dp, chunk, activation, *outs, b, False)
+    be.joint_backward(to_xp(dh, xp), encx, predx, dpx, chunk, activation, *outsx, b, False)
+    for name, a, e in zip(("d_enc", "d_pred"), outsx, outs):
+        assert_close(to_np(a), e, odn, f"joint_backward {name} (out_b0={b})", stats, key)
+    return d_enc, d_pred

@@ -9,13 +9,12 @@ import sys
 import numpy as np
 
 import cutrans
-from cutrans import _kernels
-from cutrans.backends.kernel_backend import KernelBackend
+from cutrans.backends.kernel_backend import emulated_backend
 
 
 def main(sanitizer: str) -> int:
     mode = "thread" if sanitizer == "thread" else "fiber"
-    be = KernelBackend(_kernels.EmulatedProvider(mode, "forward", sanitizer), np, "emulated")
+    be = emulated_backend(mode, "forward", sanitizer)
     rng = np.random.default_rng(0)
     for V in (5, 150):  # 32 and 128 threads per row (warp-only and cross-warp reductions)
         z = rng.standard_normal((2, 3, 3, V)).astype(np.float32)

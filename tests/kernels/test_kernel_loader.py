@@ -17,7 +17,7 @@ def test_registry_matches_sources():
     for spec in _kernels.KERNELS.values():
         text = _kernels.read_source(spec.source)
         assert re.search(rf"\b{spec.template}\s*\(", text), spec.template
-        assert set(spec.dtypes) <= set(DTYPES)
+        assert all(set(t) <= set(DTYPES) for t in spec.types)
         assert spec.blocks == _kernels.BLOCKS
         names += spec.names()
     assert len(names) == len(set(names))
@@ -25,6 +25,7 @@ def test_registry_matches_sources():
         sorted(names)
     assert "row_stats<__nv_bfloat16, 256>" in names
     assert "lattice<double, 32>" in names
+    assert "joint_backward_enc<__half, float, 128>" in names
 
 
 def test_sources_include_compat_first():
@@ -122,7 +123,7 @@ def test_emulated_backend_cached():
 
 def test_row_limit_is_checked(emu):
     from cutrans._plan import DevicePlan
-    big = DevicePlan(offsets=None, logit_len=None, target_len=None, targets=None, batch=1,
-                     rows=2**31)
+    big = DevicePlan(offsets=None, frame_offsets=None, label_offsets=None, logit_len=None,
+                     target_len=None, targets=None, batch=1, rows=2**31)
     with pytest.raises(ValueError, match="at most 2147483647 lattice rows"):
-        emu.lattice(big, None, None, None, None, None, None, None, True)
+        emu.lattice(big, 0, 1, 0, None, None, None, None, None, None, None, True)

@@ -16,6 +16,8 @@ def test_row_stats(emu, err_stats, shape, dtype, layout):
     case = Case(*shape)
     for chunks in case.chunkings():
         check_row_stats(emu, case, dtype, layout, chunks, err_stats)
+    chunks = case.chunkings()[-1]
+    check_row_stats(emu, case, dtype, layout, chunks, err_stats, rbase=chunks[-1][0])
 
 
 @pytest.mark.parametrize("opts", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.05), (0.2, 0.1)])
@@ -25,9 +27,9 @@ def test_row_stats(emu, err_stats, shape, dtype, layout):
 def test_row_grad(emu, err_stats, dtype, layout, in_place, opts):
     for shape in ROW_CASES[:2]:
         case = Case(*shape)
-        for chunks in case.chunkings()[1:3]:
+        for i, chunks in enumerate(case.chunkings()[1:3]):
             check_row_grad(emu, case, dtype, layout, chunks, in_place=in_place,
-                           fastemit=opts[0], clamp=opts[1], stats=err_stats)
+                           fastemit=opts[0], clamp=opts[1], stats=err_stats, with_lse=i == 1)
 
 
 @pytest.mark.parametrize("need_grad,alias", [(True, True), (True, False), (False, False)])
@@ -47,12 +49,13 @@ def test_joint_forward(emu, err_stats, H, dtype, activation):
 
 
 @pytest.mark.parametrize("activation", [0, 1, 2])
-@pytest.mark.parametrize("dtype", COMPUTE)
+@pytest.mark.parametrize("dtype,out", [(d, "same") for d in STORAGE] +
+                         [("float16", "float32"), ("bfloat16", "float32")])
 @pytest.mark.parametrize("H", [16, 200])
-def test_joint_backward(emu, err_stats, H, dtype, activation):
+def test_joint_backward(emu, err_stats, H, dtype, out, activation):
     case = Case(5, 4, 5, 3, 5)
     for chunks in case.chunkings():
-        check_joint_backward(emu, case, dtype, H, activation, chunks, err_stats)
+        check_joint_backward(emu, case, dtype, H, activation, chunks, err_stats, out)
 
 
 @pytest.mark.parametrize("dtype", COMPUTE)

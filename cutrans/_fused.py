@@ -1,0 +1,357 @@
+"""The fused op's schedule: joint network + output layer + log-softmax + RNN-T, per group.
+
+One schedule for every backend (NumPy, CuPy kernels, CPU-emulated kernels), written against
+``backends.base.Backend``. For each chunk of rows (``_plan.Chunk``)::
+
+    h = [act(enc[b,t] + pred[b,u]) | 1 | 0..]       joint_forward   (C, Hp) storage dtype
+    z = h @ [W | bias | 0..]^T                      GEMM 1 (the bias rides in the GEMM)
+    lp_blank, lp_emit (, lse) per row               row_stats (one read of z)
+  per group: alpha, beta, coefficients, LL           lattice
+    z <- dLoss/dz in place                          row_grad (one read of z with lse)
+    [dW | db] += z^T @ h                            GEMM 2, accumulating (beta = 1)
+    dh = z @ W  (over h's first H columns)          GEMM 3
+    d_enc, d_pred <- dh * act'(...)                 joint_backward (act' recomputed)
+
+Nothing else runs per chunk: no reductions or elementwise passes besides these.
+
+Two paths:
+
+* **one pass** (``one_pass``): the upstream gradient is the same scalar for every sample
+  (reduction "mean"/"sum", the usual training case). Each group goes forward, through its
+  lattice and backward while its logits are still in the workspace (three GEMMs); split
+  groups recompute their chunks (four GEMMs). Nothing of size O(rows) outlives a group.
+* **two passes** (``forward`` + ``backward``): a per-sample upstream gradient, known only
+  later. The forward keeps 2 floats per row (the gradient coefficients); the backward
+  recomputes every chunk (or reuses the one resident chunk).
+
+Precision: h and z are stored in the input dtype; GEMMs accumulate in float32 (float64);
+row statistics, lattice and gradient math in the compute dtype; dW accumulates in the
+compute dtype across chunks; d_enc/d_pred are summed in the compute dtype and rounded once
+into the input dtype (float32 accumulators only for a sample split across chunks).
+
+Workspace (``max_workspace_bytes``): per chunk row ``(Hp + Vp)`` storage elements (h, z)
+plus the per-row state of the group (one pass: 5 floats; two passes: 2 floats for alpha and
+beta), plus fixed ``V x Hp`` storage (W with bias) and compute-dtype (dW with db) buffers,
+and float32 accumulators of one sample for 16-bit inputs. When a sample exceeds a chunk,
+a quarter of the budget holds the state of split groups (at least one sample's lattice).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _validate as v
+from ._dtypes import compute_dtype
+from ._plan import Chunk, DevicePlan, Group, RowPlan, rows_per_chunk, to_device
+from .backends.base import RowLayout
+
+ONE_PASS_STATE = ("lp_blank", "lp_emit", "lse", "alpha", "beta")
+TWO_PASS_STATE = ("alpha", "beta")
+
+
+def _round8(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+@dataclass(frozen=True)
+class FusedInputs:
+    """Contiguous inputs (one storage dtype) and the op's scalars."""
+
+    enc: Any  # (B, T, H)
+    pred: Any  # (B, U + 1, H)
+    weight: Any  # (V, H)
+    bias: Any  # (V,)
+    activation: int
+    blank: int
+    fastemit_lambda: float
+    clamp: float
+    tf32: bool = False
+
+    @property
+    def sizes(self) -> tuple[int, int, int, int]:
+        """(H, V, Hp, Vp): hidden size, vocabulary, and their padded workspace widths."""
+        H, V = int(self.enc.shape[-1]), int(self.weight.shape[0])
+        return H, V, _round8(H + 1), _round8(V)
+
+
+@dataclass
+class Workspace:
+    """Chunk buffers: ``h`` (C, Hp) = [h | 1 | 0] (then dh in its first H columns),
+    ``z`` (C, Vp) logits then their gradient, ``w_aug`` (V, Hp) = [W | bias | 0]; the
+    group state (S,) per name; ``layout`` addresses z's rows."""
+
+    h: Any
+    z: Any
+    w_aug: Any
+    layout: RowLayout
+    state: dict
+
+
+@dataclass(frozen=True)
+class Schedule:
+    groups: tuple[Group, ...]
+    chunk_rows: int  # rows of the largest chunk
+    state_rows: int  # rows of the largest group (its per-row state)
+
+
+def make_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
+                  state_names: tuple, fixed_extra: int) -> Schedule:
+    """Groups and chunks whose workspace fits ``budget`` bytes (see the module docstring)."""
+    H, V, Hp, Vp = f.sizes
+    s = np.dtype(f.enc.dtype).itemsize
+    c = np.dtype(compute_dtype(f.enc.dtype)).itemsize
+    state_row = max(1, len(state_names)) * c
+    per_row = (Hp + Vp) * s + state_row
+    fixed = V * Hp * s + fixed_extra
+    rows = rows_per_chunk(budget, per_row, fixed, plan.rows)
+    state_rows = rows
+    if plan.max_sample_rows > rows:  # split groups: a quarter of the budget for their state
+        rows = max(1, min(rows, (budget - budget // 4 - fixed) // per_row))
+        state_rows = max(rows, (budget // 4) // state_row)
+    groups = tuple(plan.schedule(rows, state_rows, sample_wise))
+    return Schedule(groups, max((c.n for g in groups for c in g.chunks), default=1),
+                    max((g.rows for g in groups), default=1))
+
+
+def min_workspace_bytes(enc, pred, weight) -> int:
+    """The smallest ``max_workspace_bytes`` that runs every path (one row per chunk)."""
+    f = FusedInputs(enc, pred, weight, None, 0, 0, 0.0, 0.0)
+    H, V, Hp, Vp = f.sizes
+    s = np.dtype(enc.dtype).itemsize
+    c = np.dtype(compute_dtype(enc.dtype)).itemsize
+    return (Hp + Vp) * s + len(ONE_PASS_STATE) * c + V * Hp * s + fixed_bytes(f, True, True)
+
+
+def fixed_bytes(f: FusedInputs, need_w: bool, need_h: bool) -> int:
+    """Bytes of the backward's fixed buffers: dW|db accumulator, split-sample accumulators."""
+    H, V, Hp, _ = f.sizes
+    c = np.dtype(compute_dtype(f.enc.dtype)).itemsize
+    n = V * Hp * c if need_w else 0
+    if need_h and np.dtype(f.enc.dtype).itemsize == 2:
+        n += (f.enc.shape[1] + f.pred.shape[1]) * H * 4
+    return n
+
+
+def make_workspace(xp, f: FusedInputs, sched: Schedule, state_names: tuple) -> Workspace:
+    H, V, Hp, Vp = f.sizes
+    sdt, cdt = f.enc.dtype, compute_dtype(f.enc.dtype)
+    w_aug = xp.zeros((V, Hp), dtype=sdt)
+    w_aug[:, :H] = f.weight
+    w_aug[:, H] = f.bias
+    h = xp.empty((sched.chunk_rows, Hp), dtype=sdt)
+    h[:, H] = 1
+    h[:, H + 1:] = 0
+    z = xp.empty((sched.chunk_rows, Vp), dtype=sdt)
+    state = {name: xp.empty(sched.state_rows, dtype=cdt) for name in state_names}
+    return Workspace(h, z, w_aug, RowLayout(packed=True, ld=Vp, vocab=V), state)
+
+
+# ------------------------------------------------------------------ per chunk
+def chunk_logits(be, f: FusedInputs, ws: Workspace, dplan: DevicePlan, c: Chunk) -> None:
+    """h and z = h W_aug^T of the chunk's rows (joint_forward + GEMM 1)."""
+    _, V, _, _ = f.sizes
+    h = ws.h[:c.n]
+    be.joint_forward(f.enc, f.pred, dplan, c.row0, c.n, f.activation, h)
+    be.gemm(h, ws.w_aug.T, ws.z[:c.n, :V], tf32=f.tf32)
+
+
+class GradSink:
+    """The gradients being built, and where each chunk's joint backward writes.
+
+    ``d_enc``/``d_pred`` (input dtype, zero outside the lattices); ``d_w`` = [dW | db | 0]
+    (V, Hp) accumulated by GEMM 2 in the compute dtype. A chunk of whole samples writes its
+    rows of d_enc/d_pred directly; chunks of a split sample accumulate, into d_enc/d_pred
+    for float32/float64, or into float32 accumulators of that sample for 16-bit inputs
+    (copied into the gradients after its last chunk).
+    """
+
+    def __init__(self, xp, f: FusedInputs, needs):
+        self.xp, self.f = xp, f
+        self.need_enc, self.need_pred, need_w, need_b = map(bool, needs)
+        H, V, Hp, _ = f.sizes
+        sdt, cdt = f.enc.dtype, compute_dtype(f.enc.dtype)
+        self.d_enc = xp.zeros(f.enc.shape, dtype=sdt) if self.need_enc else None
+        self.d_pred = xp.zeros(f.pred.shape, dtype=sdt) if self.need_pred else None
+        self.d_w = xp.zeros((V, Hp), dtype=cdt) if need_w or need_b else None
+        self.needs = (self.need_enc, self.need_pred, need_w, need_b)
+        self.direct = np.dtype(sdt) == np.dtype(cdt)
+        self.acc = None
+        if not self.direct and (self.need_enc or self.need_pred):
+            self.acc = (xp.empty((1,) + tuple(f.enc.shape[1:]), dtype=np.float32),
+                        xp.empty((1,) + tuple(f.pred.shape[1:]), dtype=np.float32))
+
+    @property
+    def need_h(self) -> bool:
+        return self.need_enc or self.need_pred
+
+    def targets(self, c: Chunk):
+        """``(d_enc, d_pred, out_b0, accumulate)`` for the joint backward of chunk ``c``."""
+        if not c.split:
+            return self.d_enc, self.d_pred, 0, False
+        if self.direct:
+            return self.d_enc, self.d_pred, 0, True
+        if c.first:
+            for a in self.acc:
+                a[...] = 0
+        de, dp = self.acc
+        return (de if self.need_enc else None, dp if self.need_pred else None, c.b0, True)
+
+    def chunk_done(self, c: Chunk) -> None:
+        if c.split and c.last and not self.direct:
+            if self.need_enc:
+                self.d_enc[c.b0] = self.acc[0][0]
+            if self.need_pred:
+                self.d_pred[c.b0] = self.acc[1][0]
+
+    def finish(self):
+        """(d_enc, d_pred, d_weight, d_bias) in the input dtype (None where not needed)."""
+        H = self.f.sizes[0]
+        need_w, need_b = self.needs[2:]
+        d_w = self.d_w[:, :H].astype(self.f.weight.dtype) if need_w else None
+        d_b = self.d_w[:, H].astype(self.f.bias.dtype) if need_b else None
+        return self.d_enc, self.d_pred, d_w, d_b
+
+
+def chunk_backward(be, f: FusedInputs, ws: Workspace, dplan: DevicePlan, c: Chunk, coef_blank,
+                   coef_emit, rbase: int, lse, scale, sink: GradSink) -> None:
+    """row_grad in place over z, GEMM 2 into [dW | db], GEMM 3 into dh, joint backward."""
+    H, V, _, _ = f.sizes
+    z, h = ws.z[:c.n], ws.h[:c.n]
+    be.row_grad(z, z, ws.layout, c.row0, c.n, dplan, f.blank, coef_blank, coef_emit, scale,
+                f.fastemit_lambda, f.clamp, rbase, lse)
+    dz = z[:, :V]
+    if sink.d_w is not None:
+        be.gemm(dz.T, h, sink.d_w, accumulate=True, tf32=f.tf32)
+    if sink.need_h:
+        be.gemm(dz, ws.w_aug[:, :H], h[:, :H], tf32=f.tf32)  # dh over h: h is done
+        d_enc, d_pred, b0, acc = sink.targets(c)
+        be.joint_backward(h, f.enc, f.pred, dplan, c, f.activation, d_enc, d_pred, b0, acc)
+        sink.chunk_done(c)
+
+
+def losses_from(log_like, fastemit_lambda: float):
+    """Per-sample losses; NeMo / warprnnt-numba convention: (1 + lambda) * (-LL)."""
+    return log_like * (-(1.0 + fastemit_lambda))
+
+
+def check_fused_log_likelihood(log_like, xp) -> None:
+    """Finite inputs give finite logits unless a 16-bit GEMM overflows: one host check."""
+    if not bool(xp.isfinite(log_like).all()):
+        b = int(xp.flatnonzero(~xp.isfinite(log_like))[0])
+        raise ValueError(f"the joint logits of sample {b} are not finite (a float16 GEMM "
+                         f"overflow, |z| > 65504?); use bfloat16 or float32 inputs")
+
+
+# ------------------------------------------------------------------ one pass
+def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
+             max_workspace_bytes: int, sample_wise: bool):
+    """Per-sample losses (B,) and the gradients of ``scale * sum_b loss_b`` (see
+    ``GradSink.finish``), in one pass over the groups."""
+    xp = be.xp
+    dplan = to_device(plan, targets, xp)
+    sink = GradSink(xp, f, needs)
+    sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, ONE_PASS_STATE,
+                          fixed_bytes(f, sink.d_w is not None, sink.need_h))
+    ws = make_workspace(xp, f, sched, ONE_PASS_STATE)
+    cdt = compute_dtype(f.enc.dtype)
+    up = xp.full(plan.batch, scale, dtype=cdt)
+    log_like = xp.empty(plan.batch, dtype=cdt)
+    for g in sched.groups:
+        st = {k: a[:g.rows] for k, a in ws.state.items()}
+        lse = st["lse"] if g.resident else None
+        for c in g.chunks:
+            chunk_logits(be, f, ws, dplan, c)
+            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, f.blank, st["lp_blank"],
+                         st["lp_emit"], g.row0, lse)
+        be.lattice(dplan, g.b0, g.b1, g.row0, st["lp_blank"], st["lp_emit"], st["alpha"],
+                   st["beta"], log_like, st["lp_blank"], st["lp_emit"], True)
+        for c in g.chunks:
+            if not g.resident:
+                chunk_logits(be, f, ws, dplan, c)
+            chunk_backward(be, f, ws, dplan, c, st["lp_blank"], st["lp_emit"], g.row0, lse,
+                           up, sink)
+    check_fused_log_likelihood(log_like, xp)
+    return losses_from(log_like, f.fastemit_lambda), sink.finish()
+
+
+# ------------------------------------------------------------------ two passes
+@dataclass
+class FusedContext:
+    """What the two-pass forward keeps for its backward: 2 floats per row (the gradient
+    coefficients), the schedule, and the inputs; one resident chunk's workspace."""
+
+    backend: Any
+    plan: RowPlan
+    dplan: DevicePlan
+    coef_blank: Any  # (R,) compute dtype
+    coef_emit: Any
+    inputs: FusedInputs
+    schedule: Schedule
+    resident: Workspace | None = None
+
+
+def fused_context(be, f: FusedInputs, targets, plan: RowPlan, coef_blank, coef_emit, *,
+                  max_workspace_bytes: int, sample_wise: bool,
+                  dplan: DevicePlan | None = None) -> FusedContext:
+    """The two-pass context (used by the forward, and by adapters that rebuild it from
+    inputs and saved coefficients). The schedule leaves room for the backward's buffers."""
+    sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, TWO_PASS_STATE,
+                          fixed_bytes(f, True, True))
+    return FusedContext(be, plan, dplan or to_device(plan, targets, be.xp), coef_blank,
+                        coef_emit, f, sched)
+
+
+def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
+            max_workspace_bytes: int, sample_wise: bool):
+    """Per-sample losses (B,) and (if ``need_grad``) the context for ``backward``."""
+    xp = be.xp
+    cdt = compute_dtype(f.enc.dtype)
+    names = TWO_PASS_STATE if need_grad else ("lp_blank", "lp_emit", "alpha")
+    if need_grad:
+        ctx = fused_context(be, f, targets, plan, xp.empty(plan.rows, dtype=cdt),
+                            xp.empty(plan.rows, dtype=cdt),
+                            max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise)
+        sched, dplan = ctx.schedule, ctx.dplan
+    else:
+        ctx, dplan = None, to_device(plan, targets, xp)
+        sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, names, 0)
+    ws = make_workspace(xp, f, sched, names)
+    log_like = xp.empty(plan.batch, dtype=cdt)
+    for g in sched.groups:
+        if need_grad:  # the coefficients overwrite the log-probabilities, kept per row
+            lpb, lpe = ctx.coef_blank[g.row0:g.row1], ctx.coef_emit[g.row0:g.row1]
+        else:
+            lpb, lpe = ws.state["lp_blank"][:g.rows], ws.state["lp_emit"][:g.rows]
+        for c in g.chunks:
+            chunk_logits(be, f, ws, dplan, c)
+            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, f.blank, lpb, lpe, g.row0)
+        alpha = ws.state["alpha"][:g.rows]
+        beta = ws.state["beta"][:g.rows] if need_grad else alpha
+        be.lattice(dplan, g.b0, g.b1, g.row0, lpb, lpe, alpha, beta, log_like, lpb, lpe,
+                   need_grad)
+    check_fused_log_likelihood(log_like, xp)
+    if need_grad and len(sched.groups) == 1 and sched.groups[0].resident:
+        ctx.resident = ws  # its logits are still in z: the backward need not recompute
+    return losses_from(log_like, f.fastemit_lambda), ctx
+
+
+def backward(ctx: FusedContext, grad_losses, needs=(True, True, True, True)):
+    """(d_enc, d_pred, d_weight, d_bias) for upstream per-sample gradients (B,);
+    ``needs`` flags which to compute (the others come back as None)."""
+    be, f = ctx.backend, ctx.inputs
+    xp = be.xp
+    scale = v.upstream_gradient(grad_losses, ctx.plan.batch, xp, ctx.coef_blank.dtype)
+    sink = GradSink(xp, f, needs)
+    if not any(sink.needs):
+        return None, None, None, None
+    resident, ctx.resident = ctx.resident, None  # z becomes the gradient: recompute next time
+    ws = resident or make_workspace(xp, f, ctx.schedule, ())
+    for g in ctx.schedule.groups:
+        for c in g.chunks:
+            if resident is None:
+                chunk_logits(be, f, ws, ctx.dplan, c)
+            chunk_backward(be, f, ws, ctx.dplan, c, ctx.coef_blank, ctx.coef_emit, 0, None,
+                           scale, sink)
+    return sink.finish()
