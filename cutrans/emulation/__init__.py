@@ -6,7 +6,9 @@ arrays, one block after another, with fibers (deterministic) or one OS thread pe
 (for ThreadSanitizer). See ``launcher.py`` for the calling contract and ``cuda_emu.h`` for what
 a kernel may rely on.
 """
-from ._build import BuildError, cache_dir, sanitizer_env
-from .launcher import EmulatedKernel, EmulatedModule, EmulationError
+from ._build import cache_dir, sanitizer_env, toolchain_description
+from ._errors import BuildError, EmulationError, ToolchainWarning
+from .launcher import EmulatedKernel, EmulatedModule
 
-__all__ = ["EmulatedModule", "EmulatedKernel", "EmulationError", "BuildError", "cache_dir", "sanitizer_env"]
+__all__ = ["EmulatedModule", "EmulatedKernel", "EmulationError", "BuildError", "ToolchainWarning", "cache_dir",
+           "sanitizer_env", "toolchain_description"]

@@ -1,15 +1,25 @@
 """Build a CUDA source into a CPU shared library (g++), cached on disk.
 
 Contract:
-  * ``build(code, name_expressions, options, include_dirs, sanitizer)`` returns the path of a
-    ``.so`` that exports, for the i-th name expression, ``cutrans_emu_launch_<i>`` and
-    ``cutrans_emu_sig_<i>``, plus a ``<so>.shared.json`` sidecar listing the static
-    ``__shared__`` storage (offsets from the load base, sizes) to poison before every block.
+  * ``build(code, name_expressions, options, include_dirs, sanitizer)`` returns a ``Built``:
+    the path of a ``.so`` that exports, for the i-th name expression, ``cutrans_emu_launch_<i>``
+    and ``cutrans_emu_sig_<i>``; the static ``__shared__`` storage to poison before every block
+    (``SharedRange(offset from the load base, size, symbol)``, kept in a ``<key>.shared.json``
+    sidecar); whether it was compiled now; whether libstdc++ is linked into it statically.
+  * the module is compiled to an object first and then linked: the ``__shared__`` ranges come
+    from the kernel's own object only, never from linked libraries (rules in
+    ``_static_shared``); anything unexpected raises ``BuildError`` naming the symbol.
+  * a toolchain that links libstdc++ statically (``$CXX`` is a relocated g++ whose
+    ``libstdc++.so`` is not found, or adds ``-static-libstdc++``) gives a ``ToolchainWarning``
+    when a module is built or loaded: kernels run, but ``sanitizer_env`` raises
+    ``EmulationError`` (the sanitizer runtime needs libstdc++.so preloaded).
   * the cache key hashes the source text, every header under ``include_dirs``, the emulation
-    header, the options, the sanitizer and the g++ version; the cache directory is
-    ``$CUTRANS_EMU_CACHE`` or ``~/.cache/cutrans/emu``. Builds write temporary files and
+    header, the options, the sanitizer, the compiler path and its version; the cache directory
+    is ``$CUTRANS_EMU_CACHE`` or ``~/.cache/cutrans/emu``. Builds write temporary files and
     ``os.replace`` them into place, so parallel processes may build the same module.
   * the scheduler mode (fibers / threads) is chosen at launch time: one library serves both.
+  * ``compiler()`` and ``libstdcxx_linkage()`` are computed once per process (``$CXX`` is read
+    on first use).
 """
 from __future__ import annotations
 
@@ -20,10 +30,16 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
+
+from ._elf import Elf
+from ._errors import BuildError, EmulationError, ToolchainWarning
+from ._static_shared import SharedRange, shared_ranges
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
+FORMAT = "2"  # cache layout: object-file __shared__ rules, sidecar {"ranges", "static_libstdcxx"}
 _HEADER_EXTS = (".h", ".hh", ".hpp", ".cuh", ".cu", ".inl", ".inc")
 SANITIZER_FLAGS = {
     None: ["-O2"],
@@ -32,19 +48,32 @@ SANITIZER_FLAGS = {
 }
 
 
-class BuildError(RuntimeError):
-    """g++ failed; the message carries the compiler output."""
+class Built(NamedTuple):
+    path: str
+    ranges: list[SharedRange]
+    compiled: bool
+    static_libstdcxx: bool
 
 
 def sanitizer_env(sanitizer: str, env: dict | None = None) -> dict:
     """Environment for a child process that loads ``sanitizer``-built modules: the runtime and
-    libstdc++ preloaded (so that the runtime can intercept C++ exceptions), leak checks off."""
+    libstdc++ preloaded (so that the runtime can intercept C++ exceptions), leak checks off.
+    Raises ``EmulationError`` when the toolchain cannot provide them (libstdc++ linked
+    statically, a library that ``$CXX -print-file-name`` does not find)."""
     if sanitizer not in ("address", "thread"):
         raise ValueError(f"sanitizer must be 'address' or 'thread', not {sanitizer!r}")
     cxx, _ = compiler()
+    if libstdcxx_linkage() == "static":
+        raise EmulationError(f"sanitizer runs need libstdc++.so preloaded with the sanitizer runtime, but "
+                             f"{toolchain_description()}: use a g++ whose libstdc++.so is found")
     rt = {"address": "libasan.so", "thread": "libtsan.so"}[sanitizer]
-    libs = [subprocess.run([cxx, f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
-            for n in (rt, "libstdc++.so")]
+    libs = []
+    for n in (rt, "libstdc++.so"):
+        p = subprocess.run([cxx, f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(p) or not os.path.exists(p):
+            raise EmulationError(f"sanitizer={sanitizer!r} needs {n}, which `{cxx} -print-file-name={n}` "
+                                 f"does not find (got {p!r})")
+        libs.append(p)
     env = dict(os.environ if env is None else env)
     env["LD_PRELOAD"] = " ".join(libs + ([env["LD_PRELOAD"]] if env.get("LD_PRELOAD") else []))
     env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
@@ -66,6 +95,43 @@ def compiler() -> tuple[str, str]:
         raise BuildError("g++ not found: the CPU emulation needs a C++20 compiler (set $CXX)")
     ver = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     return cxx, (ver[0] if ver else "?")
+
+
+def links_libstdcxx_statically(lib: Elf) -> bool:
+    """A C++ shared library without a DT_NEEDED libstdc++ carries its own copy of it."""
+    return not any(n.startswith("libstdc++.so") for n in lib.needed)
+
+
+@functools.lru_cache(maxsize=None)
+def libstdcxx_linkage() -> str:
+    """"static" or "dynamic": how ``compiler()`` links libstdc++ into a shared library (probed
+    once per process by linking a one-line C++ library)."""
+    cxx, _ = compiler()
+    with tempfile.TemporaryDirectory(prefix="cutrans-probe-") as tmp:
+        src, lib = Path(tmp) / "probe.cpp", Path(tmp) / "probe.so"
+        src.write_text('#include <stdexcept>\nvoid cutrans_probe() { throw std::runtime_error("probe"); }\n')
+        r = subprocess.run([cxx, "-fPIC", "-shared", str(src), "-o", str(lib)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BuildError(f"{cxx} cannot link a C++ shared library:\n{r.stderr[-4000:]}")
+        return "static" if links_libstdcxx_statically(Elf(lib)) else "dynamic"
+
+
+def toolchain_description(linkage: str | None = None) -> str:
+    """One line naming the compiler, its version and how it links libstdc++ (for messages);
+    ``linkage`` defaults to ``libstdcxx_linkage()``."""
+    cxx, version = compiler()
+    if linkage is None:
+        try:
+            linkage = libstdcxx_linkage()
+        except BuildError:
+            linkage = "unknown (cannot link a C++ shared library)"
+    how = {"static": "statically (libstdc++.a)", "dynamic": "dynamically"}.get(linkage, linkage)
+    return f"CXX={cxx} ({version}) links libstdc++ {how}"
+
+
+def _warn_static_libstdcxx() -> None:
+    warnings.warn(f"emulated modules link libstdc++ statically: {toolchain_description('static')}. Kernels "
+                  f"run, but sanitizer runs are unavailable (they preload libstdc++.so)", ToolchainWarning)
 
 
 def translate_options(options: Sequence[str]) -> list[str]:
@@ -96,8 +162,8 @@ def _headers_digest(h, include_dirs: Sequence[str]) -> None:
 
 def cache_key(code, name_expressions, options, include_dirs, sanitizer) -> str:
     h = hashlib.sha256()
-    for part in (code, "\0".join(name_expressions), "\0".join(options), "\0".join(map(str, include_dirs)),
-                 str(sanitizer), compiler()[1], " ".join(SANITIZER_FLAGS[sanitizer])):
+    for part in (FORMAT, code, "\0".join(name_expressions), "\0".join(options), "\0".join(map(str, include_dirs)),
+                 str(sanitizer), *compiler(), " ".join(SANITIZER_FLAGS[sanitizer])):
         h.update(part.encode() + b"\1")
     h.update(HEADER.read_bytes())
     _headers_digest(h, include_dirs)
@@ -116,49 +182,31 @@ def wrapper_source(src_path: str, name_expressions: Sequence[str]) -> str:
             "}",
         ]
     lines += [
-        'extern "C" void cutrans_emu_set_static_shared(const unsigned long long* off, const unsigned long long* sz, int n) {',
-        "  Dl_info info; dladdr((void*)&cutrans_emu_set_static_shared, &info);",
-        "  auto* base = static_cast<unsigned char*>(info.dli_fbase);",
-        "  cutrans_emu::g_static_shared.clear();",
-        "  for (int i = 0; i < n; ++i) cutrans_emu::g_static_shared.push_back({base + off[i], size_t(sz[i])});",
+        'extern "C" int cutrans_emu_set_static_shared(const unsigned long long* off, const unsigned long long* sz, int n) {',
+        "  return cutrans_emu::set_static_shared((const void*)&cutrans_emu_set_static_shared, off, sz, n);",
         "}",
         "",
     ]
     return "\n".join(lines)
 
 
-def _static_shared_ranges(so: str) -> list[tuple[int, int]]:
-    """(offset, size) of the `__shared__` statics: the `cutrans_shared` section plus the
-    function-local statics of template instantiations (g++ puts those in COMDAT .bss)."""
-    nm = shutil.which("nm")
-    if not nm:
-        raise BuildError("nm (binutils) not found")
-    out = subprocess.run([nm, "-S", "--defined-only", so], capture_output=True, text=True, check=True).stdout
-    syms = []
-    start = stop = None
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == "__start_cutrans_shared":
-            start = int(parts[0], 16)
-        elif len(parts) == 3 and parts[2] == "__stop_cutrans_shared":
-            stop = int(parts[0], 16)
-        elif len(parts) == 4 and parts[2] in "bBdDuV" and parts[3].startswith("_ZZ"):
-            name = parts[3]
-            if name.startswith(("_ZZNSt", "_ZZN11cutrans_emu", "_ZZN9__gnu_cxx")):
-                continue
-            syms.append((int(parts[0], 16), int(parts[1], 16)))
-    ranges = []
-    if start is not None and stop is not None and stop > start:
-        ranges.append((start, stop - start))
-    for off, size in syms:
-        if not (start is not None and stop is not None and start <= off < stop):
-            ranges.append((off, size))
-    return ranges
+def _read_sidecar(meta: Path) -> tuple[list[SharedRange], bool] | None:
+    try:
+        d = json.loads(meta.read_text())
+        return [SharedRange(int(o), int(n), str(s)) for o, n, s in d["ranges"]], bool(d["static_libstdcxx"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, partial or another layout: rebuild
+
+
+def _run(cmd: list[str], what: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"g++ failed to {what} the emulated module:\n{r.stderr[-8000:]}")
 
 
 def build(code: str, name_expressions: Sequence[str], options: Sequence[str] = (),
-          include_dirs: Sequence[str] = (), sanitizer: str | None = None) -> tuple[str, list[tuple[int, int]], bool]:
-    """Return (path of the .so, static shared ranges, whether it was compiled now)."""
+          include_dirs: Sequence[str] = (), sanitizer: str | None = None) -> Built:
+    """Compile (or find in the cache) the module; see the module docstring."""
     if sanitizer not in SANITIZER_FLAGS:
         raise ValueError(f"sanitizer must be None, 'address' or 'thread', not {sanitizer!r}")
     include_dirs = [str(Path(d).resolve()) for d in include_dirs]
@@ -166,9 +214,13 @@ def build(code: str, name_expressions: Sequence[str], options: Sequence[str] = (
     root = cache_dir()
     so = root / f"{key}.so"
     meta = root / f"{key}.shared.json"
-    if so.exists() and meta.exists():
-        return str(so), [tuple(r) for r in json.loads(meta.read_text())], False
+    cached = _read_sidecar(meta) if so.exists() else None
+    if cached is not None:
+        if cached[1]:
+            _warn_static_libstdcxx()
+        return Built(str(so), cached[0], False, cached[1])
     cxx, _ = compiler()
+    common = [cxx, "-std=c++20", *SANITIZER_FLAGS[sanitizer], "-fPIC", "-pthread"]
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{key}.") as tmp:
         src = root / f"{key}.cu"  # stays next to the .so: sanitizer reports and debuggers name it
         tmp_src = Path(tmp) / "src.cu"
@@ -176,16 +228,18 @@ def build(code: str, name_expressions: Sequence[str], options: Sequence[str] = (
         os.replace(tmp_src, src)
         wrapper = Path(tmp) / "wrapper.cpp"
         wrapper.write_text(wrapper_source(str(src), name_expressions))
-        out = Path(tmp) / "mod.so"
-        cmd = [cxx, "-std=c++20", *SANITIZER_FLAGS[sanitizer], "-fPIC", "-shared", "-pthread", "-U_FORTIFY_SOURCE",
-               "-fno-gnu-unique", "-DCUTRANS_EMULATION", "-include", str(HEADER), f"-I{HEADER.parent}",
-               *[f"-I{d}" for d in include_dirs], *translate_options(options), str(wrapper), "-o", str(out), "-ldl"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise BuildError(f"g++ failed to build the emulated module:\n{r.stderr[-8000:]}")
-        ranges = _static_shared_ranges(str(out))
+        obj, out = Path(tmp) / "wrapper.o", Path(tmp) / "mod.so"
+        _run([*common, "-U_FORTIFY_SOURCE", "-fno-gnu-unique", "-DCUTRANS_EMULATION", "-include", str(HEADER),
+              f"-I{HEADER.parent}", *[f"-I{d}" for d in include_dirs], *translate_options(options),
+              "-c", str(wrapper), "-o", str(obj)], "compile")
+        _run([*common, "-shared", str(obj), "-o", str(out), "-ldl"], "link")
+        lib = Elf(out)
+        ranges = shared_ranges(Elf(obj), lib)
+        static = links_libstdcxx_statically(lib)
         tmp_meta = Path(tmp) / "meta.json"
-        tmp_meta.write_text(json.dumps(ranges))
-        os.replace(tmp_meta, meta)
+        tmp_meta.write_text(json.dumps({"ranges": [list(r) for r in ranges], "static_libstdcxx": static}))
         os.replace(out, so)
-    return str(so), ranges, True
+        os.replace(tmp_meta, meta)  # last: a sidecar means a complete module
+    if static:
+        _warn_static_libstdcxx()
+    return Built(str(so), ranges, True, static)

@@ -53,6 +53,7 @@
 #include <utility>
 #include <vector>
 #include <dlfcn.h>
+#include <link.h>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
 #define CUTRANS_EMU_ASAN 1
@@ -75,7 +76,8 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define __constant__
 // Non-template statics land in this section; template-instantiated ones are found by the
-// Python side with `nm` (g++ ignores section attributes on COMDAT data).
+// Python side in the module's object file (g++ ignores section attributes on COMDAT data;
+// see cutrans/emulation/_static_shared.py).
 #define __shared__ static __attribute__((section("cutrans_shared")))
 #define CUTRANS_DYN_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::cutrans_emu::g_dyn_shared)
@@ -654,6 +656,55 @@ inline void run_block_threads(Block& b, const LaunchCfg& c) {
   }
   pthread_attr_destroy(&attr);
   for (int t = 0; t < started; ++t) pthread_join(th[t], nullptr);
+}
+
+// ---- static __shared__ storage: registered once per module, poisoned before every block
+struct ModuleSegments {
+  uintptr_t self = 0, base = 0;
+  bool found = false;
+  std::vector<std::pair<uintptr_t, uintptr_t>> writable, excluded;  // [lo, hi)
+};
+inline int collect_segments(dl_phdr_info* info, size_t, void* data) {
+  auto* m = static_cast<ModuleSegments*>(data);
+  bool mine = false;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& p = info->dlpi_phdr[i];
+    uintptr_t lo = info->dlpi_addr + p.p_vaddr;
+    mine |= p.p_type == PT_LOAD && m->self >= lo && m->self - lo < p.p_memsz;
+  }
+  if (!mine) return 0;
+  m->found = true;
+  m->base = info->dlpi_addr;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& p = info->dlpi_phdr[i];
+    uintptr_t lo = info->dlpi_addr + p.p_vaddr;
+    if (p.p_type == PT_LOAD && (p.p_flags & PF_W)) m->writable.push_back({lo, lo + p.p_memsz});
+    if (p.p_type == PT_GNU_RELRO || p.p_type == PT_TLS) m->excluded.push_back({lo, lo + p.p_memsz});
+  }
+  return 1;
+}
+// Registers the ranges (offsets from the load base of the module that contains `self`) for
+// poison_shared. Every range must lie inside one writable PT_LOAD segment and outside
+// PT_GNU_RELRO (read-only after relocation) and the PT_TLS image. Returns -1 when all do; else
+// the index of the first bad range (-2: module not found), and the registration is unchanged.
+inline int set_static_shared(const void* self, const unsigned long long* off, const unsigned long long* sz,
+                             int n) {
+  ModuleSegments m;
+  m.self = reinterpret_cast<uintptr_t>(self);
+  dl_iterate_phdr(collect_segments, &m);
+  if (!m.found) return -2;
+  for (int i = 0; i < n; ++i) {
+    uintptr_t lo = m.base + off[i], hi = lo + sz[i];
+    bool ok = off[i] < UINTPTR_MAX - m.base && hi >= lo;
+    bool in = false, hit = false;
+    for (auto& [a, b] : m.writable) in |= lo >= a && hi <= b;
+    for (auto& [a, b] : m.excluded) hit |= lo < b && a < hi;
+    if (!ok || !in || hit) return i;
+  }
+  g_static_shared.clear();
+  for (int i = 0; i < n; ++i)
+    g_static_shared.push_back({reinterpret_cast<unsigned char*>(m.base + off[i]), size_t(sz[i])});
+  return -1;
 }
 
 // ---- the grid

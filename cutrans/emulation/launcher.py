@@ -21,6 +21,11 @@ Contract::
   process: run it in a child process with ``env=cutrans.emulation.sanitizer_env("address")``.
 * ``filename`` names the source in diagnostics (barrier sites, sanitizer reports).
 * launches on one library are serialised (``__shared__`` storage is process-global).
+* static ``__shared__`` storage (``mod.shared_ranges``, found by ``_build`` in the module's own
+  object file) is checked when the module is loaded: every range must lie inside a writable
+  load segment of the module, outside RELRO and the TLS image, else EmulationError names the
+  symbol and offset and the library's registration is left as it was: poisoning never writes
+  outside the module's writable storage.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from . import _build
+from ._errors import EmulationError
 
 _MODES = {"fiber": 0, "thread": 1}
 _ORDERS = {"forward": 0, "reverse": 1, "shuffle": 2}
@@ -41,10 +47,6 @@ _SCALARS = {np.bool_: "b", np.int8: "i", np.int16: "i", np.int32: "i", np.int64:
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 DEFAULT_MAX_DYNAMIC_SHARED = 48 * 1024
-
-
-class EmulationError(RuntimeError):
-    """A kernel failed under CPU emulation (deadlock, divergent barrier, bad launch, ...)."""
 
 
 class _LaunchCfg(ctypes.Structure):
@@ -103,18 +105,28 @@ class EmulatedModule:
                     f"sanitizer={sanitizer!r} needs its runtime loaded first: run Python with "
                     f"LD_PRELOAD=\"$(g++ -print-file-name=lib{rt}.so) $(g++ -print-file-name=libstdc++.so)\" "
                     f"(see cutrans.emulation.sanitizer_env)")
-        self.path, ranges, self.compiled = _build.build(f'#line 1 "{filename}"\n' + code,
-                                                        self.name_expressions, self.options,
-                                                        self.include_dirs, sanitizer)
+        built = _build.build(f'#line 1 "{filename}"\n' + code, self.name_expressions, self.options,
+                             self.include_dirs, sanitizer)
+        self.path, self.compiled, self.shared_ranges = built.path, built.compiled, tuple(built.ranges)
         self._lib = ctypes.CDLL(self.path)
-        n = len(ranges)
-        offs = (ctypes.c_ulonglong * max(n, 1))(*[r[0] for r in ranges])
-        sizes = (ctypes.c_ulonglong * max(n, 1))(*[r[1] for r in ranges])
-        self._lib.cutrans_emu_set_static_shared(offs, sizes, ctypes.c_int(n))
-        self.static_shared_bytes = sum(r[1] for r in ranges)
+        self._set_static_shared(built.static_libstdcxx)
+        self.static_shared_bytes = sum(r.size for r in self.shared_ranges)
         with _LOCKS_GUARD:
             self._lock = _LOCKS.setdefault(self.path, threading.Lock())
         self._kernels: dict[str, EmulatedKernel] = {}
+
+    def _set_static_shared(self, static_libstdcxx: bool) -> None:
+        ranges, n = self.shared_ranges, len(self.shared_ranges)
+        offs = (ctypes.c_ulonglong * max(n, 1))(*[r.offset for r in ranges])
+        sizes = (ctypes.c_ulonglong * max(n, 1))(*[r.size for r in ranges])
+        bad = self._lib.cutrans_emu_set_static_shared(offs, sizes, ctypes.c_int(n))
+        if bad == -1:
+            return
+        where = (f"static __shared__ storage {ranges[bad].name} (offset 0x{ranges[bad].offset:x}, "
+                 f"{ranges[bad].size} bytes) is not inside a writable load segment (outside RELRO and "
+                 f"the TLS image)") if 0 <= bad < n else "its load segments were not found"
+        raise EmulationError(f"{self.path}: {where}; refusing to poison it. Module built by "
+                             f"{_build.toolchain_description('static' if static_libstdcxx else 'dynamic')}")
 
     def get_function(self, name: str) -> "EmulatedKernel":
         if name not in self.name_expressions:

@@ -25,7 +25,7 @@ def _installed(dist: str) -> bool:
         return False
 
 
-GOOD = ["reduce.cu", "wavefront.cu", "atomics.cu", "misc.cu", "bugs.cu", "spill.cu"]
+GOOD = ["reduce.cu", "wavefront.cu", "atomics.cu", "misc.cu", "bugs.cu", "spill.cu", "shared_kinds.cu"]
 
 
 def test_archs_and_toolchain():

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from emu_support import KERNELS, TEST_KERNELS
-from cutrans.emulation import EmulatedModule, EmulationError, sanitizer_env
+from cutrans.emulation import EmulatedModule, EmulationError
+from emu_health import sanitizer_env_or_skip
 
 pytestmark = pytest.mark.sanitizer
 
@@ -49,7 +50,7 @@ print("CHILD-DONE", flush=True)
 
 def run_child(sanitizer: str, mode: str, job: str) -> str:
     r = subprocess.run([sys.executable, "-c", CHILD, str(KERNELS), str(TEST_KERNELS), sanitizer, mode, job],
-                       env=sanitizer_env(sanitizer), capture_output=True, text=True, timeout=120)
+                       env=sanitizer_env_or_skip(sanitizer), capture_output=True, text=True, timeout=120)
     return f"rc={r.returncode}\n{r.stdout}\n{r.stderr}"
 
 

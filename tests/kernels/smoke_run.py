@@ -1,8 +1,10 @@
-"""Run every kernel once on a tiny case under a sanitizer of the CPU emulation.
+"""Run every kernel once on a tiny case under the CPU emulation; exits 0 if results match NumPy.
 
-``python sanitized_run.py address|thread`` (with the environment of cutrans.emulation.sanitizer_env; see
-test_kernel_sanitizers.py). ``thread`` uses one OS thread per CUDA thread, so
-ThreadSanitizer sees shared-memory races of the .cu code. Exits 0 if results match NumPy.
+``python smoke_run.py none|address|thread``. ``none``: the plain emulation (fibers), the
+session's crash-isolation health check (tests/emu_health.py). ``address``/``thread``: under a
+sanitizer, with the environment of cutrans.emulation.sanitizer_env (test_kernel_sanitizers.py);
+``thread`` uses one OS thread per CUDA thread, so ThreadSanitizer sees shared-memory races of
+the .cu code.
 """
 import sys
 
@@ -12,7 +14,7 @@ import cutrans
 from cutrans.backends.kernel_backend import emulated_backend
 
 
-def main(sanitizer: str) -> int:
+def main(sanitizer: str | None) -> int:
     mode = "thread" if sanitizer == "thread" else "fiber"
     be = emulated_backend(mode, "forward", sanitizer)
     rng = np.random.default_rng(0)
@@ -41,9 +43,9 @@ def main(sanitizer: str) -> int:
     got = cutrans.transducer_loss(*fused, backend=be, max_workspace_bytes=6000)
     for g, r in zip(got.grads, ref.grads):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
-    print("sanitized run OK", sanitizer)
+    print("smoke run OK", sanitizer)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(None if sys.argv[1] == "none" else sys.argv[1]))
