@@ -39,7 +39,8 @@ from ._errors import BuildError, EmulationError, ToolchainWarning
 from ._static_shared import SharedRange, shared_ranges
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
-FORMAT = "2"  # cache layout: object-file __shared__ rules, sidecar {"ranges", "static_libstdcxx"}
+FORMAT = "3"  # cache layout: object-file __shared__ rules, sidecar {"ranges", "static_libstdcxx"};
+# 3: -fno-strict-aliasing (kernels load rows as 16-byte words, as CUDA code does)
 _HEADER_EXTS = (".h", ".hh", ".hpp", ".cuh", ".cu", ".inl", ".inc")
 SANITIZER_FLAGS = {
     None: ["-O2"],
@@ -220,7 +221,8 @@ def build(code: str, name_expressions: Sequence[str], options: Sequence[str] = (
             _warn_static_libstdcxx()
         return Built(str(so), cached[0], False, cached[1])
     cxx, _ = compiler()
-    common = [cxx, "-std=c++20", *SANITIZER_FLAGS[sanitizer], "-fPIC", "-pthread"]
+    common = [cxx, "-std=c++20", *SANITIZER_FLAGS[sanitizer], "-fPIC", "-pthread",
+              "-fno-strict-aliasing"]
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{key}.") as tmp:
         src = root / f"{key}.cu"  # stays next to the .so: sanitizer reports and debuggers name it
         tmp_src = Path(tmp) / "src.cu"
