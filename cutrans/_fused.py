@@ -290,6 +290,7 @@ class FusedContext:
     inputs: FusedInputs
     schedule: Schedule
     resident: Workspace | None = None
+    io: Any = None  # the caller's array boundary (cutrans._arrays), set by the API
 
 
 def fused_context(be, f: FusedInputs, targets, plan: RowPlan, coef_blank, coef_emit, *,

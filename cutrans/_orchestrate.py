@@ -37,6 +37,7 @@ class LogitsContext:
     clamp: float
     logits: Any = None  # contiguous (B, T, U+1, V) or (R, V)
     packed: bool = False
+    io: Any = None  # the caller's array boundary (cutrans._arrays), set by the API
 
 
 def logits_layout(logits, packed: bool) -> RowLayout:

@@ -31,9 +31,11 @@ CuPy stream, backwards included.
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import _arrays
 from . import _fused
 from . import _orchestrate as orch
 from . import _validate as v
@@ -54,6 +56,25 @@ def _upstream(xp, batch: int, reduction: str, dtype):
     return xp.full(batch, 1.0 / batch if reduction == "mean" else 1.0, dtype=dtype)
 
 
+def _upstream_in(io, grad):
+    """An upstream gradient from the caller (number or array of any kind) for the core."""
+    return io.to_core(grad) if hasattr(grad, "shape") else grad
+
+
+def _contiguous(xp, name: str, x):
+    """``x`` C-contiguous; a non-contiguous input is copied, with a ``CopyWarning``."""
+    if x.flags.c_contiguous:
+        return x
+    warnings.warn(f"{name}: not C-contiguous (strides {x.strides}): cutrans copies it "
+                  f"({x.nbytes / 2**20:.1f} MiB); pass a contiguous array to avoid the copy",
+                  CopyWarning, stacklevel=3)
+    return xp.ascontiguousarray(x)
+
+
+class CopyWarning(UserWarning):
+    """An input was copied (it was not C-contiguous)."""
+
+
 # ---------------------------------------------------------------------- logits
 def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
                       clamp: float | None = None, fastemit_lambda: float = 0.0,
@@ -72,6 +93,11 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
     """
     packed = v.check_choice("layout", layout, ("padded", "packed")) == "packed"
     V = v.logits_shapes(logits, targets, logit_lengths, target_lengths, packed)
+    io = _arrays.boundary([("logits", logits)], [("targets", targets),
+                                                  ("logit_lengths", logit_lengths),
+                                                  ("target_lengths", target_lengths)])
+    logits, targets, logit_lengths, target_lengths = map(
+        io.to_core, (logits, targets, logit_lengths, target_lengths))
     blank, clamp, lam = _common_scalars(blank, V, clamp, fastemit_lambda)
     T_max = logits.shape[0] if packed else logits.shape[1]
     t_len, u_len, host_targets = v.check_values("logit_lengths", logit_lengths, target_lengths,
@@ -82,15 +108,20 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
                          f"packed layout, got shape {tuple(logits.shape)}")
     be = get_backend(backend, logits)
     v.check_array_module("logits", logits, be)  # finiteness: checked on the row statistics
-    logits = be.xp.ascontiguousarray(logits)
-    return orch.logits_forward(be, logits, be.xp.asarray(host_targets), plan, packed=packed,
-                               blank=blank, fastemit_lambda=lam, clamp=clamp,
-                               need_grad=v.check_bool("need_grad", need_grad))
+    logits = _contiguous(be.xp, "logits", logits)
+    losses, ctx = orch.logits_forward(be, logits, be.xp.asarray(host_targets), plan,
+                                      packed=packed, blank=blank, fastemit_lambda=lam,
+                                      clamp=clamp, need_grad=v.check_bool("need_grad", need_grad))
+    if ctx is not None:
+        ctx.io = io
+    return io.from_core(losses), ctx
 
 
 def rnnt_loss_backward(ctx, grad_losses):
-    """dLoss/dlogits for upstream gradients ``grad_losses`` ``(B,)``; logits' shape and dtype."""
-    return orch.logits_backward(ctx, grad_losses)
+    """dLoss/dlogits for upstream gradients ``grad_losses`` ``(B,)``; logits' shape and dtype,
+    the caller's kind of array."""
+    io = ctx.io or _arrays.NATIVE
+    return io.from_core(orch.logits_backward(ctx, _upstream_in(io, grad_losses)))
 
 
 def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
@@ -111,7 +142,8 @@ def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
     if not return_grad:
         return loss
     xp = ctx.backend.xp
-    return loss, rnnt_loss_backward(ctx, _upstream(xp, losses.shape[0], reduction, losses.dtype))
+    up = _upstream(xp, ctx.plan.batch, reduction, ctx.coef_blank.dtype)
+    return loss, ctx.io.from_core(orch.logits_backward(ctx, up))
 
 
 # ---------------------------------------------------------------------- fused
@@ -138,6 +170,7 @@ class ReducedContext:
     grads: tuple
     reduction: str
     needs: tuple
+    io: Any = _arrays.NATIVE
 
 
 def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation,
@@ -145,6 +178,11 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
                 backend):
     """Validate a fused call: ``(backend, FusedInputs, device targets, plan)``."""
     V = v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
+    io = _arrays.boundary([("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)],
+                          [("targets", targets), ("enc_lengths", enc_lengths),
+                           ("target_lengths", target_lengths)])
+    enc, pred, weight, bias, targets, enc_lengths, target_lengths = map(
+        io.to_core, (enc, pred, weight, bias, targets, enc_lengths, target_lengths))
     act = ACTIVATIONS[v.check_choice("activation", activation, v.ACTIVATION_NAMES)]
     blank, clamp, lam = _common_scalars(blank, V, clamp, fastemit_lambda)
     budget = v.check_workspace(max_workspace_bytes)
@@ -157,10 +195,10 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
     for name, x in (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)):
         v.check_array_module(name, x, be)
         v.check_finite(name, x, xp)
-    f = _fused.FusedInputs(*(xp.ascontiguousarray(x) for x in (enc, pred, weight, bias)),
-                           activation=act, blank=blank, fastemit_lambda=lam, clamp=clamp,
-                           tf32=tf32)
-    return be, f, xp.asarray(host_targets), make_plan(t_len, u_len), budget, sample_wise
+    f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in (
+        ("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))),
+        activation=act, blank=blank, fastemit_lambda=lam, clamp=clamp, tf32=tf32)
+    return be, f, xp.asarray(host_targets), make_plan(t_len, u_len), budget, sample_wise, io
 
 
 def _check_needs(needs) -> tuple:
@@ -200,7 +238,7 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
     """
     v.check_choice("reduction", reduction, v.REDUCTIONS)
     need_grad = v.check_bool("need_grad", need_grad)
-    be, f, tg, plan, budget, sw = _fused_call(
+    be, f, tg, plan, budget, sw, io = _fused_call(
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank,
         clamp, fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32, backend)
     needs = _check_needs(needs)
@@ -208,9 +246,12 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
         scale = 1.0 / plan.batch if reduction == "mean" else 1.0
         losses, grads = _fused.one_pass(be, f, tg, plan, scale=scale, needs=needs,
                                         max_workspace_bytes=budget, sample_wise=sw)
-        return losses, ReducedContext(grads, reduction, needs)
-    return _fused.forward(be, f, tg, plan, need_grad=need_grad, max_workspace_bytes=budget,
-                          sample_wise=sw)
+        return io.from_core(losses), ReducedContext(grads, reduction, needs, io)
+    losses, ctx = _fused.forward(be, f, tg, plan, need_grad=need_grad,
+                                 max_workspace_bytes=budget, sample_wise=sw)
+    if ctx is not None:
+        ctx.io = io
+    return io.from_core(losses), ctx
 
 
 def _scale(grad, g):
@@ -239,9 +280,13 @@ def transducer_backward(ctx, grad_losses, needs=ALL_GRADS) -> TransducerGrads:
             raise ValueError(f"grad_losses: expected the scalar upstream gradient of the "
                              f"{ctx.reduction}-reduced loss, got shape "
                              f"{tuple(getattr(grad_losses, 'shape', ()))}")
-        return TransducerGrads(*(None if g is None or not want else _scale(g, grad_losses)
+        g_in = _upstream_in(ctx.io, grad_losses)
+        return TransducerGrads(*(None if g is None or not want else
+                                 ctx.io.from_core(_scale(g, g_in))
                                  for g, want in zip(ctx.grads, needs)))
-    return TransducerGrads(*_fused.backward(ctx, grad_losses, needs))
+    io = ctx.io or _arrays.NATIVE
+    grads = _fused.backward(ctx, _upstream_in(io, grad_losses), needs)
+    return TransducerGrads(*map(io.from_core, grads))
 
 
 def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *,
@@ -269,4 +314,5 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
         max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
         reduction="sum" if reduction == "none" else reduction, allow_tf32=allow_tf32,
         backend=backend)
-    return TransducerOutput(v.reduce_losses(losses, reduction), TransducerGrads(*ctx.grads))
+    return TransducerOutput(v.reduce_losses(losses, reduction),
+                            TransducerGrads(*map(ctx.io.from_core, ctx.grads)))

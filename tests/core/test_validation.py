@@ -130,13 +130,32 @@ def test_strided_upstream_gradient_is_honoured():
     np.testing.assert_array_equal(g1, g2)
 
 
-def test_arrays_must_match_the_backend():
-    class Fake:  # stands for an array of another library (e.g. a CuPy array on the CPU path)
-        __module__ = "cupy._core.core"
+def test_arrays_must_be_one_kind():
+    class Fake:  # a DLPack array of another library, on the CPU
+        __module__ = "otherlib.arrays"
         shape, dtype, ndim = (5,), np.dtype(np.float64), 1
-    with pytest.raises(TypeError, match=r"bias: expected a numpy array for the numpy backend, "
-                                        r"got cupy._core.core.Fake"):
+
+        def __dlpack__(self, stream=None):
+            raise AssertionError("not to be converted")
+
+        def __dlpack_device__(self):
+            return (1, 0)
+    with pytest.raises(TypeError, match=r"bias: expected a numpy array on the CPU like enc, "
+                                        r"got a otherlib array on the CPU"):
         call_fused(bias=Fake())
+
+    class NotDLPack:
+        __module__ = "otherlib.arrays"
+        shape, dtype, ndim = (5,), np.dtype(np.float64), 1
+    with pytest.raises(TypeError, match=r"bias: expected an array supporting DLPack"):
+        call_fused(bias=NotDLPack())
+
+
+def test_arrays_must_match_an_explicit_backend():
+    pytest.importorskip("cupy")  # importable without a GPU; nothing touches a device here
+    with pytest.raises(TypeError, match=r"enc: expected a cupy array for the cupy backend, "
+                                        r"got numpy.ndarray"):
+        call_fused(backend="cupy")
 
 
 def test_packed_row_count_checked():
