@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _status
 from . import _validate as v
 from ._dtypes import compute_dtype
 from ._plan import Chunk, DevicePlan, Group, RowPlan, rows_per_chunk, to_device
@@ -236,21 +237,28 @@ def losses_from(log_like, fastemit_lambda: float):
     return log_like * (-(1.0 + fastemit_lambda))
 
 
-def check_fused_log_likelihood(log_like, xp) -> None:
-    """Finite inputs give finite logits unless a 16-bit GEMM overflows: one host check."""
-    if not bool(xp.isfinite(log_like).all()):
-        b = int(xp.flatnonzero(~xp.isfinite(log_like))[0])
+def check_fused_log_likelihood(log_like, xp, status=None) -> None:
+    """Finite inputs give finite logits unless a 16-bit GEMM overflows: one host check, or
+    (``checks="device"``) a flag ORed into the device ``status``."""
+    if status is not None:
+        _status.flag_non_finite(status, log_like, xp)
+        return
+    if not v.host_true(xp.isfinite(log_like).all()):
+        b = int(v.host_read(xp.flatnonzero(~xp.isfinite(log_like))[0]))
         raise ValueError(f"the joint logits of sample {b} are not finite (a float16 GEMM "
                          f"overflow, |z| > 65504?); use bfloat16 or float32 inputs")
 
 
 # ------------------------------------------------------------------ one pass
 def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
-             max_workspace_bytes: int, sample_wise: bool):
+             max_workspace_bytes: int, sample_wise: bool, status=None):
     """Per-sample losses (B,) and the gradients of ``scale * sum_b loss_b`` (see
-    ``GradSink.finish``), in one pass over the groups."""
+    ``GradSink.finish``), in one pass over the groups. ``status``: device-side checks
+    (``cutrans._status``) instead of host ones."""
     xp = be.xp
     dplan = to_device(plan, targets, xp)
+    if status is not None:
+        be.check_targets(dplan, f.sizes[1], f.blank, status)
     sink = GradSink(xp, f, needs)
     sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, ONE_PASS_STATE,
                           fixed_bytes(f, sink.d_w is not None, sink.need_h))
@@ -272,7 +280,7 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
                 chunk_logits(be, f, ws, dplan, c)
             chunk_backward(be, f, ws, dplan, c, st["lp_blank"], st["lp_emit"], g.row0, lse,
                            up, sink)
-    check_fused_log_likelihood(log_like, xp)
+    check_fused_log_likelihood(log_like, xp, status)
     return losses_from(log_like, f.fastemit_lambda), sink.finish()
 
 
@@ -305,8 +313,9 @@ def fused_context(be, f: FusedInputs, targets, plan: RowPlan, coef_blank, coef_e
 
 
 def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
-            max_workspace_bytes: int, sample_wise: bool):
-    """Per-sample losses (B,) and (if ``need_grad``) the context for ``backward``."""
+            max_workspace_bytes: int, sample_wise: bool, status=None):
+    """Per-sample losses (B,) and (if ``need_grad``) the context for ``backward``.
+    ``status``: device-side checks (``cutrans._status``) instead of host ones."""
     xp = be.xp
     cdt = compute_dtype(f.enc.dtype)
     names = TWO_PASS_STATE if need_grad else ("lp_blank", "lp_emit", "alpha")
@@ -318,6 +327,8 @@ def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
     else:
         ctx, dplan = None, to_device(plan, targets, xp)
         sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, names, 0)
+    if status is not None:
+        be.check_targets(dplan, f.sizes[1], f.blank, status)
     ws = make_workspace(xp, f, sched, names)
     log_like = xp.empty(plan.batch, dtype=cdt)
     for g in sched.groups:
@@ -332,7 +343,7 @@ def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
         beta = ws.state["beta"][:g.rows] if need_grad else alpha
         be.lattice(dplan, g.b0, g.b1, g.row0, lpb, lpe, alpha, beta, log_like, lpb, lpe,
                    need_grad)
-    check_fused_log_likelihood(log_like, xp)
+    check_fused_log_likelihood(log_like, xp, status)
     if need_grad and len(sched.groups) == 1 and sched.groups[0].resident:
         ctx.resident = ws  # its logits are still in z: the backward need not recompute
     return losses_from(log_like, f.fastemit_lambda), ctx

@@ -49,7 +49,7 @@ class KernelSpec:
 
     def name(self, types, block: int) -> str:
         types = (types,) if isinstance(types, str) else tuple(types)
-        return f"{self.template}<{', '.join(DTYPES[t][1] for t in types)}, {block}>"
+        return f"{self.template}<{''.join(DTYPES[t][1] + ', ' for t in types)}{block}>"
 
     def names(self) -> list[str]:
         return [self.name(t, b) for t in self.types for b in self.blocks]
@@ -64,6 +64,7 @@ _STORAGE_OUT = tuple((d, d) for d in STORAGE) + (("float16", "float32"),
 KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
     KernelSpec("row_stats", "row_ops.cu", _ONE_STORAGE, max_registers=72, max_shared_bytes=128),
     KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=80, max_shared_bytes=128),
+    KernelSpec("check_targets", "row_ops.cu", ((),), max_registers=32, max_shared_bytes=0),
     KernelSpec("lattice", "lattice.cu", _ONE_COMPUTE, max_registers=64, max_shared_bytes=16),
     KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0),
     KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=72,

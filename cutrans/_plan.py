@@ -18,6 +18,8 @@ The lattice runs once per group, on all of its samples.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,17 +177,46 @@ class DevicePlan:
     max_diag: int = 1  # longest anti-diagonal of any lattice: max_b min(T_b, U_b + 1)
 
 
+_PLAN_CACHE: OrderedDict = OrderedDict()  # (device, lengths) -> device plan arrays
+_PLAN_CACHE_SIZE = 16
+_PLAN_LOCK = threading.Lock()
+
+
+def _plan_arrays(plan: RowPlan, xp) -> tuple:
+    """(offsets, frame_offsets, label_offsets, logit_len, target_len) in ``xp``.
+
+    On a device they are cached by (device, lengths): a call with lengths seen recently
+    copies nothing to the device (what a CUDA-graph replay needs)."""
+    def make():
+        return (xp.asarray(plan.offsets, dtype=xp.int64),
+                xp.asarray(plan.frame_offsets, dtype=xp.int64),
+                xp.asarray(plan.label_offsets, dtype=xp.int64),
+                xp.asarray(plan.logit_len, dtype=xp.int32),
+                xp.asarray(plan.target_len, dtype=xp.int32))
+    if xp is np:
+        return make()
+    key = (xp.__name__, int(xp.cuda.Device().id), plan.logit_len.tobytes(),
+           plan.target_len.tobytes())
+    with _PLAN_LOCK:
+        arrays = _PLAN_CACHE.get(key)
+        if arrays is not None:
+            _PLAN_CACHE.move_to_end(key)
+            return arrays
+        arrays = _PLAN_CACHE[key] = make()
+        while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+            _PLAN_CACHE.popitem(last=False)
+        return arrays
+
+
 def to_device(plan: RowPlan, targets, xp) -> DevicePlan:
-    """Copy the plan and the (B, U_max) targets into ``xp`` arrays (int64/int32)."""
+    """The plan (cached on a device) and the (B, U_max) targets as ``xp`` arrays."""
     tg = xp.asarray(targets)
     if tg.shape[1] == 0:  # kernels always get at least one column
         tg = xp.zeros((tg.shape[0], 1), dtype=xp.int32)
+    offsets, frame_offsets, label_offsets, logit_len, target_len = _plan_arrays(plan, xp)
     return DevicePlan(
-        offsets=xp.asarray(plan.offsets, dtype=xp.int64),
-        frame_offsets=xp.asarray(plan.frame_offsets, dtype=xp.int64),
-        label_offsets=xp.asarray(plan.label_offsets, dtype=xp.int64),
-        logit_len=xp.asarray(plan.logit_len, dtype=xp.int32),
-        target_len=xp.asarray(plan.target_len, dtype=xp.int32),
+        offsets=offsets, frame_offsets=frame_offsets, label_offsets=label_offsets,
+        logit_len=logit_len, target_len=target_len,
         targets=xp.ascontiguousarray(tg.astype(xp.int32, copy=False)),
         batch=plan.batch,
         rows=plan.rows,

@@ -80,16 +80,25 @@ def reduce_losses(losses, reduction: str):
 
 
 # ------------------------------------------------------------------ arrays
-def to_host(x) -> np.ndarray:
-    """A NumPy copy/view of a NumPy, CuPy, torch or JAX array."""
-    if isinstance(x, np.ndarray):
-        return x
-    get = getattr(x, "get", None)
-    if callable(get) and type(x).__module__.startswith("cupy"):
-        return get()
+def host_read(x) -> np.ndarray:
+    """THE device-to-host read of the library: every value the host needs from an array
+    that may live on a device (lengths, labels, check results) comes through here (and so
+    does the equivalent read of a NumPy array). ``checks="device"`` calls never reach it."""
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
     if type(x).__module__.startswith("torch"):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def to_host(x) -> np.ndarray:
+    """A NumPy view of a host array, or a host copy (``host_read``) of a device array."""
+    return x if isinstance(x, np.ndarray) else host_read(x)
+
+
+def host_true(flag) -> bool:
+    """The host value of a boolean array result (a check): a device-to-host read."""
+    return bool(host_read(flag))
 
 
 def check_array(name: str, x, *, kind: str, ndim: int, shape_doc: str):
@@ -193,12 +202,22 @@ def check_targets(targets: np.ndarray, target_len: np.ndarray, vocab: int, blank
 
 
 def check_values(t_name: str, logit_lengths, target_lengths, targets, max_frames: int,
-                 vocab: int, blank: int):
-    """Host copies of (lengths, labels) after checking their values: (t_len, u_len, targets)."""
+                 vocab: int, blank: int, labels_on_host: bool = True):
+    """Host copies of (lengths, labels) after checking their values: (t_len, u_len, targets).
+
+    ``labels_on_host=False`` (``checks="device"``): the lengths must be host arrays, and
+    ``targets`` is returned as it is, unread (a kernel checks it on the device)."""
+    if not labels_on_host:
+        for name, x in ((t_name, logit_lengths), ("target_lengths", target_lengths)):
+            if not isinstance(x, np.ndarray):
+                raise TypeError(f"{name}: checks='device' needs the lengths on the host "
+                                f"(NumPy or CPU arrays); reading device lengths synchronises")
     t_len = to_host(logit_lengths).astype(np.int64)
     check_range(t_name, t_len, 1, max_frames, "frame counts")
     u_len = to_host(target_lengths).astype(np.int64)
     check_range("target_lengths", u_len, 0, targets.shape[1], "label counts")
+    if not labels_on_host:
+        return t_len, u_len, targets
     host_targets = to_host(targets)
     check_targets(host_targets, u_len, vocab, blank)
     return t_len, u_len, host_targets
@@ -208,21 +227,21 @@ def check_finite(name: str, x, xp):
     """No NaN/inf in ``x``, in O(1) extra memory: a NaN or inf anywhere makes the sum
     (accumulated in float32/float64) non-finite."""
     acc = xp.float64 if dtype_name(x.dtype) == "float64" else xp.float32
-    if not bool(xp.isfinite(x.sum(dtype=acc))):
+    if not host_true(xp.isfinite(x.sum(dtype=acc))):
         raise ValueError(f"{name}: expected finite values, found NaN or infinity")
 
 
 def check_log_probs(lp_blank, xp):
     """Logits may hold -inf for masked labels, but every row needs a finite blank
     log-probability: NaN, +inf, or an all -inf row / -inf blank end up here (O(rows))."""
-    if not bool(xp.isfinite(lp_blank).all()):
+    if not host_true(xp.isfinite(lp_blank).all()):
         raise ValueError("logits: expected finite values (-inf only for masked labels other "
                          "than blank), found NaN or +inf, or -inf at blank")
 
 
 def check_log_likelihood(log_like, xp):
-    if not bool(xp.isfinite(log_like).all()):
-        b = int(xp.flatnonzero(~xp.isfinite(log_like))[0])
+    if not host_true(xp.isfinite(log_like).all()):
+        b = int(host_read(xp.flatnonzero(~xp.isfinite(log_like))[0]))
         raise ValueError(f"logits: no alignment of sample {b} has a nonzero probability "
                          f"(a target label masked with -inf?)")
 

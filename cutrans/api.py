@@ -38,12 +38,14 @@ from typing import Any, NamedTuple
 from . import _arrays
 from . import _fused
 from . import _orchestrate as orch
+from . import _status
 from . import _validate as v
 from ._plan import make_plan
 from .backends import ACTIVATIONS, get_backend
 
 DEFAULT_WORKSPACE_BYTES = 512 << 20  # 512 MiB of chunk workspace for the fused op
 ALL_GRADS = (True, True, True, True)
+CHECKS = ("host", "device")
 
 
 def _common_scalars(blank, vocab, clamp, fastemit_lambda):
@@ -160,6 +162,7 @@ class TransducerGrads(NamedTuple):
 class TransducerOutput:
     loss: Any  # reduced loss (or (B,) for reduction="none")
     grads: TransducerGrads | None
+    status: Any = None  # checks="device": the status word the call ORed its flags into
 
 
 @dataclass
@@ -173,11 +176,30 @@ class ReducedContext:
     io: Any = _arrays.NATIVE
 
 
+@dataclass
+class _FusedCall:
+    """A validated fused call, in the core's arrays."""
+
+    backend: Any
+    inputs: _fused.FusedInputs
+    targets: Any
+    plan: Any
+    budget: int
+    sample_wise: bool
+    io: Any
+    status: Any  # the core view of the caller's status word (checks="device"), else None
+    status_out: Any  # the same word as the caller's array
+
+
 def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation,
                 blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32,
-                backend):
-    """Validate a fused call: ``(backend, FusedInputs, device targets, plan)``."""
+                backend, checks, status) -> _FusedCall:
+    """Validate a fused call (``checks="host"``: everything now; ``"device"``: no host
+    read -- lengths on the host, labels and results checked into ``status``)."""
     V = v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
+    on_host = v.check_choice("checks", checks, CHECKS) == "host"
+    if on_host and status is not None:
+        raise ValueError("status: only with checks='device'")
     io = _arrays.boundary([("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)],
                           [("targets", targets), ("enc_lengths", enc_lengths),
                            ("target_lengths", target_lengths)])
@@ -188,17 +210,25 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
     budget = v.check_workspace(max_workspace_bytes)
     sample_wise = v.check_bool("sample_wise", sample_wise)
     tf32 = v.check_bool("allow_tf32", allow_tf32)
-    t_len, u_len, host_targets = v.check_values("enc_lengths", enc_lengths, target_lengths,
-                                                targets, enc.shape[1], V, blank)
+    t_len, u_len, targets = v.check_values("enc_lengths", enc_lengths, target_lengths,
+                                           targets, enc.shape[1], V, blank, on_host)
     be = get_backend(backend, enc)
     xp = be.xp
     for name, x in (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)):
         v.check_array_module(name, x, be)
-        v.check_finite(name, x, xp)
+        if on_host:
+            v.check_finite(name, x, xp)
     f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in (
         ("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))),
         activation=act, blank=blank, fastemit_lambda=lam, clamp=clamp, tf32=tf32)
-    return be, f, xp.asarray(host_targets), make_plan(t_len, u_len), budget, sample_wise, io
+    status_core = None
+    if not on_host:
+        if status is None:
+            status = io.from_core(_status.new_status(xp))
+        status_core = io.to_core(status)
+        _status.check_status_array(status_core, xp)
+    return _FusedCall(be, f, xp.asarray(targets), make_plan(t_len, u_len), budget,
+                      sample_wise, io, status_core, status)
 
 
 def _check_needs(needs) -> tuple:
@@ -213,7 +243,7 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
                        max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                        sample_wise: bool = False, need_grad: bool = True,
                        reduction: str = "none", needs=ALL_GRADS, allow_tf32: bool = False,
-                       backend=None):
+                       checks: str = "host", status=None, backend=None):
     """Per-sample losses of the fused joint network + RNN-T, and the backward context.
 
     ``z(b,t,u) = act(enc[b,t] + pred[b,u]) @ weight.T + bias`` is computed in row chunks
@@ -233,22 +263,38 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
             pass (only ``needs``), and the backward scales them.
         allow_tf32: float32 inputs only: let the GEMMs round their inputs to TF32 (tensor
             cores, ~10-bit mantissa). Off by default: float32 is exact float32.
+        checks: ``"host"`` (default): every input is checked before the work and a bad one
+            raises at once (this reads lengths, labels and a NaN/inf flag per float input
+            back to the host). ``"device"``: no device-to-host read at all -- the lengths
+            must be host arrays; labels are checked by a kernel and non-finite results
+            flagged, into ``status`` (see ``cutrans.raise_for_status``).
+        status: ``checks="device"`` only: an int32 array of shape () on the data's device
+            (writable: NumPy, CuPy, PyTorch) that the call ORs its flags into (0: fine);
+            required for ``transducer_forward`` in that mode.
     Returns:
         ``(losses (B,), ctx)``; ctx is None unless ``need_grad``.
     """
     v.check_choice("reduction", reduction, v.REDUCTIONS)
     need_grad = v.check_bool("need_grad", need_grad)
-    be, f, tg, plan, budget, sw, io = _fused_call(
-        enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank,
-        clamp, fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32, backend)
-    needs = _check_needs(needs)
+    if checks == "device" and status is None:
+        raise TypeError("status: checks='device' needs the caller's status array (int32, "
+                        "shape ()) for transducer_forward")
+    call = _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
+                       activation, blank, clamp, fastemit_lambda, max_workspace_bytes,
+                       sample_wise, allow_tf32, backend, checks, status)
+    return _forward(call, need_grad, reduction, _check_needs(needs))
+
+
+def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
+    be, f, plan, io = call.backend, call.inputs, call.plan, call.io
+    kw = dict(max_workspace_bytes=call.budget, sample_wise=call.sample_wise,
+              status=call.status)
     if need_grad and reduction != "none" and any(needs):
         scale = 1.0 / plan.batch if reduction == "mean" else 1.0
-        losses, grads = _fused.one_pass(be, f, tg, plan, scale=scale, needs=needs,
-                                        max_workspace_bytes=budget, sample_wise=sw)
+        losses, grads = _fused.one_pass(be, f, call.targets, plan, scale=scale, needs=needs,
+                                        **kw)
         return io.from_core(losses), ReducedContext(grads, reduction, needs, io)
-    losses, ctx = _fused.forward(be, f, tg, plan, need_grad=need_grad,
-                                 max_workspace_bytes=budget, sample_wise=sw)
+    losses, ctx = _fused.forward(be, f, call.targets, plan, need_grad=need_grad, **kw)
     if ctx is not None:
         ctx.io = io
     return io.from_core(losses), ctx
@@ -294,25 +340,21 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
                     clamp: float | None = None, fastemit_lambda: float = 0.0,
                     max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                     sample_wise: bool = False, compute_grad: bool = True,
-                    allow_tf32: bool = False, backend=None) -> TransducerOutput:
+                    allow_tf32: bool = False, checks: str = "host", status=None,
+                    backend=None) -> TransducerOutput:
     """Fused loss and (if ``compute_grad``) the gradients of the reduced loss (of the sum
     for ``"none"``), computed in one pass over the batch.
 
-    See ``transducer_forward`` for shapes; ``reduction`` as in ``rnnt_loss``.
+    See ``transducer_forward`` for shapes, ``checks`` and ``status`` (created here when
+    ``checks="device"`` and None, and returned as ``.status``); ``reduction`` as in
+    ``rnnt_loss``.
     """
     v.check_choice("reduction", reduction, v.REDUCTIONS)
-    if not v.check_bool("compute_grad", compute_grad):
-        losses, _ = transducer_forward(
-            enc, pred, weight, bias, targets, enc_lengths, target_lengths,
-            activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
-            max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, need_grad=False,
-            allow_tf32=allow_tf32, backend=backend)
-        return TransducerOutput(v.reduce_losses(losses, reduction), None)
-    losses, ctx = transducer_forward(
-        enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
-        blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
-        max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-        reduction="sum" if reduction == "none" else reduction, allow_tf32=allow_tf32,
-        backend=backend)
-    return TransducerOutput(v.reduce_losses(losses, reduction),
-                            TransducerGrads(*map(ctx.io.from_core, ctx.grads)))
+    compute_grad = v.check_bool("compute_grad", compute_grad)
+    call = _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
+                       activation, blank, clamp, fastemit_lambda, max_workspace_bytes,
+                       sample_wise, allow_tf32, backend, checks, status)
+    losses, ctx = _forward(call, compute_grad, "sum" if reduction == "none" else reduction,
+                           ALL_GRADS)
+    grads = TransducerGrads(*map(ctx.io.from_core, ctx.grads)) if compute_grad else None
+    return TransducerOutput(v.reduce_losses(losses, reduction), grads, call.status_out)

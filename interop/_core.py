@@ -96,13 +96,13 @@ def logits_backward(grad_losses, logits, targets, logit_lengths, target_lengths,
 # ------------------------------------------------------------------ fused op
 def fused_forward(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *, activation,
                   blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, need_grad,
-                  allow_tf32=False):
+                  allow_tf32=False, checks="host", status=None):
     """``(losses (B,), coef_blank, coef_emit)``, coefficients ``(B, T, U+1)`` or None."""
     losses, ctx = api.transducer_forward(
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
         blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
         max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, need_grad=need_grad,
-        allow_tf32=allow_tf32)
+        allow_tf32=allow_tf32, checks=checks, status=status)
     if ctx is None:
         return losses, None, None
     return (losses, *_coefs_padded(ctx, enc.shape[1], pred.shape[1]))
@@ -136,14 +136,15 @@ def fused_backward(grad_losses, enc, pred, weight, bias, targets, enc_lengths, t
 
 def fused_reduced(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *, activation,
                   blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, reduction,
-                  needs=(True, True, True, True), allow_tf32=False):
+                  needs=(True, True, True, True), allow_tf32=False, checks="host",
+                  status=None):
     """One pass: ``(reduced loss (0-d), d_enc, d_pred, d_weight, d_bias)``, the gradients of
     the reduced loss (None where not in ``needs``)."""
     losses, ctx = api.transducer_forward(
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
         blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
         max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, reduction=reduction,
-        needs=needs, allow_tf32=allow_tf32)
+        needs=needs, allow_tf32=allow_tf32, checks=checks, status=status)
     xp = get_backend(None, enc).xp
     return (xp.asarray(v.reduce_losses(losses, reduction)), *ctx.grads)
 

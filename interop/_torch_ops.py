@@ -176,31 +176,41 @@ rnnt_loss_fwd.register_autograd(_rnnt_backward, setup_context=_rnnt_setup)
 
 
 # ------------------------------------------------------------------ fused op
+def _status_kw(checks: str, status_out: Tensor) -> dict:
+    """The core's checks arguments: in device mode the core ORs its flags into
+    ``status_out`` (a copy of the caller's word: ops with autograd cannot mutate inputs)."""
+    return dict(checks=checks, status=to_xp(status_out) if checks == "device" else None)
+
+
 @torch.library.custom_op("cutrans::transducer_fwd", mutates_args=())
 def transducer_fwd(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
                    enc_lengths: Tensor, target_lengths: Tensor, activation: str, blank: int,
                    clamp: float, fastemit_lambda: float, max_workspace_bytes: int,
-                   sample_wise: bool, allow_tf32: bool, need_grad: bool
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+                   sample_wise: bool, allow_tf32: bool, checks: str, status: Tensor,
+                   need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(losses, coef_blank, coef_emit, status | this call's flags)."""
+    status = status.clone()
     with device_scope(enc):
         losses, cb, ce = _core.fused_forward(
             *(to_xp(x) for x in (enc, pred, weight, bias, targets, enc_lengths,
                                  target_lengths)),
             activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
             max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-            need_grad=need_grad, allow_tf32=allow_tf32)
+            need_grad=need_grad, allow_tf32=allow_tf32, **_status_kw(checks, status))
         if cb is None:
-            return (from_xp(losses), *_empty_coefs(enc))
-        return from_xp(losses), from_xp(cb), from_xp(ce)
+            return (from_xp(losses), *_empty_coefs(enc), status)
+        return from_xp(losses), from_xp(cb), from_xp(ce), status
 
 
 @transducer_fwd.register_fake
 def _(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank, clamp,
-      fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32, need_grad):
+      fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32, checks, status,
+      need_grad):
     B, T, _ = enc.shape
     U1 = pred.shape[1]
     return (enc.new_empty((B,), dtype=compute_dtype(enc.dtype)),
-            _coef_like(enc, B, T, U1, need_grad), _coef_like(enc, B, T, U1, need_grad))
+            _coef_like(enc, B, T, U1, need_grad), _coef_like(enc, B, T, U1, need_grad),
+            torch.empty_like(status))
 
 
 @torch.library.custom_op("cutrans::transducer_bwd", mutates_args=())
@@ -235,13 +245,13 @@ def _fused_setup(ctx, inputs, output):
     ctx.scalars = inputs[7:14]
 
 
-def _fused_backward(ctx, grad_losses, _gcb, _gce):
+def _fused_backward(ctx, grad_losses, _gcb, _gce, _gstatus):
     needs = list(ctx.needs_input_grad[:4])
     if not any(needs):
-        return (None,) * 15
+        return (None,) * 17
     saved = ctx.saved_tensors
     grads = torch.ops.cutrans.transducer_bwd(grad_losses, *saved, *ctx.scalars, needs)
-    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 11
+    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 13
 
 
 transducer_fwd.register_autograd(_fused_backward, setup_context=_fused_setup)
@@ -252,31 +262,35 @@ def transducer_reduced(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor,
                        targets: Tensor, enc_lengths: Tensor, target_lengths: Tensor,
                        activation: str, blank: int, clamp: float, fastemit_lambda: float,
                        max_workspace_bytes: int, sample_wise: bool, allow_tf32: bool,
-                       reduction: str, needs: list[bool]
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One pass: the reduced loss (0-d, compute dtype) and the gradients of the reduced
-    loss w.r.t. (enc, pred, weight, bias) (empty where not in ``needs``)."""
+                       checks: str, status: Tensor, reduction: str, needs: list[bool]
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One pass: the reduced loss (0-d, compute dtype), the gradients of the reduced loss
+    w.r.t. (enc, pred, weight, bias) (empty where not in ``needs``), and
+    ``status | this call's flags``."""
     ins = (enc, pred, weight, bias)
+    status = status.clone()
     with device_scope(enc):
         loss, *grads = _core.fused_reduced(
             *(to_xp(x) for x in (*ins, targets, enc_lengths, target_lengths)),
             activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
             max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-            reduction=reduction, needs=needs, allow_tf32=allow_tf32)
+            reduction=reduction, needs=needs, allow_tf32=allow_tf32,
+            **_status_kw(checks, status))
         return (from_xp(loss), *(from_xp(g, x.dtype) if need else x.new_empty((0,))
-                                 for g, x, need in zip(grads, ins, needs)))
+                                 for g, x, need in zip(grads, ins, needs)), status)
 
 
 @transducer_reduced.register_fake
 def _(enc, pred, weight, bias, *args):
-    needs = args[-1]
+    needs, status = args[-1], args[-3]
     return (enc.new_empty((), dtype=compute_dtype(enc.dtype)),
             *(torch.empty_like(x, memory_format=torch.contiguous_format) if need
-              else x.new_empty((0,)) for x, need in zip((enc, pred, weight, bias), needs)))
+              else x.new_empty((0,)) for x, need in zip((enc, pred, weight, bias), needs)),
+            torch.empty_like(status))
 
 
 def _reduced_setup(ctx, inputs, output):
-    ctx.save_for_backward(*output[1:])
+    ctx.save_for_backward(*output[1:5])
     ctx.needs = inputs[-1]
 
 
@@ -284,7 +298,7 @@ def _reduced_backward(ctx, grad_loss, *_grad_grads):
     # out of place, so that a repeated backward (retain_graph) scales the same gradients
     grads = tuple(g * grad_loss.to(g.dtype) if need and n else None
                   for g, need, n in zip(ctx.saved_tensors, ctx.needs, ctx.needs_input_grad))
-    return grads + (None,) * 12
+    return grads + (None,) * 14
 
 
 transducer_reduced.register_autograd(_reduced_backward, setup_context=_reduced_setup)

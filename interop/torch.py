@@ -142,7 +142,8 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
                     activation: str = "tanh", blank: int = 0, reduction: str = "mean",
                     clamp: float | None = None, fastemit_lambda: float = 0.0,
                     max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                    sample_wise: bool = False) -> Tensor:
+                    sample_wise: bool = False, checks: str = "host",
+                    status: Tensor | None = None) -> Tensor:
     """Fused joint network + output layer + RNN-T loss, differentiable in enc, pred, W, b.
 
     ``z(b,t,u) = act(enc[b,t] + pred[b,u]) @ weight.T + bias``, ``lp = log_softmax(z)``,
@@ -158,6 +159,14 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
             target_lengths ``(B,)`` in ``[0, U]``.
         activation: ``"tanh"`` | ``"relu"`` | ``"identity"``; blank: id (negative from the end).
         clamp: clip dLoss/dz to ``[-clamp, clamp]`` (None or <= 0: off).
+        checks: ``"host"`` (default): inputs are checked before the work (the lengths and
+            labels are read on the host, a synchronisation for CUDA tensors).
+            ``"device"``: no synchronisation -- pass the lengths as CPU tensors and an
+            int32 ``status`` tensor of shape () on ``enc``'s device; labels and non-finite
+            results are flagged into it (``cutrans.raise_for_status(status)`` reads it when
+            you choose). With static lengths the call is CUDA-graph capturable
+            (``torch.cuda.graph``, ``torch.compile(mode="reduce-overhead")``). Needs
+            ``reduction`` "mean"/"sum" when gradients are needed.
     Returns:
         The reduced loss (``(B,)`` for ``"none"``) in the compute dtype: float32 for
         float16/bfloat16/float32 inputs, float64 for float64.
@@ -166,20 +175,38 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
                     ("enc_lengths", enc_lengths), ("target_lengths", target_lengths)):
         _check_tensor(name, x)
     _check_reduction(reduction)
+    v.check_choice("checks", checks, ("host", "device"))
+    if checks == "device":
+        if status is None:
+            raise TypeError("status: checks='device' needs an int32 status tensor of shape ()")
+        _check_tensor("status", status)
+    elif status is not None:
+        raise ValueError("status: only with checks='device'")
     if bias is None:
         bias = weight.new_zeros(weight.shape[:1])
     _check_tensor("bias", bias)
     if not isinstance(activation, str):
         raise TypeError(f"activation: expected a str, got {type(activation).__name__}")
     tf32 = bool(enc.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+    word = enc.new_zeros((), dtype=torch.int32) if status is None else status
     args = (enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank,
             v.normalize_clamp(clamp), float(fastemit_lambda), max_workspace_bytes, sample_wise,
-            tf32)
-    if reduction != "none" and _need_grad(enc, pred, weight, bias):
+            tf32, checks, word)
+    need = _need_grad(enc, pred, weight, bias)
+    if reduction != "none" and need:
         needs = [x.requires_grad for x in (enc, pred, weight, bias)]
-        return _ops.transducer_reduced(*args, reduction, needs)[0]
-    losses = _ops.transducer_fwd(*args, _need_grad(enc, pred, weight, bias))[0]
-    return v.reduce_losses(losses, reduction)
+        out = _ops.transducer_reduced(*args, reduction, needs)
+        loss, new_status = out[0], out[-1]
+    else:
+        if need and checks == "device":
+            raise ValueError("checks: 'device' needs reduction 'mean' or 'sum' when "
+                             "gradients are needed (reduction 'none' reads the lengths "
+                             "back in its backward)")
+        losses, _, _, new_status = _ops.transducer_fwd(*args, need)
+        loss = v.reduce_losses(losses, reduction)
+    if status is not None:
+        status.copy_(new_status)  # the caller's word, updated in stream order
+    return loss
 
 
 class TransducerLoss(nn.Module):
@@ -189,13 +216,16 @@ class TransducerLoss(nn.Module):
     ``forward(enc (B,T,H), pred (B,U+1,H), targets, enc_lengths, target_lengths)``.
     The layer's weight and bias receive gradients; use ``output_layer`` at inference
     (``output_layer(act(enc[:, :, None] + pred[:, None]))``).
+    ``checks="device"`` (see ``transducer_loss``): the module owns an int32 ``status``
+    buffer on ``enc``'s device that every call ORs its flags into; read it with
+    ``cutrans.raise_for_status(module.status)`` and reset it with ``module.status.zero_()``.
     """
 
     def __init__(self, output_layer: nn.Linear | None = None, *, in_features: int | None = None,
                  vocab_size: int | None = None, activation: str = "tanh", blank: int = 0,
                  reduction: str = "mean", clamp: float | None = None,
                  fastemit_lambda: float = 0.0, max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                 sample_wise: bool = False, device=None, dtype=None):
+                 sample_wise: bool = False, checks: str = "host", device=None, dtype=None):
         super().__init__()
         if output_layer is None:
             if in_features is None or vocab_size is None:
@@ -210,6 +240,9 @@ class TransducerLoss(nn.Module):
         self.activation, self.blank, self.reduction = activation, blank, reduction
         self.clamp, self.fastemit_lambda = clamp, fastemit_lambda
         self.max_workspace_bytes, self.sample_wise = max_workspace_bytes, sample_wise
+        self.checks = v.check_choice("checks", checks, ("host", "device"))
+        self.register_buffer("status", torch.zeros((), dtype=torch.int32, device=device),
+                             persistent=False)
 
     def forward(self, enc, pred, targets, enc_lengths, target_lengths):
         """Mixed precision (e.g. under ``torch.autocast``): the output layer and ``pred``
@@ -220,9 +253,15 @@ class TransducerLoss(nn.Module):
             weight = weight.to(enc.dtype)
             bias = None if bias is None else bias.to(enc.dtype)
         pred = pred.to(enc.dtype)
+        status = None
+        if self.checks == "device":
+            if self.status.device != enc.device:
+                self.status = self.status.to(enc.device)
+            status = self.status
         return transducer_loss(enc, pred, weight, bias, targets, enc_lengths,
                                target_lengths, activation=self.activation, blank=self.blank,
                                reduction=self.reduction, clamp=self.clamp,
                                fastemit_lambda=self.fastemit_lambda,
                                max_workspace_bytes=self.max_workspace_bytes,
-                               sample_wise=self.sample_wise)
+                               sample_wise=self.sample_wise, checks=self.checks,
+                               status=status)

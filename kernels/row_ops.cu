@@ -45,7 +45,35 @@ __device__ __forceinline__ typename Compute<T>::type row_lse(const T* row, int V
   return cutrans::block_lse<C, BLOCK>(acc, scratch);
 }
 
-// lp_blank[r] = z[r, blank] - lse(r); lp_emit[r] = z[r, y_b[u]] - lse(r) (-inf at u = U_b);
+// Status flags of the device-side checks (cutrans._status).
+constexpr int kBadLabel = 1;   // a label within target_lengths outside [0, V)
+constexpr int kBlankLabel = 2;  // the blank id within target_lengths
+
+// A label y_b[u] if it can be read (0 <= y < V), else -1 (check_targets flags it).
+__device__ __forceinline__ int safe_label(const int* targets, long long tgt_ld, int b, int u,
+                                          int V) {
+  const int y = targets[b * tgt_ld + u];
+  return y >= 0 && y < V ? y : -1;
+}
+
+// status |= kBadLabel / kBlankLabel for bad labels within target_lengths. One block per
+// sample (grid-stride), threads over u. Integer atomics: the result is order-independent.
+template <int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+check_targets(const int* __restrict__ targets, long long tgt_ld,
+              const int* __restrict__ target_len, int batch, int V, int blank,
+              int* __restrict__ status) {
+  for (int b = blockIdx.x; b < batch; b += gridDim.x) {
+    for (int u = threadIdx.x; u < target_len[b]; u += BLOCK) {
+      const int y = targets[b * tgt_ld + u];
+      if (y < 0 || y >= V) atomicOr(status, kBadLabel);
+      else if (y == blank) atomicOr(status, kBlankLabel);
+    }
+  }
+}
+
+// lp_blank[r] = z[r, blank] - lse(r); lp_emit[r] = z[r, y_b[u]] - lse(r) (-inf at u = U_b,
+// and for an out-of-range label, which check_targets reports);
 // if write_lse: lse_out[r] = lse(r). Each logit is read once (online logsumexp).
 //   z: logits, storage type T; lp_blank, lp_emit, lse_out: compute type, index r - rbase.
 //   offsets (B+1,) int64, target_len (B,) int32, targets (B, tgt_ld) int32.
@@ -69,7 +97,8 @@ row_stats(const T* __restrict__ z, long long row0, long long n_rows, int V, int 
     if (threadIdx.x == 0) {
       lp_blank[r - rbase] = cutrans::to_compute(row[blank]) - lse;
       C e = cutrans::neg_inf(C());
-      if (p.u < p.U) e = cutrans::to_compute(row[targets[p.b * tgt_ld + p.u]]) - lse;
+      const int y = p.u < p.U ? safe_label(targets, tgt_ld, p.b, p.u, V) : -1;
+      if (y >= 0) e = cutrans::to_compute(row[y]) - lse;
       lp_emit[r - rbase] = e;
       if (write_lse) lse_out[r - rbase] = lse;
     }
@@ -116,7 +145,7 @@ row_grad(const T* z, T* grad, long long row0, long long n_rows, int V, int packe
     const C lse = have_lse ? lse_in[r - rbase] : row_lse<T, BLOCK>(row, V, scratch);
     const C cb = coef_blank[r - rbase];
     const C ce = (C(1) + fastemit_lambda) * coef_emit[r - rbase];
-    const int label = p.u < p.U ? targets[p.b * tgt_ld + p.u] : -1;
+    const int label = p.u < p.U ? safe_label(targets, tgt_ld, p.b, p.u, V) : -1;
     const C s = scale[p.b];
     int tail = 0;
     if (cutrans::is_aligned16(row) && cutrans::is_aligned16(out)) {

@@ -73,6 +73,12 @@ class Backend(Protocol):
         where ``lse(r) = logsumexp_k z[r, k]`` computed in the compute dtype.
         """
 
+    def check_targets(self, plan: DevicePlan, vocab: int, blank: int, status) -> None:
+        """``status |= BAD_LABEL`` if a label within ``target_len`` lies outside
+        ``[0, vocab)``, ``|= BLANK_LABEL`` if one is ``blank`` (``cutrans._status``);
+        ``status``: int32 array of shape (). Row ops never read a label outside
+        ``[0, vocab)`` (its row has no emission)."""
+
     def lattice(self, plan: DevicePlan, b0: int, b1: int, rbase: int, lp_blank, lp_emit,
                 alpha, beta, log_like, coef_blank, coef_emit, need_grad: bool) -> None:
         """Alpha/beta recursions for samples ``[b0, b1)`` and the gradient coefficients.

@@ -76,6 +76,12 @@ class KernelBackend:
         self.provider.launch("row_grad", dtype_name(z.dtype), _kernels.pick_block(V), n_rows,
                              args)
 
+    def check_targets(self, plan, vocab, blank, status):
+        width = int(plan.targets.shape[1])
+        self.provider.launch("check_targets", (), _kernels.pick_block(width), plan.batch,
+                             (plan.targets, _i64(width), plan.target_len, _i32(plan.batch),
+                              _i32(vocab), _i32(blank), status))
+
     # ---------------------------------------------------------------- lattice
     def lattice(self, plan, b0, b1, rbase, lp_blank, lp_emit, alpha, beta, log_like,
                 coef_blank, coef_emit, need_grad):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _status
 from .base import RowLayout
 
 _BLOCK_ELEMS = 1 << 18  # elements per internal block: bounds every temporary (~1-2 MB)
@@ -67,6 +68,15 @@ def _lse(x, cdt):
     return m + np.log(s)
 
 
+def _labels(plan, b, u, V):
+    """(emits, label) of rows (b, u): whether a readable label y_b[u] exists (u < U_b and
+    0 <= y < V; ``check_targets`` reports the others), and the label (0 where not)."""
+    emits = u < plan.target_len[b]
+    label = plan.targets[b, np.where(emits, u, 0)]
+    emits &= (label >= 0) & (label < V)
+    return emits, np.where(emits, label, 0)
+
+
 class NumpyBackend:
     """Reference backend on NumPy arrays (see ``backends.base.Backend``)."""
 
@@ -83,9 +93,7 @@ class NumpyBackend:
             x = _gather(z, layout, b, t, u, i0, i1, V)
             m = _lse(x, cdt)
             rows = np.arange(i1 - i0)
-            bb, uu = b[i0:i1], u[i0:i1]
-            emits = uu < plan.target_len[bb]
-            label = plan.targets[bb, np.where(emits, uu, 0)]
+            emits, label = _labels(plan, b[i0:i1], u[i0:i1], V)
             out = slice(row0 + i0 - rbase, row0 + i1 - rbase)
             lp_blank[out] = x[rows, blank].astype(cdt) - m
             lp_emit[out] = np.where(emits, x[rows, label].astype(cdt) - m, -np.inf)
@@ -107,18 +115,24 @@ class NumpyBackend:
             np.subtract(g, m[:, None], out=g)
             np.exp(g, out=g)
             rows = np.arange(i1 - i0)
-            bb, uu = b[i0:i1], u[i0:i1]
+            bb = b[i0:i1]
             cb = coef_blank[st]
             ce = (1.0 + fastemit_lambda) * coef_emit[st]
             g *= (cb + ce)[:, None]
             g[rows, blank] -= cb
-            emits = uu < plan.target_len[bb]
-            label = plan.targets[bb, np.where(emits, uu, 0)]
+            emits, label = _labels(plan, bb, u[i0:i1], V)
             g[rows[emits], label[emits]] -= ce[emits]
             if clamp > 0:
                 np.clip(g, -clamp, clamp, out=g)
             g *= scale[bb][:, None]
             _scatter(grad, layout, b, t, u, i0, i1, V, g.astype(grad.dtype, copy=False))
+
+    def check_targets(self, plan, vocab, blank, status):
+        valid = np.arange(plan.targets.shape[1])[None, :] < plan.target_len[:, None]
+        bad = valid & ((plan.targets < 0) | (plan.targets >= vocab))
+        flags = (_status.BAD_LABEL if bad.any() else 0) | \
+            (_status.BLANK_LABEL if (valid & ~bad & (plan.targets == blank)).any() else 0)
+        status |= np.int32(flags)
 
     # ---------------------------------------------------------------- lattice
     def lattice(self, plan, b0, b1, rbase, lp_blank, lp_emit, alpha, beta, log_like,
@@ -129,8 +143,9 @@ class NumpyBackend:
             samples = samples + b0
             rows = np.concatenate([np.arange(plan.offsets[s], plan.offsets[s + 1])
                                    for s in samples])
-            _lattice_group(plan, samples, rows, rbase, lp_blank, lp_emit, alpha, beta,
-                           log_like, coef_blank, coef_emit, need_grad)
+            with np.errstate(invalid="ignore"):  # NaN inputs: reported by the caller
+                _lattice_group(plan, samples, rows, rbase, lp_blank, lp_emit, alpha, beta,
+                               log_like, coef_blank, coef_emit, need_grad)
 
     # ---------------------------------------------------------------- joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):

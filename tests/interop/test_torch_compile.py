@@ -31,12 +31,14 @@ def test_custom_ops_pass_opcheck():
                           (x, y, tl, ul, 0, 0.0, 0.0, True))
     enc, pred, w, b, y2, tl2, ul2 = map(torch.tensor, fused_case(0, B=2, T=3, U=2))
     enc.requires_grad_()
+    status = torch.zeros((), dtype=torch.int32)
     torch.library.opcheck(torch.ops.cutrans.transducer_fwd.default,
                           (enc, pred, w, b, y2, tl2, ul2, "tanh", 0, 0.0, 0.0, 1 << 20, False,
-                           False, True))
-    torch.library.opcheck(torch.ops.cutrans.transducer_reduced.default,
-                          (enc, pred, w, b, y2, tl2, ul2, "tanh", 0, 0.0, 0.0, 1 << 20, False,
-                           False, "mean", [True, False, False, True]))
+                           False, "host", status, True))
+    for checks in ("host", "device"):
+        torch.library.opcheck(torch.ops.cutrans.transducer_reduced.default,
+                              (enc, pred, w, b, y2, tl2, ul2, "tanh", 0, 0.0, 0.0, 1 << 20,
+                               False, False, checks, status, "mean", [True, False, False, True]))
 
 
 @pytest.mark.parametrize("fused_log_softmax", [True, False])

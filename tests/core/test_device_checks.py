@@ -1,0 +1,115 @@
+"""``checks="device"``: a fused call with no device-to-host read; problems land in a status
+word (checked by a kernel on the emulated backend, by NumPy on the NumPy backend)."""
+import numpy as np
+import pytest
+
+import cutrans
+from cutrans import _status, _validate
+
+BACKENDS = ["numpy", "emulated"]
+
+
+def fused_case(seed=0, B=3, T=5, U=3, V=7, H=6):
+    rng = np.random.default_rng(seed)
+    t_len = rng.integers(1, T + 1, B)
+    u_len = rng.integers(0, U + 1, B)
+    t_len[0], u_len[0] = T, U
+    floats = [rng.standard_normal((B, T, H)), rng.standard_normal((B, U + 1, H)),
+              rng.standard_normal((V, H)) / 3, rng.standard_normal(V) / 10]
+    return floats, rng.integers(1, V, (B, U)), t_len, u_len
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Counts the library's device-to-host reads (every one goes through host_read)."""
+    calls = []
+    real = _validate.host_read
+
+    def counting(x):
+        calls.append(type(x).__name__)
+        return real(x)
+    monkeypatch.setattr(_validate, "host_read", counting)
+    return calls
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_device_checks_read_nothing_back_and_agree(host_reads, backend, reduction):
+    floats, targets, t_len, u_len = fused_case()
+    want = cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
+                                   backend=backend)
+    assert host_reads, "the host checks should read from the device"
+    host_reads.clear()
+    got = cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
+                                  checks="device", backend=backend)
+    assert host_reads == []
+    assert got.status.dtype == np.int32 and got.status.shape == () and int(got.status) == 0
+    np.testing.assert_array_equal(got.loss, want.loss)
+    for g, w in zip(got.grads, want.grads):
+        np.testing.assert_array_equal(g, w)
+    # the two-pass pair with a caller-owned status word
+    status = np.zeros((), np.int32)
+    losses, ctx = cutrans.transducer_forward(*floats, targets, t_len, u_len, checks="device",
+                                             status=status, backend=backend)
+    grads = cutrans.transducer_backward(ctx, np.ones(3))
+    assert host_reads == [] and int(status) == 0
+    cutrans.raise_for_status(status)  # 0: nothing to raise
+    assert host_reads == ["ndarray"]  # the caller's choice to read it
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad,flag,msg", [
+    (9, _status.BAD_LABEL, r"targets: a label within target_lengths is outside \[0, V\)"),
+    (-3, _status.BAD_LABEL, r"outside \[0, V\)"),
+    (0, _status.BLANK_LABEL, r"the blank id appears within target_lengths")])
+def test_bad_labels_are_flagged_not_crashed(backend, bad, flag, msg):
+    floats, targets, t_len, u_len = fused_case()
+    targets = targets.copy()
+    targets[0, 1] = bad  # sample 0 has U labels: position 1 is read
+    out = cutrans.transducer_loss(*floats, targets, t_len, u_len, checks="device",
+                                  backend=backend)
+    assert int(out.status) & flag
+    with pytest.raises(ValueError, match=msg):
+        cutrans.raise_for_status(out.status)
+    # the host checks raise the corresponding error at once
+    with pytest.raises(ValueError, match=r"targets: expected"):
+        cutrans.transducer_loss(*floats, targets, t_len, u_len, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_inputs_are_flagged(backend):
+    floats, targets, t_len, u_len = fused_case()
+    floats[0] = floats[0].copy()
+    floats[0][1, 0, 2] = np.nan
+    out = cutrans.transducer_loss(*floats, targets, t_len, u_len, checks="device",
+                                  backend=backend)
+    assert int(out.status) == _status.NON_FINITE
+    with pytest.raises(ValueError, match="a log-likelihood is not finite"):
+        cutrans.raise_for_status(out.status)
+
+
+def test_status_word_is_or_ed_and_checked():
+    floats, targets, t_len, u_len = fused_case()
+    status = np.full((), 16, np.int32)  # flags from an earlier call stay set
+    cutrans.transducer_loss(*floats, targets, t_len, u_len, checks="device", status=status)
+    assert int(status) == 16
+    with pytest.raises(TypeError, match=r"status: expected an int32 numpy array of shape \(\)"):
+        cutrans.transducer_loss(*floats, targets, t_len, u_len, checks="device",
+                                status=np.zeros(1, np.int32))
+    with pytest.raises(TypeError, match=r"status: checks='device' needs the caller's status"):
+        cutrans.transducer_forward(*floats, targets, t_len, u_len, checks="device")
+    with pytest.raises(ValueError, match=r"status: only with checks='device'"):
+        cutrans.transducer_loss(*floats, targets, t_len, u_len, status=status)
+    with pytest.raises(ValueError, match=r"checks: expected one of 'host', 'device'"):
+        cutrans.transducer_loss(*floats, targets, t_len, u_len, checks="gpu")
+
+
+def test_torch_status_word_is_written_in_place():
+    torch = pytest.importorskip("torch")
+    floats, targets, t_len, u_len = fused_case()
+    targets = targets.copy()
+    targets[0, 0] = 0
+    status = torch.zeros((), dtype=torch.int32)
+    out = cutrans.transducer_loss(*map(torch.from_numpy, floats), targets, t_len, u_len,
+                                  checks="device", status=status)
+    assert out.status is status and int(status) == _status.BLANK_LABEL
