@@ -1,6 +1,8 @@
 """The batched baseline in PyTorch: full 4-D joint + log_softmax + RNN-T loss, autograd.
 
-This is the "default batched computation" that the seed paper compares against::
+This is the "default batched computation" that the seed paper compares against (the
+``baseline-autocast`` row runs the joint under ``torch.autocast`` with float32 parameters
+and casts the logits to float32 for the loss)::
 
     h      = act(enc[:, :, None, :] + pred[:, None, :, :])      # (B, T, U+1, H)
     logits = h @ W.T + b                                         # (B, T, U+1, V)
@@ -65,18 +67,22 @@ def alpha_loss(lp_blank, lp_emit, enc_lengths, target_lengths):
     return -ll
 
 
-def batched_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
-                 activation: str = "tanh", use_torchaudio: bool | None = None):
-    """Mean RNN-T loss of the full 4-D batched computation (differentiable, torch tensors).
-
-    The joint and the output layer run in the input dtype; log_softmax and the loss in
-    float32 (float64 for float64 inputs), as mixed-precision training does.
-    """
+def joint_logits_torch(enc, pred, weight, bias, activation: str = "tanh"):
+    """Padded ``(B, T, U+1, V)`` logits ``act(enc[:, :, None] + pred[:, None]) @ W.T + b``
+    (under ``torch.autocast`` the output layer runs in the autocast dtype)."""
     import torch
 
     act = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda x: x}[activation]
     h = act(enc[:, :, None, :] + pred[:, None, :, :])
-    logits = torch.nn.functional.linear(h, weight, bias)
+    return torch.nn.functional.linear(h, weight, bias)
+
+
+def loss_on_logits(logits, targets, enc_lengths, target_lengths,
+                   use_torchaudio: bool | None = None):
+    """Mean RNN-T loss of padded logits: log_softmax and the loss in float32 (float64 for
+    float64 logits), as mixed-precision training does."""
+    import torch
+
     cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     lp = torch.log_softmax(logits.to(cdt), dim=-1)
     if use_torchaudio is None:
@@ -90,3 +96,14 @@ def batched_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
     idx = targets.long()[:, None, :, None].expand(-1, lp.shape[1], -1, 1)
     lp_emit = lp[:, :, :-1, :].gather(3, idx)[..., 0]
     return alpha_loss(lp_blank, lp_emit, enc_lengths, target_lengths).mean()
+
+
+def batched_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
+                 activation: str = "tanh", use_torchaudio: bool | None = None):
+    """Mean RNN-T loss of the full 4-D batched computation (differentiable, torch tensors).
+
+    The joint and the output layer run in the input dtype; log_softmax and the loss in
+    float32 (float64 for float64 inputs), as mixed-precision training does.
+    """
+    logits = joint_logits_torch(enc, pred, weight, bias, activation)
+    return loss_on_logits(logits, targets, enc_lengths, target_lengths, use_torchaudio)

@@ -5,8 +5,10 @@ import argparse
 import sys
 
 from . import measure
-from .methods import FAMILIES, build_methods, parse_budgets
-from .report import NOTES, JSON_SCHEMA, format_table, plot_sweep, require_matplotlib, write_json
+from . import accuracy
+from .methods import FAMILIES, build_methods, default_families, parse_budgets
+from .report import (ACCURACY_NOTE, JSON_SCHEMA, NOTES, format_table, plot_sweep,
+                     require_matplotlib, write_json)
 from .runner import Settings, run_benchmark
 from .workloads import DEFAULT_WORKLOAD, WORKLOADS, custom_workload
 
@@ -49,8 +51,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="max_workspace_bytes of the cutrans fused rows, e.g. 64M 8M sample "
                    f"(sample: sample_wise=True, one utterance per chunk); default "
                    f"{DEFAULT_BUDGETS}")
-    p.add_argument("--methods", nargs="+", default=list(FAMILIES),
-                   help=f"families to run (default all): {', '.join(FAMILIES)}")
+    p.add_argument("--methods", nargs="+",
+                   help=f"families to run: {', '.join(FAMILIES)} (default: all that apply: "
+                   "fused-tf32 on --device cuda --dtype float32, baseline-autocast with "
+                   "--dtype bfloat16/float16)")
+    p.add_argument("--check-samples", type=int, default=accuracy.DEFAULT_SAMPLES,
+                   help="accuracy check: run every method also on the first N samples and "
+                   "compare with a float64 reference (default %(default)s; 0: no check)")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="only the accuracy check (every method on the slice; no timing)")
+    p.add_argument("--check-size", type=_size, default=accuracy.DEFAULT_SIZE,
+                   help="accuracy check: scale the slice's lengths down until lattice rows x "
+                   "V <= this (default 8M)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-limit", type=_size,
                    help="memory the does-not-fit check assumes (default: available now)")
@@ -84,8 +96,15 @@ def resolve(args) -> tuple:
     w = custom_workload(args.batch, args.frames, args.labels, args.vocab, args.hidden, base)
     if w.labels > 0 and w.vocab < 2:
         raise ValueError("--vocab: expected at least 2 (blank + one label)")
-    families = [f.strip() for item in args.methods for f in item.split(",") if f.strip()]
-    methods = build_methods(parse_budgets(args.budgets), families)
+    if args.methods is None:
+        families = default_families(args.device, args.dtype)
+    else:
+        families = [f.strip() for item in args.methods for f in item.split(",") if f.strip()]
+    if args.check_samples < 0:
+        raise ValueError(f"--check-samples: expected 0 or more, got {args.check_samples}")
+    if args.accuracy_only and args.check_samples == 0:
+        raise ValueError("--accuracy-only: needs --check-samples > 0")
+    methods = build_methods(parse_budgets(args.budgets), families, args.dtype)
     if not methods:
         raise ValueError("--methods/--budgets: nothing to run")
     settings = Settings(device=args.device, dtype=args.dtype,
@@ -93,7 +112,9 @@ def resolve(args) -> tuple:
                         warmup=w.warmup if args.warmup is None else max(0, args.warmup),
                         seed=args.seed, memory_limit=args.memory_limit,
                         isolate=not args.no_isolate, progress=not args.quiet,
-                        timeout_s=args.timeout, max_seconds=args.max_seconds or None)
+                        timeout_s=args.timeout, max_seconds=args.max_seconds or None,
+                        check_samples=args.check_samples, check_size=args.check_size,
+                        accuracy_only=args.accuracy_only)
     return w, methods, settings
 
 
@@ -145,14 +166,17 @@ def main(argv=None) -> int:
         runs.append(run)
         print(format_table(run, env))
         print()
-    print(NOTES)
+    print(ACCURACY_NOTE if settings.accuracy_only else NOTES)
     doc = {"schema": JSON_SCHEMA, "environment": env,
            "settings": {"repeat": settings.repeat, "warmup": settings.warmup,
                         "max_seconds": settings.max_seconds, "dtype": settings.dtype,
                         "device": settings.device,
                         "seed": settings.seed, "isolate": settings.isolate,
                         "memory_limit_bytes": settings.memory_limit,
-                        "methods": [m.key for m in methods]},
+                        "methods": [m.key for m in methods],
+                        "check_samples": settings.check_samples,
+                        "check_size": settings.check_size,
+                        "accuracy_only": settings.accuracy_only},
            "runs": runs}
     if args.plot:
         doc["sweep"] = {"axis": args.sweep, "plot": args.plot}
@@ -162,7 +186,7 @@ def main(argv=None) -> int:
         write_json(args.json, doc)
         print(f"json written to {args.json}")
     failed = any(r["status"] == "error" for run in runs for r in run["results"])
-    return 0 if all(run["all_agree"] for run in runs) and not failed else 1
+    return 0 if all(run["all_agree"] for run in runs) and not failed else 1  # unavailable: 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,26 +1,32 @@
 """Run a benchmark: for each method, estimate, then measure it in a fresh subprocess.
 
 ``run_benchmark`` returns a plain dict (the ``--json`` document's ``runs[i]``): the workload
-with its drawn lengths, and one result per method with status ``ok`` | ``does-not-fit`` |
-``not-installed`` | ``error``, the measured numbers, ratios against the batched baseline
-measured in the same run, and the agreement check (loss and gradient norm against the
-reference, within a per-dtype tolerance).
+with its drawn lengths, the accuracy check (the slice, the float64 reference, the baselines'
+errors and the rule), and one result per method with status ``ok`` | ``does-not-fit`` |
+``not-installed`` | ``unavailable`` (installed, but cannot run here) | ``not-applicable``
+(a fused budget below one lattice row) | ``error``, the measured
+numbers, ratios against the batched baseline and the GEMM roof measured in the same run,
+and the agreement verdict (``accuracy.judge``).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from . import measure
-from .methods import Method, estimate_bytes, fits, fused_chunk, missing_dependency
-from .worker import RESULT_TAG, measure_method
+import numpy as np
 
-#: relative tolerance of the cross-method check, per dtype (loss and gradient norm)
+from . import accuracy, measure
+from .methods import (HALF, Method, estimate_bytes, fits, fused_chunk,
+                      missing_dependency)
+from .worker import RESULT_TAG, run_spec
+
+#: relative tolerance of the full-size loss cross-check (information only), per dtype
 TOLERANCE = {"float64": 1e-7, "float32": 2e-4, "float16": 3e-2, "bfloat16": 6e-2}
 
 
@@ -38,6 +44,9 @@ class Settings:
     progress: bool = True
     timeout_s: float | None = None
     max_seconds: float | None = 6.0  # stop timed calls after this much (at least one call)
+    check_samples: int = accuracy.DEFAULT_SAMPLES  # accuracy slice: first samples (0: off)
+    check_size: int = accuracy.DEFAULT_SIZE  # accuracy slice: at most rows x V elements
+    accuracy_only: bool = False  # only the accuracy check (no full-size runs)
     extra_env: dict = field(default_factory=dict)
 
 
@@ -67,92 +76,180 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * k + "-" * (width - k) + f"] {done}/{total}"
 
 
+def _measure(spec: dict, settings: Settings) -> dict:
+    if settings.isolate:
+        return _run_isolated(spec, settings.timeout_s)
+    return run_spec(spec)
+
+
+def _write_reference(workload, settings: Settings, path: str) -> dict:
+    """Cut the check slice, compute its float64 reference into ``path``; the slice's doc."""
+    from .workloads import make_inputs
+
+    x = accuracy.round_inputs(make_inputs(workload, settings.seed), settings.dtype)
+    xs = accuracy.check_slice(x, settings.check_samples, settings.check_size)
+    ref, dt = measure.cpu_timer(lambda: accuracy.reference(xs, settings.dtype))
+    np.savez(path, **ref)
+    doc = accuracy.slice_info(xs, x)
+    doc.update(reference_loss=float(ref["loss"]),
+               reference="cutrans NumPy backend, float64 (inputs rounded to the dtype); "
+               "loss-only rows: float64 loss on their own input logits", reference_s=dt,
+               max_elements=settings.check_size)
+    return doc
+
+
 def run_benchmark(workload, methods: list[Method], settings: Settings) -> dict:
     """Measure ``methods`` on ``workload``; see the module docstring for the result."""
     from .workloads import lattice_sizes
 
     sizes = lattice_sizes(workload, settings.seed)
     available = settings.memory_limit or measure.available_memory(settings.device)
-    results = []
-    for i, m in enumerate(methods):
-        prefix = f"{_bar(i, len(methods))} {m.label}:" if settings.progress else None
-        est = estimate_bytes(m, sizes, settings.dtype)
-        row = {"method": m.key, "label": m.label, "family": m.family, "kind": m.kind,
-               "estimate_bytes": est["call"], "needs_bytes": est["total"]}
-        if m.family == "fused":
-            c = 8 if settings.dtype == "float64" else 4
-            row["chunk_rows"], row["budget_bytes"] = fused_chunk(sizes, m, c)
-        why = missing_dependency(m, settings.device)
-        if why:
-            row.update(status="not-installed", message=why)
-        elif not fits(est["total"], available):
-            row.update(status="does-not-fit",
-                       message=f"does not fit: needs ~{est['total'] / 1e9:.3g} GB "
-                               f"(available {available / 1e9:.3g} GB)")
-        else:
-            spec = {"workload": workload.to_dict(), "seed": settings.seed,
-                    "dtype": settings.dtype, "device": settings.device,
-                    "method": m.to_spec(), "repeat": settings.repeat,
-                    "warmup": settings.warmup, "max_seconds": settings.max_seconds,
-                    "progress": prefix}
-            if settings.isolate:
-                row.update(_run_isolated(spec, settings.timeout_s))
-            else:
-                try:
-                    row.update(measure_method(spec))
-                except Exception as exc:  # same contract as the worker
-                    row.update(status="error", message=f"{type(exc).__name__}: {exc}")
-        if row.get("times_s"):
-            row["time_median_s"] = statistics.median(row["times_s"])
-        results.append(row)
-    if settings.progress:
-        end = "\r" if sys.stderr.isatty() else ""
-        sys.stderr.write(f"{end}{_bar(len(methods), len(methods))} done\033[K\n"
-                         if end else f"{_bar(len(methods), len(methods))} done\n")
-        sys.stderr.flush()
-    _ratios(results)
-    ref = _agreement(results, TOLERANCE[settings.dtype])
+    tmp = tempfile.mkdtemp(prefix="cutrans-bench-")
+    try:
+        check, check_doc = None, None
+        if settings.check_samples > 0 and any(m.kind != "gemm" for m in methods):
+            if settings.progress:
+                sys.stderr.write("float64 reference on the accuracy-check slice ...\n")
+            path = os.path.join(tmp, "reference.npz")
+            check_doc = _write_reference(workload, settings, path)
+            check = {"path": path, "samples": settings.check_samples,
+                     "max_elements": settings.check_size}
+        spec0 = {"workload": workload.to_dict(), "seed": settings.seed,
+                 "dtype": settings.dtype, "device": settings.device,
+                 "repeat": settings.repeat, "warmup": settings.warmup,
+                 "max_seconds": settings.max_seconds, "check": check,
+                 "accuracy_only": settings.accuracy_only}
+        results = [_run_method(i, m, methods, sizes, available, spec0, settings)
+                   for i, m in enumerate(methods)]
+        if settings.progress:
+            end = "\r" if sys.stderr.isatty() else ""
+            sys.stderr.write(f"{end}{_bar(len(methods), len(methods))} done\033[K\n"
+                             if end else f"{_bar(len(methods), len(methods))} done\n")
+            sys.stderr.flush()
+        baselines = _baseline_errors(results, spec0, settings) if check else {}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base_key = _ratios(results, settings.dtype)
+    ref = _loss_crosscheck(results, TOLERANCE[settings.dtype])
+    if check_doc is not None:
+        fl, fg = accuracy.floors(settings.dtype, check_doc["reference_loss"])
+        check_doc.update(baselines=baselines, rule={
+            "k": accuracy.K, "cap_factor": accuracy.CAP_FACTOR, "floor_loss": fl,
+            "floor_grad": fg,
+            "cap_loss": accuracy.CAP_FACTOR * fl, "cap_grad": accuracy.CAP_FACTOR * fg})
+        _agreement(results, baselines, settings.dtype, check_doc["reference_loss"])
+    else:
+        for r in results:
+            r["agrees"] = None
     return {"workload": dict(workload.to_dict(), **sizes), "dtype": settings.dtype,
             "device": settings.device, "available_bytes": int(available),
-            "reference": ref, "results": results,
+            "accuracy_only": settings.accuracy_only,
+            "ratio_baseline": base_key, "reference": ref, "check": check_doc,
+            "results": results,
             "all_agree": all(r.get("agrees") is not False for r in results)}
 
 
-def _ratios(results):
-    base = next((r for r in results if r["family"] == "baseline" and r["status"] == "ok"), None)
-    for r in results:
-        if base is None or r["status"] != "ok":
-            r["memory_vs_baseline"] = r["time_vs_baseline"] = None
+def _run_method(i, m, methods, sizes, available, spec0, settings) -> dict:
+    prefix = f"{_bar(i, len(methods))} {m.label}:" if settings.progress else None
+    est = estimate_bytes(m, sizes, settings.dtype, settings.device)
+    row = {"method": m.key, "label": m.label, "family": m.family, "kind": m.kind,
+           "tf32": m.tf32, "estimate_bytes": est["call"], "needs_bytes": est["total"]}
+    if m.family == "fused":
+        c = 8 if settings.dtype == "float64" else 4
+        row["chunk_rows"], row["budget_bytes"] = fused_chunk(sizes, m, c)
+    if m.tf32 and settings.device == "cpu":
+        row["note"] = "no TF32 on the CPU: the same float32 computation"
+    why = missing_dependency(m, settings.device)
+    if why:
+        row.update(status="not-installed", message=why)
+    elif m.family == "fused" and row["chunk_rows"] == 0:
+        c = 8 if settings.dtype == "float64" else 4
+        least = (sizes["vocab"] * sizes["hidden"] + 2 * sizes["hidden"] + sizes["vocab"]) * c
+        row.update(status="not-applicable",
+                   message=f"budget below one lattice row + the (V, H) dW buffer "
+                           f"({measure.fmt_bytes(least)}) at this V, H")
+    elif not fits(est["total"], available) and not settings.accuracy_only:
+        row.update(status="does-not-fit",
+                   message=f"does not fit: needs ~{est['total'] / 1e9:.3g} GB "
+                           f"(available {available / 1e9:.3g} GB)")
+    else:
+        row.update(_measure(dict(spec0, method=m.to_spec(), progress=prefix), settings))
+    if row.get("times_s"):
+        row["time_median_s"] = statistics.median(row["times_s"])
+    return row
+
+
+def _baseline_errors(results, spec0, settings) -> dict:
+    """Slice errors of the batched baselines: from their rows, or from a slice-only run
+    when they did not run at full size (not selected, does not fit)."""
+    fams = ["baseline"] + (["baseline-autocast"] if settings.dtype in HALF else [])
+    out = {}
+    for fam in fams:
+        row = next((r for r in results if r["family"] == fam and r.get("accuracy")), None)
+        if row is not None:
+            out[fam] = {"errors": row["accuracy"], "from": "its row"}
             continue
-        r["memory_vs_baseline"] = (r["peak_bytes"] / base["peak_bytes"]
-                                   if base["peak_bytes"] > 0 else None)
-        r["time_vs_baseline"] = r["time_median_s"] / base["time_median_s"]
+        m = Method(fam)
+        if missing_dependency(m, settings.device):
+            continue
+        res = _measure(dict(spec0, method=m.to_spec(), progress=None, accuracy_only=True),
+                       settings)
+        if res.get("accuracy"):
+            out[fam] = {"errors": res["accuracy"], "from": "a slice-only run"}
+        else:
+            out[fam] = {"errors": None, "from": res.get("message", res.get("status"))}
+    return out
+
+
+def _ratios(results, dtype: str):
+    """Ratios vs the reference baseline (the autocast row for half dtypes when it ran, else
+    the plain batched one) and, for fused rows, vs the GEMM roof of the same precision."""
+    ok = {r["method"]: r for r in results if r["status"] == "ok"}
+    base = (ok.get("baseline-autocast") if dtype in HALF else None) or ok.get("baseline")
+    for r in results:
+        r["memory_vs_baseline"] = r["total_vs_baseline"] = r["time_vs_baseline"] = None
+        r["time_vs_roof"] = None
+        if r["status"] != "ok" or r.get("time_median_s") is None:
+            continue
+        if base is not None and base.get("time_median_s"):
+            if base["peak_bytes"] > 0:
+                r["memory_vs_baseline"] = r["peak_bytes"] / base["peak_bytes"]
+            if base.get("total_peak_bytes"):
+                r["total_vs_baseline"] = r["total_peak_bytes"] / base["total_peak_bytes"]
+            r["time_vs_baseline"] = r["time_median_s"] / base["time_median_s"]
+        roof = ok.get("gemm-roof:tf32" if r["tf32"] else "gemm-roof")
+        if r["family"] == "fused" and roof is not None and roof.get("time_median_s"):
+            r["time_vs_roof"] = r["time_median_s"] / roof["time_median_s"]
+    return base["method"] if base is not None else None
 
 
 def _rel(a, b):
     return abs(a - b) / max(abs(b), 1e-30)
 
 
-def _agreement(results, tol) -> dict:
-    """Loss of every row vs the reference loss; gradient norm within its kind's group.
+def _loss_crosscheck(results, tol) -> dict:
+    """Full-size loss of every row vs the reference row's (information, not the verdict).
 
     Reference: the batched baseline when it ran, else the first cutrans row that ran.
-    Joint rows compare ||dL/dW||; loss-only rows compare ||dL/dlogits|| on the lattice.
     """
-    ok = [r for r in results if r["status"] == "ok"]
+    ok = [r for r in results if r["status"] == "ok" and r.get("loss") is not None]
     ordered = sorted(ok, key=lambda r: r["family"] != "baseline")
     ref = {"loss": ordered[0]["loss"] if ordered else None,
            "loss_from": ordered[0]["method"] if ordered else None, "tolerance": tol}
-    grad_ref = {}
-    for r in ordered:
-        grad_ref.setdefault(r["kind"], r)
+    for r in ok:
+        r["loss_rel_diff"] = _rel(r["loss"], ref["loss"])
+    ref["max_loss_rel_diff"] = max((r["loss_rel_diff"] for r in ok), default=None)
+    return ref
+
+
+def _agreement(results, baselines: dict, dtype: str, loss: float) -> None:
+    """The verdict of every row that ran the accuracy check (``accuracy.judge``)."""
+    base = accuracy.baseline_errors(b["errors"] for b in baselines.values() if b["errors"])
     for r in results:
-        if r["status"] != "ok":
+        if r["status"] != "ok" or not r.get("accuracy"):
             r["agrees"] = None
             continue
-        g = grad_ref[r["kind"]]
-        r["loss_rel_diff"] = _rel(r["loss"], ref["loss"])
-        r["grad_norm_rel_diff"] = _rel(r["grad_norm"], g["grad_norm"])
-        r["grad_reference"] = g["method"]
-        r["agrees"] = bool(r["loss_rel_diff"] <= tol and r["grad_norm_rel_diff"] <= tol)
-    return ref
+        j = accuracy.judge(r["accuracy"], base, dtype, loss)
+        r["agrees"] = j["agrees"]
+        r["accuracy_allowed"] = j["allowed"]
+        r["error_vs_baseline"] = j["vs_baseline"]

@@ -3,15 +3,20 @@
 The parent (``runner``) starts one fresh interpreter per method so that peak-RSS deltas
 are not polluted by other methods' allocator caches, libraries or JIT state. The spec is
 JSON: ``{"workload": {...}, "seed", "dtype", "device", "method": {...}, "repeat",
-"warmup", "progress": prefix-or-null}``. The result is printed as one JSON line prefixed
-with ``RESULT_TAG`` on stdout.
+"warmup", "max_seconds", "progress": prefix-or-null, "check": {"path", "samples",
+"max_elements"} or null, "accuracy_only": bool}``. The result is printed as one JSON line
+prefixed with ``RESULT_TAG`` on stdout.
 
-Protocol per method: set-up (inputs, and for loss-only rows the padded logits) -> warm-up
-calls (the last one under ``tracemalloc`` for NumPy-based cutrans rows) -> reset the peak
-probes -> ``repeat`` timed forward+backward calls -> loss and gradient-norm summary.
+Protocol per method: import its libraries (the CPU total-peak baseline is the RSS here) ->
+set-up (inputs, and for loss-only rows the padded logits) -> warm-up calls (the last one
+under ``tracemalloc`` for NumPy-based cutrans rows) -> reset the peak probes -> ``repeat``
+timed forward+backward calls -> loss and gradient-norm summary -> the accuracy check: the
+same method on the check slice, errors against the runner's float64 reference (``check``).
+``accuracy_only`` skips everything but the check (a baseline that did not fit at full size).
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import sys
@@ -19,136 +24,11 @@ import traceback
 
 import numpy as np
 
-from . import measure
-from .methods import Method, joint_logits_numpy, valid_mask
+from . import accuracy, measure, steps
+from .methods import BATCHED, Method
 from .workloads import Workload, make_inputs
 
 RESULT_TAG = "CUTRANS-BENCH-RESULT "
-
-
-def _np_dtype(dtype: str):
-    from .._dtypes import DTYPES
-
-    dt = DTYPES[dtype][0]
-    if dt is None:
-        raise RuntimeError("bfloat16 NumPy arrays need the ml_dtypes package")
-    return dt
-
-
-def _torch_dtype(dtype: str):
-    import torch
-
-    return getattr(torch, dtype)
-
-
-def prepare(method: Method, x, dtype: str, device: str):
-    """``(step, summarize, warm_step)``: ``step()`` runs forward+backward once and returns its
-    outputs; ``summarize(out)`` -> ``(mean loss, L2 norm of the checked gradient)``;
-    ``warm_step`` is what a warm-up call runs (``step`` except for warprnnt-numba)."""
-    fam = method.family
-    B = x.shape[0]
-    mask = valid_mask(x)
-    if fam in ("fused", "cutrans-logits"):
-        import cutrans
-
-        xp = np
-        if device == "cuda":
-            import cupy as xp
-        cast = (lambda a: xp.asarray(a.astype(_np_dtype(dtype))))
-        ints = [xp.asarray(a) for a in (x.targets, x.enc_lengths, x.target_lengths)]
-        if fam == "fused":
-            from .methods import fused_chunk
-
-            args = [cast(a) for a in (x.enc, x.pred, x.weight, x.bias)] + ints
-            _, budget = fused_chunk(_sizes(x), method, 8 if dtype == "float64" else 4)
-
-            def step():
-                o = cutrans.transducer_loss(*args, max_workspace_bytes=budget,
-                                            sample_wise=method.sample_wise)
-                return o.loss, o.grads.weight
-        else:
-            logits = joint_logits_numpy(x, xp, dtype).astype(_np_dtype(dtype), copy=False)
-
-            def step():
-                return cutrans.rnnt_loss(logits, *ints, return_grad=True)
-
-        def summarize(out):
-            loss, grad = (np.asarray(a.get() if hasattr(a, "get") else a) for a in out)
-            g = grad.astype(np.float64)
-            if fam == "cutrans-logits":
-                g = g[mask]
-            return float(loss), float(np.linalg.norm(g))
-        return step, summarize, step
-
-    import torch
-
-    dev = torch.device("cuda" if device == "cuda" else "cpu")
-    tdt = _torch_dtype(dtype)
-    ints = [torch.from_numpy(a).to(dev) for a in (x.targets, x.enc_lengths, x.target_lengths)]
-    if fam == "baseline":
-        from .baseline import batched_loss
-
-        params = [torch.from_numpy(a).to(dev, tdt).requires_grad_()
-                  for a in (x.enc, x.pred, x.weight, x.bias)]
-
-        def step():
-            for p in params:
-                p.grad = None
-            loss = batched_loss(*params, *ints)
-            loss.backward()
-            return loss.detach(), params[2].grad
-    else:
-        if device == "cuda":  # compute on the GPU, hand over through DLPack
-            import cupy
-
-            lg = torch.from_dlpack(joint_logits_numpy(x, cupy, dtype))
-        else:
-            lg = torch.from_numpy(joint_logits_numpy(x, np, dtype))
-        lg = (lg.to(tdt) if fam == "torchaudio" else lg).requires_grad_()  # warprnnt: fp32/64
-        if fam == "torchaudio":
-            import torchaudio.functional as taf
-
-            def loss_fn():
-                return taf.rnnt_loss(lg, *(a.int() for a in ints), blank=0, reduction="mean")
-        else:
-            from warprnnt_numba.rnnt_loss.rnnt_pytorch import rnnt_loss as warp_loss
-
-            def loss_fn():
-                return warp_loss(lg, *(a.int() for a in ints), blank=0, reduction="sum") / B
-
-            # its only warm-up effect is Numba's JIT: compile on a tiny lattice instead of
-            # paying a full-size call (seconds on CPU) before the timed ones
-            tiny = [torch.zeros(1, 2, 2, lg.shape[-1], device=dev, requires_grad=True),
-                    torch.ones(1, 1, dtype=torch.int32, device=dev),
-                    torch.full((1,), 2, dtype=torch.int32, device=dev),
-                    torch.ones(1, dtype=torch.int32, device=dev)]
-
-            def warm_step():
-                warp_loss(*tiny, blank=0, reduction="sum").backward()
-
-        def step():
-            lg.grad = None
-            loss = loss_fn()
-            loss.backward()
-            return loss.detach(), lg.grad
-
-    tmask = torch.from_numpy(mask).to(dev)
-
-    def summarize(out):
-        loss, grad = out
-        g = grad.double()
-        if fam != "baseline":
-            g = g[tmask]
-        return float(loss), float(torch.linalg.vector_norm(g))
-    return step, summarize, (warm_step if fam == "warprnnt" else step)
-
-
-def _sizes(x) -> dict:
-    B, T, U, V, H = x.shape
-    per = x.enc_lengths.astype(np.int64) * (x.target_lengths.astype(np.int64) + 1)
-    return {"batch": B, "frames": T, "labels": U, "vocab": V, "hidden": H,
-            "padded_rows": B * T * (U + 1), "packed_rows": int(per.sum()),
-            "max_sample_rows": int(per.max())}
 
 
 def _progress(prefix, text):
@@ -168,10 +48,32 @@ def measure_method(spec: dict) -> dict:
     device, dtype = spec["device"], spec["dtype"]
     repeat, warmup = int(spec["repeat"]), int(spec["warmup"])
     prefix = spec.get("progress")
-    x = make_inputs(Workload(**spec["workload"]), int(spec["seed"]))
+    check = spec.get("check")
+    steps.import_libraries(method, device)
+    rss0 = measure.rss_bytes()
+    x = accuracy.round_inputs(make_inputs(Workload(**spec["workload"]), int(spec["seed"])), dtype)
+    xs = None
+    if check and method.kind != "gemm":
+        xs = accuracy.check_slice(x, check["samples"], check["max_elements"])
+    res = {"status": "ok"}
+    held = [x]  # _timed drops the master inputs once the method has its own copies
+    del x
+    if not spec.get("accuracy_only"):
+        res.update(_timed(method, held, dtype, device, repeat, warmup, prefix,
+                          spec.get("max_seconds"), rss0))
+    held.clear()
+    if xs is not None:
+        _progress(prefix, "accuracy check")
+        res["accuracy"] = check_accuracy(method, xs, dtype, device, check["path"])
+    return res
+
+
+def _timed(method, held, dtype, device, repeat, warmup, prefix, budget, rss0) -> dict:
     _progress(prefix, "set-up")
-    (step, summarize, warm_step), t_setup = measure.cpu_timer(lambda: prepare(method, x, dtype, device))
-    res = {"setup_s": t_setup, "tracemalloc_peak_bytes": None}
+    x = held.pop()
+    prep, t_setup = measure.cpu_timer(functools.partial(steps.prepare, method, x, dtype, device))
+    del x  # the method's own copies stay; the master inputs go (CPU total peak)
+    res = {"setup_s": t_setup, "tracemalloc_peak_bytes": None, "precision": prep.precision}
     numpy_based = method.family in ("fused", "cutrans-logits") and device == "cpu"
     warm = []
     for i in range(warmup):
@@ -182,7 +84,7 @@ def measure_method(spec: dict) -> dict:
 
             tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
-        out, dt = measure.cpu_timer(warm_step)
+        out, dt = measure.cpu_timer(prep.warm_step)
         warm.append(dt)
         if trace:
             res["tracemalloc_peak_bytes"] = tracemalloc.get_traced_memory()[1] - base
@@ -190,76 +92,117 @@ def measure_method(spec: dict) -> dict:
         out = None
     gc.collect()
     timer = measure.CudaTimer() if device == "cuda" else measure.cpu_timer
-    probe = _MemoryProbe(device, method)
+    probe = _MemoryProbe(device, rss0)
     times = []
-    budget = spec.get("max_seconds")
     with probe:
         for i in range(repeat):
             _progress(prefix, f"run {i + 1}/{repeat}")
             out = None
-            out, dt = timer(step)
+            out, dt = timer(prep.step)
             times.append(dt)
             if budget is not None and sum(times) >= budget:
                 break
-    loss, gnorm = summarize(out)
-    res.update(probe.result(), times_s=times, warmup_s=warm, loss=loss, grad_norm=gnorm,
-               status="ok")
+    loss, gnorm = prep.summarize(out)
+    res.update(probe.result(), times_s=times, warmup_s=warm, loss=loss, grad_norm=gnorm)
     return res
 
 
-class _MemoryProbe:
-    """Peak bytes allocated during the timed calls, above what was live before them."""
+def check_accuracy(method: Method, xs, dtype: str, device: str, path: str) -> dict:
+    """The method on the check slice ``xs``: its errors against the reference in ``path``."""
+    with np.load(path) as ref:
+        ref = dict(ref)
+    logits = ref["logits_in"] if method.kind == "logits" else None
+    prep = steps.prepare(method, xs, dtype, device, logits=logits,
+                         logits_grad=method.family in BATCHED)
+    got = prep.fetch(prep.step())
+    return accuracy.errors(got, ref, method.kind)
 
-    def __init__(self, device: str, method: Method):
-        self.device, self.method = device, method
-        self.cupy = device == "cuda" and method.family in ("fused", "cutrans-logits")
+
+class _MemoryProbe:
+    """Peak bytes during the timed calls: above what was live before them (``peak``), and in
+    all (``total``: inputs, outputs, workspaces).
+
+    CPU: ``VmHWM`` reset after warm-up; total = peak RSS - the RSS after the method's
+    libraries were imported, before its inputs were made. CUDA: CuPy pool bytes in use
+    (a MemoryHook for the peak) plus, when the method uses PyTorch CUDA, torch's allocated
+    bytes (``max_memory_allocated`` after ``reset_peak_memory_stats``); the CUDA context and
+    cuBLAS workspaces are not counted.
+    """
+
+    def __init__(self, device: str, rss0: int):
+        self.device, self.rss0 = device, rss0
 
     def __enter__(self):
         if self.device == "cpu":
             self.base = measure.rss_bytes()
             self.how = "VmHWM after clear_refs" if measure.reset_peak_rss() else "ru_maxrss"
-        elif self.cupy:
-            self.hook = measure.cupy_peak_hook()
-            self.hook.__enter__()
-            self.how = "cupy memory pool (MemoryHook)"
-        else:
-            import torch
+            return self
+        import cupy
 
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            self.how = "torch.cuda.max_memory_allocated"
+        cupy.cuda.Device().synchronize()
+        self.cupy_used0 = cupy.get_default_memory_pool().used_bytes()
+        self.hook = measure.cupy_peak_hook()
+        self.hook.__enter__()
+        self.how = "cupy memory pool (MemoryHook)"
+        self.torch = _torch_cuda()
+        if self.torch is not None:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+            self.torch0 = self.torch.cuda.memory_allocated()
+            self.how += " + torch.cuda.max_memory_allocated"
         return self
 
     def __exit__(self, *exc):
         if self.device == "cpu":
-            self.peak = max(0, measure.peak_rss_bytes() - self.base)
-        elif self.cupy:
-            self.hook.__exit__(*exc)
-            self.peak = self.hook.peak
-        else:
-            import torch
-
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
+            peak = measure.peak_rss_bytes()
+            self.peak, self.total = max(0, peak - self.base), max(0, peak - self.rss0)
+            return False
+        self.hook.__exit__(*exc)
+        self.peak = self.hook.peak
+        self.total = self.cupy_used0 + self.hook.peak
+        if self.torch is not None:
+            self.torch.cuda.synchronize()
+            top = self.torch.cuda.max_memory_allocated()
+            self.peak += top - self.torch0
+            self.total += top
         return False
 
     def result(self) -> dict:
         key = "peak_rss_delta_bytes" if self.device == "cpu" else "peak_alloc_bytes"
-        return {"peak_bytes": int(self.peak), key: int(self.peak), "memory_probe": self.how}
+        return {"peak_bytes": int(self.peak), key: int(self.peak),
+                "total_peak_bytes": int(self.total), "memory_probe": self.how}
+
+
+def _torch_cuda():
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    return torch
+
+
+def run_spec(spec: dict) -> dict:
+    """``measure_method`` with failures as results: ``unavailable`` (a third-party library
+    that cannot run here) or ``error`` (with the message and traceback)."""
+    fam = spec["method"]["family"]
+    try:
+        return measure_method(spec)
+    except steps.Unavailable as exc:
+        return {"status": "unavailable", "message": str(exc)}
+    except MemoryError:
+        return {"status": "error", "message": "out of memory (MemoryError)"}
+    except Exception as exc:  # reported in the table, not a crash of the whole bench
+        if fam in ("torchaudio", "warprnnt") and "row_stack" in str(exc):
+            dist = "warprnnt-numba" if fam == "warprnnt" else "torchaudio"
+            return {"status": "unavailable", "message": steps.third_party_failure(dist, exc)}
+        return {"status": "error", "message": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as f:
         spec = json.load(f)
-    try:
-        res = measure_method(spec)
-    except MemoryError:
-        res = {"status": "error", "message": "out of memory (MemoryError)"}
-    except Exception as exc:  # reported in the table, not a crash of the whole bench
-        res = {"status": "error", "message": f"{type(exc).__name__}: {exc}",
-               "traceback": traceback.format_exc()}
+    res = run_spec(spec)
     sys.stdout.write(RESULT_TAG + json.dumps(res) + "\n")
     sys.stdout.flush()
     return 0
