@@ -52,6 +52,11 @@ C_LATTICE, A_STORAGE = 32.0, 4.0
 #: loss floor (relative error of the slice's mean loss), per dtype
 LOSS_FLOOR = {"float64": 16 * 2.0 ** -53, "float32": 16 * 2.0 ** -24, "bfloat16": 6e-5,
               "float16": 1.6e-5}
+#: TF32 rows (float32 inputs, GEMM inputs rounded to a 10-bit mantissa): floors raised to
+#: TF32's unit roundoff 2^-11 (measured with the NumPy backend's TF32 emulation, H 4-256,
+#: V 6-256: loss <= 2.9e-5 relative, gradients <= 7.0e-4 = 1.4 u_tf32)
+UNIT_TF32 = 2.0 ** -11
+LOSS_FLOOR_TF32 = 0.25 * UNIT_TF32
 #: the baselines' error used by the rule is capped at CAP_FACTOR x the floor (a broken
 #: baseline cannot loosen the rule without bound)
 CAP_FACTOR = 8.0
@@ -176,18 +181,20 @@ def baseline_errors(rows) -> dict:
     return base
 
 
-def floors(dtype: str, loss: float) -> tuple[float, float]:
+def floors(dtype: str, loss: float, tf32: bool = False) -> tuple[float, float]:
     """``(loss floor, gradient floor)`` for ``dtype`` on a slice whose mean per-sample loss
-    (``-log P(y|x)``) is ``loss``."""
+    (``-log P(y|x)``) is ``loss``; ``tf32``: a row whose float32 GEMMs may use TF32."""
     u_c = UNIT[COMPUTE[dtype]]
-    u_s = UNIT[dtype] if dtype in ("float16", "bfloat16") else 0.0
-    return LOSS_FLOOR[dtype], C_LATTICE * u_c * max(1.0, abs(loss)) + A_STORAGE * u_s
+    u_s = UNIT[dtype] if dtype in ("float16", "bfloat16") else (UNIT_TF32 if tf32 else 0.0)
+    loss_floor = max(LOSS_FLOOR[dtype], LOSS_FLOOR_TF32) if tf32 else LOSS_FLOOR[dtype]
+    return loss_floor, C_LATTICE * u_c * max(1.0, abs(loss)) + A_STORAGE * u_s
 
 
-def judge(err: dict, base: dict, dtype: str, loss: float) -> dict:
+def judge(err: dict, base: dict, dtype: str, loss: float, tf32: bool = False) -> dict:
     """``{"agrees", "allowed", "vs_baseline"}`` for one method's errors (see module doc);
-    ``loss``: the slice's mean per-sample reference loss (sets the floors)."""
-    fl = floors(dtype, loss)
+    ``loss``: the slice's mean per-sample reference loss (sets the floors); ``tf32``: the
+    row's GEMMs may use TF32 (TF32 floors)."""
+    fl = floors(dtype, loss, tf32)
     allowed, ratio = {}, {}
     for q, e in err.items():
         floor = fl[0] if q == "loss" else fl[1]

@@ -192,7 +192,7 @@ def test_tf32_rows_on_the_cpu_are_marked(capsys):
                         [Method("fused", 2048, tf32=True), Method("gemm-roof"),
                          Method("gemm-roof", tf32=True)], s)
     fused, roof, roof32 = run["results"]
-    assert fused["method"] == "fused:2048:tf32" and "no TF32 on the CPU" in fused["note"]
+    assert fused["method"] == "fused:2048:tf32" and "emulates TF32 rounding" in fused["note"]
     assert "TF32 GEMMs allowed" in fused["precision"]
     assert fused["time_vs_roof"] == pytest.approx(fused["time_median_s"] /
                                                   roof32["time_median_s"])
