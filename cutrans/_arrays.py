@@ -15,6 +15,10 @@ results back to the caller's kind, on the same device:
   NumPy memory can hang jaxlib 0.10 at exit -- and ``jax.dlpack.from_dlpack`` on a GPU),
   or the array's ``__array_namespace__().from_dlpack``.
 
+Device: a call runs on the device of its data (``cupy.cuda.Device(id)`` around the core's
+work, so its kernel cache and its current stream are that device's); the caller's current
+device is restored afterwards.
+
 Rules: the float inputs share one kind and one device; integer inputs (targets, lengths)
 have that kind and device too, or are host arrays (NumPy, or any CPU array): host lengths
 with device data are how a caller avoids a device-to-host copy. Anything else is a
@@ -22,6 +26,8 @@ with device data are how a caller avoids a device-to-host copy. Anything else is
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,7 +148,33 @@ class Boundary:
         return self.example.__array_namespace__().from_dlpack(a)
 
 
+    def scope(self):
+        """A context running the core on this boundary's device (see ``device_scope``)."""
+        return device_scope(self.device)
+
+
 NATIVE = Boundary("numpy", ("cpu", 0))
+
+
+def device_scope(device):
+    """``cupy.cuda.Device(id)`` for ("cuda", id) (restores the current device), else a no-op."""
+    if device[0] != "cuda":
+        return contextlib.nullcontext()
+    import cupy
+    return cupy.cuda.Device(device[1])
+
+
+def on_data_device(fn):
+    """Run ``fn(x, ...)`` on the device of its first argument (an array of any kind)."""
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        try:
+            device = _device(x)
+        except (TypeError, AttributeError):  # not an array: fn's validation says so
+            device = ("cpu", 0)
+        with device_scope(device):
+            return fn(x, *args, **kwargs)
+    return wrapper
 
 
 def boundary(floats, ints=()) -> Boundary:

@@ -78,6 +78,7 @@ class CopyWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------- logits
+@_arrays.on_data_device
 def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
                       clamp: float | None = None, fastemit_lambda: float = 0.0,
                       layout: str = "padded", need_grad: bool = True, backend=None):
@@ -123,9 +124,11 @@ def rnnt_loss_backward(ctx, grad_losses):
     """dLoss/dlogits for upstream gradients ``grad_losses`` ``(B,)``; logits' shape and dtype,
     the caller's kind of array."""
     io = ctx.io or _arrays.NATIVE
-    return io.from_core(orch.logits_backward(ctx, _upstream_in(io, grad_losses)))
+    with io.scope():
+        return io.from_core(orch.logits_backward(ctx, _upstream_in(io, grad_losses)))
 
 
+@_arrays.on_data_device
 def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
               reduction: str = "mean", clamp: float | None = None,
               fastemit_lambda: float = 0.0, layout: str = "padded", return_grad: bool = False,
@@ -237,6 +240,7 @@ def _check_needs(needs) -> tuple:
     return tuple(bool(n) for n in needs)
 
 
+@_arrays.on_data_device
 def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *,
                        activation: str = "tanh", blank: int = 0, clamp: float | None = None,
                        fastemit_lambda: float = 0.0,
@@ -317,6 +321,12 @@ def transducer_backward(ctx, grad_losses, needs=ALL_GRADS) -> TransducerGrads:
     unneeded gradients come back as None and their work is skipped.
     """
     needs = _check_needs(needs)
+    io = ctx.io or _arrays.NATIVE
+    with io.scope():
+        return _backward(ctx, grad_losses, needs, io)
+
+
+def _backward(ctx, grad_losses, needs, io) -> TransducerGrads:
     if isinstance(ctx, ReducedContext):
         missing = [n for n, want, have in zip(("enc", "pred", "weight", "bias"), needs,
                                               ctx.needs) if want and not have]
@@ -326,15 +336,14 @@ def transducer_backward(ctx, grad_losses, needs=ALL_GRADS) -> TransducerGrads:
             raise ValueError(f"grad_losses: expected the scalar upstream gradient of the "
                              f"{ctx.reduction}-reduced loss, got shape "
                              f"{tuple(getattr(grad_losses, 'shape', ()))}")
-        g_in = _upstream_in(ctx.io, grad_losses)
-        return TransducerGrads(*(None if g is None or not want else
-                                 ctx.io.from_core(_scale(g, g_in))
+        g_in = _upstream_in(io, grad_losses)
+        return TransducerGrads(*(None if g is None or not want else io.from_core(_scale(g, g_in))
                                  for g, want in zip(ctx.grads, needs)))
-    io = ctx.io or _arrays.NATIVE
     grads = _fused.backward(ctx, _upstream_in(io, grad_losses), needs)
     return TransducerGrads(*map(io.from_core, grads))
 
 
+@_arrays.on_data_device
 def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *,
                     activation: str = "tanh", blank: int = 0, reduction: str = "mean",
                     clamp: float | None = None, fastemit_lambda: float = 0.0,
