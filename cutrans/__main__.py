@@ -3,13 +3,16 @@
 Commands:
     bench   compare cutrans fused / sample-wise against the batched PyTorch computation
             and loss-on-logits libraries (memory, time, agreement); see ``bench --help``.
+    ledger  modelled H100 time and memory of a call from its launch sequence (no GPU;
+            never a measurement); see ``ledger --help``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-COMMANDS = {"bench": "benchmark memory and time (python -m cutrans bench --help)"}
+COMMANDS = {"bench": "benchmark memory and time (python -m cutrans bench --help)",
+            "ledger": "modelled H100 time and memory, no GPU (python -m cutrans ledger --help)"}
 
 
 def main(argv=None) -> int:
@@ -24,6 +27,10 @@ def main(argv=None) -> int:
         from .bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "ledger":
+        from .ledger.report import main as ledger_main
+
+        return ledger_main(argv[1:])
     parser.parse_args(argv)  # prints usage / errors for anything else
     return 2  # pragma: no cover
 

@@ -1,0 +1,124 @@
+"""Cost model: a modelled H100 time for each recorded launch (never a measurement).
+
+Every constant comes from ``/work/shared/GPU-FINDINGS.md`` (the project's one H100
+measurement, commit 5684109, NVIDIA H100 80GB HBM3) unless marked otherwise; the source
+line is quoted next to it. Two constants (``T_WAVE``, ``T_STEP``) are *fitted to the very
+profile the validation gate checks* (``replay.py``): the gate shows the model can
+reproduce that profile, not that it predicts other kernels.
+
+Formulas (times in seconds; ``BW`` = HBM bandwidth, ``SMS`` = 132 SMs)::
+
+    GEMM            t = max(FLOPs / rate(dtypes), bytes / BW)
+    row/joint kernel        (one block per row / frame / label slot, grid-stride)
+                    resident = SMS * min(32, 2048 // block)      blocks per wave
+                    waves    = ceil(grid / resident)
+                    t = max(bytes / (BW * min(1, grid / SMS)), waves * T_WAVE)
+    lattice         (one block per sample, anti-diagonal wavefront)
+                    t = ceil(grid / resident) * steps * T_STEP + bytes / BW
+                    steps = (T_b + U_b) of the launch's longest sample, x2 with beta
+    CuPy elementwise / memset / fill / full reduction
+                    t = max(bytes / BW, T_WAVE)  (memset/fill/reduce: bytes / BW)
+    CuPy sum(axis=0) (column reduction, the old schedule only)
+                    t = bytes / COLUMN_SUM_RATE
+
+Not modelled: launch gaps and host (Python) overhead between launches, overlap of
+launches (one stream: launches are serial), registers/shared memory limiting occupancy,
+L2 effects beyond "enc/pred rows are read once", cuBLAS shape effects (small or skinny
+GEMMs run at the rate measured on 824,755 x 512 x 500), clocks and power.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# ------------------------------------------------------------------ the device
+SMS = 132  # H100 SXM5 (80GB HBM3): 132 SMs -- NVIDIA's datasheet (not measured)
+MAX_THREADS_PER_SM = 2048  # sm_90 limits -- CUDA programming guide (not measured)
+MAX_BLOCKS_PER_SM = 32
+
+# GPU-FINDINGS, "GEMM routes measured in CuPy (N=824,755, H=512, V=500)":
+#   "| `ones @ dz` (the same as a GEMV) | 0.63 ms |"  on dz (824,755 x 500) fp32 = 1.65 GB
+BW = 824_755 * 500 * 4 / 0.63e-3  # bytes/s: 2.62e12, HBM bandwidth a streaming kernel gets
+
+# GPU-FINDINGS, same table: "| `dz.sum(axis=0)` (bias gradient) | 19.5 ms |"  (1.65 GB)
+COLUMN_SUM_RATE = 824_755 * 500 * 4 / 19.5e-3  # bytes/s: 8.5e10
+
+# GEMM rates, FLOP/s (2 m n k per GEMM), from the same table:
+GEMM_RATES = {
+    # "| fp32 `matmul` (CUPY_TF32 unset) | 8.1-8.7 ms | 49-52 |"; also "the 3 GEMMs alone on
+    # the packed rows, fp32 (no TF32) | 26 ms" (48.7 TFLOP/s)
+    ("float32", "float32", False): 50e12,
+    # "| fp32 `matmul` with `CUPY_TF32=1` | 1.4-3.0 ms | 139-295 |": the middle time, 2.2 ms
+    ("float32", "float32", True): 192e12,
+    # "| float16 `matmul` | 1.6-1.9 ms | 217-261 |"; "| bfloat16 `matmul` ... | 1.7-2.0 ms |
+    # 211-255 |"; "the 3 GEMMs alone, bf16 (tensor cores) | 5.7 ms" (222 TFLOP/s)
+    ("float16", "float16", False): 230e12,
+    ("bfloat16", "bfloat16", False): 230e12,
+    # "| bf16 via `cublas.gemmEx`, fp32 output and compute, on uint16 views | 2.1 ms | 198 |"
+    ("bfloat16", "float32", False): 198e12,
+    ("float16", "float32", False): 198e12,  # assumed equal to the bf16 route (not measured)
+    # float64: NOT MEASURED. Assumed: 3/4 of the datasheet's 67 TFLOP/s FP64 tensor-core peak.
+    ("float64", "float64", False): 50e12,
+}
+UNMEASURED_RATES = {("float16", "float32", False), ("float64", "float64", False)}
+
+# ------------------------------------------------------------------ fitted constants
+# Fitted to the profile this model is validated on (GPU-FINDINGS "Where the time goes"),
+# by ``replay.fit_constants()`` (tests/ledger checks they are its optimum):
+# T_WAVE: least squares in log(modelled / profiled) over row_stats, row_grad, joint_forward
+#   and joint_backward of the replayed 5684109 schedule (391-782 waves each): 4.23 us.
+T_WAVE = 4.2e-6  # s per wave of resident blocks of a one-block-per-row kernel
+# T_STEP: the profile's "lattice | 0.7 ms" over 2 x 573 wavefront steps (one launch, 30
+#   samples, longest T_b + U_b = 451 + 122), less its bytes: 0.598 us.
+T_STEP = 0.60e-6  # s per anti-diagonal step of the lattice kernel
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Modelled seconds of one launch and what bounds it: ``compute`` (GEMM FLOPs),
+    ``bandwidth`` (bytes), ``latency`` (waves of blocks / wavefront steps)."""
+
+    seconds: float
+    bound: str
+
+
+def resident_blocks(block: int) -> int:
+    """Blocks of ``block`` threads resident on the whole GPU at once (thread/block limits)."""
+    return SMS * min(MAX_BLOCKS_PER_SM, MAX_THREADS_PER_SM // max(1, block))
+
+
+def gemm_rate(in_dtype: str, out_dtype: str, tf32: bool) -> float:
+    key = (in_dtype, out_dtype, bool(tf32) and in_dtype == "float32")
+    if key not in GEMM_RATES:
+        key = (in_dtype, in_dtype, key[2])
+    return GEMM_RATES[key]
+
+
+def cost(launch, t_wave: float = T_WAVE, t_step: float = T_STEP) -> Cost:
+    """The modelled time of one ``record.Launch``."""
+    k, nbytes = launch.kind, launch.bytes
+    if k == "gemm":
+        m, n, kk, in_t, out_t, tf = launch.gemm
+        tc, tb = launch.flops / gemm_rate(in_t, out_t, tf), nbytes / BW
+        return Cost(max(tc, tb), "compute" if tc >= tb else "bandwidth")
+    if k == "kernel":
+        frac = min(1.0, launch.grid / SMS)
+        tb = nbytes / (BW * frac)
+        tl = math.ceil(launch.grid / resident_blocks(launch.block)) * t_wave
+        return Cost(max(tb, tl), "bandwidth" if tb >= tl else "latency")
+    if k == "lattice":
+        tl = math.ceil(launch.grid / resident_blocks(launch.block)) * launch.steps * t_step
+        return Cost(tl + nbytes / BW, "latency" if tl >= nbytes / BW else "bandwidth")
+    if k == "column_sum":
+        return Cost(nbytes / COLUMN_SUM_RATE, "bandwidth")
+    if k == "elementwise":
+        return Cost(max(nbytes / BW, t_wave), "bandwidth")
+    if k in ("memset", "fill", "reduce"):
+        return Cost(nbytes / BW, "bandwidth")
+    raise ValueError(f"unknown launch kind {k!r}")
+
+
+def gemm_roof(rows: int, hidden: int, vocab: int, dtype: str, tf32: bool = False) -> float:
+    """Modelled seconds of the three GEMMs alone (2 R H V FLOPs each) at ``dtype``'s rate
+    (16-bit outputs: the 16-bit route) -- the roof the issue's targets refer to."""
+    return 3 * 2 * rows * hidden * vocab / gemm_rate(dtype, dtype, tf32)

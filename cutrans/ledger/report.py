@@ -1,0 +1,273 @@
+"""``python -m cutrans ledger``: modelled H100 times and memory, the validation gate, targets.
+
+Without ``--workload``: the validation gate (replay of commit 5684109 vs its measured
+profile) and the current code modelled on the issue-9 configurations, against their
+targets. With ``--workload``: one configuration, per kernel class.
+
+Every time and memory figure printed here is MODELLED (``model.py``, ``dry_run.py``): a
+model of an H100 run built from one measurement (GPU-FINDINGS.md). It never replaces a
+measurement; a GPU run decides.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from dataclasses import dataclass
+
+from ..bench.measure import parse_bytes
+from . import model, replay
+from .dryrun import DEFAULT_BUDGET, PATHS, PROFILED_WORKLOAD, dry_run, get_shape, workload_names
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+GB = 1e9
+CAVEAT = ("MODELLED: a cost model fitted to one H100 profile (GPU-FINDINGS.md, commit 5684109); "
+          "it never replaces a measurement.")
+#: own allocation on the one-pass path: <= max_workspace_bytes + OWN_PER_POSITION * B (T + U)
+OWN_PER_POSITION = 8  # bytes: device plan + targets (~4 B per label slot) + per-sample arrays
+
+
+# ------------------------------------------------------------------ one configuration
+def class_table(launches) -> list[dict]:
+    """Per label: calls, bytes, FLOPs, modelled ms, the bound of most of its time."""
+    rows: dict[str, dict] = {}
+    for rec in launches:
+        c = model.cost(rec)
+        r = rows.setdefault(rec.label, {"class": rec.label, "calls": 0, "bytes": 0, "flops": 0,
+                                        "modelled_ms": 0.0, "_bound": {}})
+        r["calls"] += 1
+        r["bytes"] += rec.bytes
+        r["flops"] += rec.flops
+        r["modelled_ms"] += c.seconds * 1e3
+        r["_bound"][c.bound] = r["_bound"].get(c.bound, 0.0) + c.seconds
+    out = sorted(rows.values(), key=lambda r: -r["modelled_ms"])
+    total = sum(r["modelled_ms"] for r in out) or 1.0
+    for r in out:
+        r["bound"] = max(r.pop("_bound").items(), key=lambda kv: kv[1])[0]
+        r["share"] = r["modelled_ms"] / total
+    return out
+
+
+def evaluate(run) -> dict:
+    """Modelled time, roof and memory of a ``DryRun``."""
+    cfg = run.config
+    table = class_table(run.launches)
+    total_ms = sum(r["modelled_ms"] for r in table)
+    roof_ms = None if cfg["path"] == "logits" else model.gemm_roof(
+        cfg["rows"], cfg["hidden"], cfg["vocab"], cfg["dtype"], cfg["tf32"]) * 1e3
+    mem = dict(run.memory)
+    B, T, U = cfg["batch"], cfg["frames"], cfg["labels"]
+    mem["own_bound"] = cfg["budget"] + OWN_PER_POSITION * B * (T + U)
+    return {"config": cfg, "schedule": run.schedule, "classes": table,
+            "modelled_ms": total_ms, "roof_ms": roof_ms,
+            "x_roof": total_ms / roof_ms if roof_ms else None, "memory": mem,
+            "launches": len(run.launches)}
+
+
+def _gb(n) -> str:
+    return f"{n / GB:.3f} GB"
+
+
+def format_config(ev: dict, launches=None, n_launches: int = 0) -> str:
+    cfg, sch, mem = ev["config"], ev["schedule"], ev["memory"]
+    lines = [
+        f"workload {cfg['workload']}: B={cfg['batch']} T={cfg['frames']} U={cfg['labels']} "
+        f"V={cfg['vocab']} H={cfg['hidden']}, {cfg['rows']:,} lattice rows; {cfg['dtype']}"
+        f"{' + TF32' if cfg['tf32'] else ''}, {cfg['path']}, budget {cfg['budget']:,} B"
+        f"{', sample-wise' if cfg['sample_wise'] else ''}",
+        f"schedule: {sch.get('groups')} groups ({sch.get('resident_groups')} resident, "
+        f"{sch.get('split_chunks')} split chunks), chunk {sch.get('chunk_rows'):,} rows; "
+        f"{ev['launches']:,} launches",
+        f"{'class':<22}{'calls':>7}{'GB moved':>10}{'TFLOP':>9}{'modelled ms':>13}"
+        f"{'share':>7}  bound (modelled)",
+        "-" * 80]
+    for r in ev["classes"]:
+        lines.append(f"{r['class']:<22}{r['calls']:>7}{r['bytes'] / GB:>10.2f}"
+                     f"{r['flops'] / 1e12:>9.2f}{r['modelled_ms']:>13.2f}{r['share']:>7.0%}  "
+                     f"{r['bound']}")
+    lines.append("-" * 80)
+    total = f"total: {ev['modelled_ms']:.2f} ms modelled"
+    if ev["x_roof"] is not None:
+        total += (f"; three-GEMM roof at {cfg['dtype']}{' TF32' if cfg['tf32'] else ''}: "
+                  f"{ev['roof_ms']:.2f} ms modelled -> {ev['x_roof']:.2f}x roof (modelled)")
+    lines.append(total)
+    memory = (f"memory (modelled): inputs {_gb(mem['inputs'])} + gradients "
+              f"{_gb(mem['gradients'])} + cutrans's own {_gb(mem['own'])} = total "
+              f"{_gb(mem['total'])}")
+    if cfg["path"] == "one-pass":
+        memory += (f"; one-pass bound on own: budget + {OWN_PER_POSITION} B(T+U) = "
+                   f"{_gb(mem['own_bound'])}")
+    lines.append(memory)
+    if launches and n_launches:
+        lines.append(f"first {min(n_launches, len(launches))} launches (modelled us):")
+        for rec in launches[:n_launches]:
+            c = model.cost(rec)
+            lines.append(f"  {rec.name:<20} {rec.types:<22} grid {rec.grid:>8} block "
+                         f"{rec.block:>4}  {rec.bytes / 1e6:>10.2f} MB {rec.flops / 1e9:>10.2f}"
+                         f" GFLOP {c.seconds * 1e6:>10.1f} us modelled ({c.bound})")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ issue 9 targets
+@dataclass(frozen=True)
+class Target:
+    """An issue-9 target for a configuration; limits None where the issue sets none."""
+
+    title: str
+    workload: str
+    dtype: str
+    tf32: bool = False
+    max_x_roof: float | None = None
+    max_ms: float | None = None
+    ms_source: str = ""
+    max_total_gb: float | None = None
+    own_bound: bool = False
+
+
+TARGETS = (
+    Target("librispeech fp32", PROFILED_WORKLOAD, "float32", max_x_roof=1.5, max_ms=44.0,
+           ms_source="2x faster than the 88 ms fp32 batched baseline (measured)"),
+    Target("librispeech bf16", PROFILED_WORKLOAD, "bfloat16", max_x_roof=2.0, max_ms=28.0,
+           ms_source="2x faster than the 56 ms autocast(bf16) baseline (measured)"),
+    Target("librispeech fp32+TF32", PROFILED_WORKLOAD, "float32", tf32=True),
+    Target("headline fp32", "paper-headline", "float32", max_x_roof=2.0, max_total_gb=6.0,
+           own_bound=True),
+    Target("headline bf16", "paper-headline", "bfloat16", max_x_roof=2.0, max_total_gb=3.5,
+           own_bound=True),
+)
+
+
+def check_target(t: Target, ev: dict) -> list[dict]:
+    """``{what, modelled, limit, met}`` per limit of ``t``."""
+    out = []
+    if t.max_x_roof is not None:
+        out.append({"what": "time / three-GEMM roof", "modelled": ev["x_roof"],
+                    "limit": t.max_x_roof, "met": ev["x_roof"] <= t.max_x_roof})
+    if t.max_ms is not None:
+        out.append({"what": f"time, ms ({t.ms_source})", "modelled": ev["modelled_ms"],
+                    "limit": t.max_ms, "met": ev["modelled_ms"] <= t.max_ms})
+    mem = ev["memory"]
+    if t.max_total_gb is not None:
+        out.append({"what": "total peak, GB", "modelled": mem["total"] / GB,
+                    "limit": t.max_total_gb, "met": mem["total"] <= t.max_total_gb * GB})
+    if t.own_bound:
+        out.append({"what": "own allocation, GB (budget + 8 B(T+U))", "modelled":
+                    mem["own"] / GB, "limit": mem["own_bound"] / GB,
+                    "met": mem["own"] <= mem["own_bound"]})
+    return out
+
+
+def run_targets(budget: int = DEFAULT_BUDGET) -> list[dict]:
+    out = []
+    for t in TARGETS:
+        ev = evaluate(dry_run(get_shape(t.workload), t.dtype, budget=budget, tf32=t.tf32))
+        out.append({"target": t.title, "evaluation": ev, "checks": check_target(t, ev)})
+    return out
+
+
+def format_targets(results) -> str:
+    lines = [f"{'configuration (one-pass)':<24}{'modelled ms':>12}{'roof ms':>10}{'x roof':>8}"
+             f"{'total GB':>10}  issue-9 checks (modelled)", "-" * 100]
+    for r in results:
+        ev = r["evaluation"]
+        checks = "; ".join(f"{c['what']} {c['modelled']:.3g} <= {c['limit']:.3g}: "
+                           f"{'met' if c['met'] else 'MISSED'}" for c in r["checks"]) or \
+            "no target (reported only)"
+        lines.append(f"{r['target']:<24}{ev['modelled_ms']:>12.1f}{ev['roof_ms']:>10.1f}"
+                     f"{ev['x_roof']:>8.2f}{ev['memory']['total'] / GB:>10.2f}  {checks}")
+    lines.append("-" * 100)
+    lines.append("largest modelled kernel classes beyond the GEMMs:")
+    for r in results:
+        ev = r["evaluation"]
+        top = [c for c in ev["classes"] if not c["class"].startswith("gemm")][:4]
+        lines.append(f"  {r['target']:<22} " + ", ".join(
+            f"{c['class']} {c['modelled_ms']:.1f} ms ({c['bound']})" for c in top))
+    return "\n".join(lines)
+
+
+def format_validation(rows) -> str:
+    lines = [f"{'class':<16}{'profiled ms (measured)':>24}{'modelled ms':>13}{'ratio':>8}",
+             "-" * 61]
+    for r in rows:
+        prof = "-" if r["profiled_ms"] is None else f"{r['profiled_ms']:.1f}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"{r['class']:<16}{prof:>24}{r['modelled_ms']:>13.2f}{ratio:>8}")
+    verdict = "PASS" if replay.gate_passes(rows) else "FAIL"
+    lines.append(f"gate (every profiled class and the total within 2x): {verdict}")
+    return "\n".join(lines)
+
+
+def constants() -> dict:
+    return {"hbm_bytes_per_s": model.BW, "column_sum_bytes_per_s": model.COLUMN_SUM_RATE,
+            "gemm_flops_per_s": {f"{a}->{b}{' tf32' if t else ''}": r
+                                 for (a, b, t), r in model.GEMM_RATES.items()},
+            "unmeasured_gemm_rates": [f"{a}->{b}" for a, b, _ in model.UNMEASURED_RATES],
+            "sms": model.SMS, "t_wave_s (fitted)": model.T_WAVE,
+            "t_step_s (fitted)": model.T_STEP}
+
+
+# ------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m cutrans ledger",
+        description="Modelled H100 time and memory of a cutrans call, from its real launch "
+                    "sequence (no GPU needed). " + CAVEAT)
+    p.add_argument("--workload", choices=workload_names(),
+                   help="model one configuration (default: the validation gate and the "
+                        "issue-9 targets)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--allow-tf32", action="store_true", help="float32 GEMMs on TF32")
+    p.add_argument("--budget", type=parse_bytes, default=DEFAULT_BUDGET,
+                   help="max_workspace_bytes, e.g. 512M (default 512 MiB)")
+    p.add_argument("--sample-wise", action="store_true")
+    p.add_argument("--path", choices=PATHS, default="one-pass",
+                   help="one-pass: reduction mean/sum (transducer_loss); two-pass: "
+                        "reduction none (forward + backward); logits: rnnt_loss on packed "
+                        "logits")
+    p.add_argument("--seed", type=int, default=0, help="length draw of bench workloads")
+    p.add_argument("--launches", type=int, default=0, metavar="N",
+                   help="also list the first N launches")
+    p.add_argument("--validate", action="store_true",
+                   help="only the validation gate (replay of 5684109 vs its profile)")
+    p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    doc: dict = {"caveat": CAVEAT, "device_modelled": "NVIDIA H100 80GB HBM3",
+                 "date": datetime.date.today().isoformat(), "constants": constants()}
+    print(f"cutrans ledger -- {CAVEAT}")
+    if args.workload is None:
+        rows = replay.validation_table()
+        doc["validation"] = {"rows": rows, "passes": replay.gate_passes(rows)}
+        print("\nValidation gate: replay of commit 5684109 (hand-written) vs its H100 profile")
+        print(format_validation(rows))
+        hc = replay.headline_check()
+        doc["validation"]["headline"] = hc
+        print(f"out of sample (nothing fitted on it): the replay at the headline shape, fp32: "
+              f"{hc['modelled_s']:.1f} s modelled vs {hc['measured_s']} s measured "
+              f"({hc['ratio']:.2f}x); GEMMs {hc['gemm_share']:.0%} modelled vs "
+              f"{hc['gemm_share_measured']:.0%} measured, cupy_sum {hc['cupy_sum_share']:.0%} "
+              f"modelled vs {hc['cupy_sum_share_measured']:.0%} measured (B=64 slice)")
+        if not args.validate:
+            results = run_targets(args.budget)
+            doc["targets"] = results
+            print(f"\nCurrent code, modelled H100, vs issue 9 (budget {args.budget:,} B)")
+            print(format_targets(results))
+    else:
+        run = dry_run(get_shape(args.workload, args.seed), args.dtype, budget=args.budget,
+                      sample_wise=args.sample_wise, tf32=args.allow_tf32, path=args.path)
+        ev = evaluate(run)
+        doc["evaluation"] = ev
+        print(format_config(ev, run.launches, args.launches))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=1, default=str)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""``python -m cutrans ledger``: every figure says modelled; JSON output."""
+import json
+
+from cutrans.__main__ import main
+
+
+def test_one_configuration(tmp_path, capsys):
+    out = tmp_path / "l.json"
+    assert main(["ledger", "--workload", "librispeech-profiled", "--dtype", "bfloat16",
+                 "--launches", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "never replaces a measurement" in text
+    for line in text.splitlines():
+        if " ms" in line or " GB" in line or " us " in line:
+            assert "modelled" in line, line
+    doc = json.loads(out.read_text())
+    ev = doc["evaluation"]
+    assert ev["config"]["dtype"] == "bfloat16" and ev["modelled_ms"] > ev["roof_ms"] > 0
+    assert "never replaces a measurement" in doc["caveat"]
+
+
+def test_validate_only(capsys):
+    assert main(["ledger", "--validate"]) == 0
+    text = capsys.readouterr().out
+    assert "PASS" in text and "profiled ms (measured)" in text
