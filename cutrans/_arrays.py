@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,15 +166,18 @@ def device_scope(device):
 
 
 def on_data_device(fn):
-    """Run ``fn(x, ...)`` on the device of its first argument (an array of any kind)."""
+    """Run ``fn`` on the device of its first parameter's argument (an array of any kind)."""
+    first = next(iter(inspect.signature(fn).parameters))
+
     @functools.wraps(fn)
-    def wrapper(x, *args, **kwargs):
+    def wrapper(*args, **kwargs):
+        x = args[0] if args else kwargs.get(first)
         try:
             device = _device(x)
         except (TypeError, AttributeError):  # not an array: fn's validation says so
             device = ("cpu", 0)
         with device_scope(device):
-            return fn(x, *args, **kwargs)
+            return fn(*args, **kwargs)
     return wrapper
 
 

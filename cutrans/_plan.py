@@ -193,7 +193,7 @@ def _plan_arrays(plan: RowPlan, xp) -> tuple:
                 xp.asarray(plan.label_offsets, dtype=xp.int64),
                 xp.asarray(plan.logit_len, dtype=xp.int32),
                 xp.asarray(plan.target_len, dtype=xp.int32))
-    if xp is np:
+    if getattr(xp, "cuda", None) is None:  # host arrays: nothing to cache
         return make()
     key = (xp.__name__, int(xp.cuda.Device().id), plan.logit_len.tobytes(),
            plan.target_len.tobytes())
