@@ -268,7 +268,7 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
     log_like = xp.empty(plan.batch, dtype=cdt)
     for g in sched.groups:
         st = {k: a[:g.rows] for k, a in ws.state.items()}
-        lse = st["lse"] if g.resident else None
+        lse = st["lse"]  # a recomputed chunk has the same logits (deterministic GEMMs)
         for c in g.chunks:
             chunk_logits(be, f, ws, dplan, c)
             be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, f.blank, st["lp_blank"],

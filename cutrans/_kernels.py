@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 from ._dtypes import DTYPES
 
-BLOCKS = (32, 128, 256)  # threads per block of every kernel template
+BLOCKS = (32, 128, 256)  # threads per block of the block-sized kernel templates
+ROW_BLOCK = 256  # threads per block of the row-wise kernels (kRowBlock in common.cuh)
+ROW_TPR = (32, ROW_BLOCK)  # their template: threads per row (a warp, or the whole block)
 STORAGE = ("float16", "bfloat16", "float32", "float64")  # storage dtypes (all of DTYPES)
 COMPUTE = ("float32", "float64")  # compute dtypes
 MAX_GRID = 1 << 22  # blocks per launch; kernels loop (grid-stride) over the rest
@@ -62,11 +64,14 @@ _STORAGE_OUT = tuple((d, d) for d in STORAGE) + (("float16", "float32"),
                                                   ("bfloat16", "float32"))
 
 KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
-    KernelSpec("row_stats", "row_ops.cu", _ONE_STORAGE, max_registers=72, max_shared_bytes=128),
-    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=80, max_shared_bytes=128),
+    KernelSpec("row_stats", "row_ops.cu", _ONE_STORAGE, max_registers=72, max_shared_bytes=128,
+               blocks=ROW_TPR),
+    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=80, max_shared_bytes=128,
+               blocks=ROW_TPR),
     KernelSpec("check_targets", "row_ops.cu", ((),), max_registers=32, max_shared_bytes=0),
     KernelSpec("lattice", "lattice.cu", _ONE_COMPUTE, max_registers=64, max_shared_bytes=16),
-    KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0),
+    KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0,
+               blocks=ROW_TPR),
     KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=72,
                max_shared_bytes=0),
     KernelSpec("joint_backward_pred", "joint.cu", _STORAGE_OUT, max_registers=72,
@@ -87,6 +92,27 @@ def name_expressions(source: str) -> list[str]:
 def pick_block(width: int) -> int:
     """Threads per block for work of ``width`` elements per row / per diagonal."""
     return 32 if width <= 64 else (128 if width <= 512 else 256)
+
+
+LATTICE_SHARED_BYTES = 48 * 1024 - 256  # dynamic shared memory of a lattice block, at most
+
+
+def lattice_diag_cells(max_diag: int, itemsize: int) -> int:
+    """Cells per diagonal buffer in the lattice's shared memory (two buffers): the longest
+    diagonal, if it fits; longer samples keep their diagonals in their workspace rows."""
+    return max(1, min(int(max_diag), LATTICE_SHARED_BYTES // (2 * itemsize)))
+
+
+def pick_row_threads(width: int) -> int:
+    """Threads per row of the row-wise kernels: a warp (many short rows in flight per SM),
+    or a whole block for rows of more than 8192 elements."""
+    return 32 if width <= 8192 else ROW_BLOCK
+
+
+def row_grid(n_rows: int, tpr: int) -> int:
+    """Blocks of the row-wise kernels for ``n_rows`` rows at ``tpr`` threads per row."""
+    per_block = ROW_BLOCK // tpr
+    return -(-int(n_rows) // per_block)
 
 
 # ------------------------------------------------------------------ sources and options
@@ -157,15 +183,17 @@ class _Provider:
                 k = self._kernels[key] = mod.get_function(spec.name(types, block))
         return k
 
-    def launch(self, template: str, types, block: int, grid: int, args: tuple) -> None:
-        """Launch ``template<types..., block>`` on ``min(grid, MAX_GRID)`` blocks (grid >= 1).
-
-        ``types``: a dtype name or a tuple of them (see ``KernelSpec``)."""
+    def launch(self, template: str, types, block: int, grid: int, args: tuple, *,
+               threads: int | None = None, shared_mem: int = 0) -> None:
+        """Launch ``template<types..., block>`` on ``min(grid, MAX_GRID)`` blocks (grid >= 1)
+        of ``threads`` threads (default ``block``) with ``shared_mem`` bytes of dynamic
+        shared memory. ``types``: a dtype name or a tuple of them (see ``KernelSpec``)."""
         k = self.function(template, types, block)
         grid = max(1, min(int(grid), MAX_GRID))
+        threads = block if threads is None else threads
         if debug_enabled():
-            self._debug(k, KERNELS[template].name(types, block), grid, block)
-        k((grid,), (block,), args)
+            self._debug(k, KERNELS[template].name(types, block), grid, threads)
+        k((grid,), (threads,), args, shared_mem=shared_mem)
 
     def _debug(self, k, name, grid, block):
         print(f"cutrans[{self.name}] {name} grid=({grid},) block=({block},)", file=sys.stderr)

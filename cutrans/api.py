@@ -69,7 +69,7 @@ def _contiguous(xp, name: str, x):
         return x
     warnings.warn(f"{name}: not C-contiguous (strides {x.strides}): cutrans copies it "
                   f"({x.nbytes / 2**20:.1f} MiB); pass a contiguous array to avoid the copy",
-                  CopyWarning, stacklevel=3)
+                  CopyWarning, stacklevel=4)
     return xp.ascontiguousarray(x)
 
 

@@ -222,6 +222,24 @@ __device__ __forceinline__ RowPos row_pos(const long long* offsets, const int* t
   return p;
 }
 
+// ----------------------------------------------------------------- row groups
+constexpr int kRowBlock = 256;  // threads per block of the kernels working row by row
+
+// Row kernels run TPR threads per row (32: a warp per row, kRowBlock / 32 rows per block;
+// kRowBlock: a block per row). A thread's rows: i = first, first + step, ... (< n_rows).
+// With TPR = kRowBlock the block is one group (its barriers stay uniform); with TPR = 32
+// a warp works alone (warp shuffles, no block barrier).
+template <int TPR>
+struct RowLoop {
+  static constexpr int kRows = kRowBlock / TPR;  // rows per block
+  int lane;
+  long long first, step;
+  __device__ __forceinline__ RowLoop()
+      : lane(static_cast<int>(threadIdx.x) % TPR),
+        first(static_cast<long long>(blockIdx.x) * kRows + threadIdx.x / TPR),
+        step(static_cast<long long>(gridDim.x) * kRows) {}
+};
+
 // RowLayout: first element of row r (chunk row i = r - row0).
 struct Layout {
   long long ld, sb, st, su;

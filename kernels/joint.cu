@@ -33,20 +33,37 @@ __device__ __forceinline__ void store_out(O* out, C acc, int accumulate) {
   *out = cutrans::from_compute<O>(static_cast<typename Compute<O>::type>(acc));
 }
 
-// One block per row (grid-stride), BLOCK threads over H; h[i, k] = act(enc + pred) as T.
-template <class T, int BLOCK>
-__global__ void __launch_bounds__(BLOCK)
+// h[i, k] = act(enc + pred) as T: TPR threads per row (a warp per row, or a block per row
+// for very wide H; see cutrans::RowLoop), 16-byte words where the three rows are aligned.
+template <class T, int TPR>
+__global__ void __launch_bounds__(cutrans::kRowBlock)
 joint_forward(const T* __restrict__ enc, const T* __restrict__ pred,
               const long long* __restrict__ offsets, const int* __restrict__ target_len,
               int batch, long long row0, long long n_rows, int H, long long enc_T,
               long long pred_U1, int activation, T* __restrict__ h, long long ldh) {
   using C = typename Compute<T>::type;
-  for (long long i = blockIdx.x; i < n_rows; i += gridDim.x) {
+  constexpr int N = cutrans::Vec<T>::N;
+  const cutrans::RowLoop<TPR> loop;
+  for (long long i = loop.first; i < n_rows; i += loop.step) {
     const RowPos p = cutrans::row_pos(offsets, target_len, batch, row0 + i);
     const T* e = enc + (p.b * enc_T + p.t) * H;
     const T* q = pred + (p.b * pred_U1 + p.u) * H;
     T* out = h + i * ldh;
-    for (int k = threadIdx.x; k < H; k += BLOCK) {
+    int tail = 0;
+    // 16-byte words for 16/32-bit types (float64 would only pair two values, and spills)
+    if (sizeof(T) < 8 && cutrans::is_aligned16(e) && cutrans::is_aligned16(q) &&
+        cutrans::is_aligned16(out)) {
+      for (int w = loop.lane; w < H / N; w += TPR) {
+        C x[N], y[N];
+        cutrans::load16<T>(e + w * N, x);
+        cutrans::load16<T>(q + w * N, y);
+#pragma unroll
+        for (int j = 0; j < N; ++j) x[j] = activate(x[j] + y[j], activation);
+        cutrans::store16<T>(out + w * N, x);
+      }
+      tail = H / N * N;
+    }
+    for (int k = tail + loop.lane; k < H; k += TPR) {
       const C x = cutrans::to_compute(e[k]) + cutrans::to_compute(q[k]);
       out[k] = cutrans::from_compute<T>(activate(x, activation));
     }

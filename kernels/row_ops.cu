@@ -1,30 +1,36 @@
 // cutrans row kernels: per-row statistics and per-row gradient of the logits.
 //
-// One block per row (grid-stride over the chunk's rows), BLOCK threads striding over V.
-// Rows r = row0 + i, i in [0, n_rows), of the packed row space; logits of row r start at
-// layout.start(i, pos) (see common.cuh, backends/base.py: RowLayout). Rows that start on a
-// 16-byte boundary are read (and written) in 16-byte words.
+// Blocks of kRowBlock threads; TPR threads per row: TPR = 32 gives a warp per row (8 rows
+// per block, warp-shuffle reductions, no block barrier: many rows in flight per SM, which
+// short rows need to reach the memory bandwidth), TPR = kRowBlock a block per row (very
+// long rows). Grid-stride over the chunk's rows r = row0 + i, i in [0, n_rows), of the
+// packed row space; logits of row r start at layout.start(i, pos) (see common.cuh,
+// backends/base.py: RowLayout). Rows that start on a 16-byte boundary are read (and
+// written) in 16-byte words.
 // Per-row state arrays (lp_blank, lp_emit, lse, coefficients) hold rows [rbase, ...): row r
 // is element r - rbase.
 #include "common.cuh"
 
 using cutrans::Compute;
+using cutrans::kRowBlock;
 using cutrans::Layout;
 using cutrans::Lse;
+using cutrans::RowLoop;
 using cutrans::RowPos;
 using cutrans::Vec;
 
-// Calls f(k, x) for every element k < V of a row, x in the compute type; thread-strided.
-// Each thread visits its elements in increasing k; the visit order depends only on V, BLOCK
-// and the row's alignment (deterministic).
-template <class T, int BLOCK, class F>
-__device__ __forceinline__ void for_each_in_row(const T* row, int V, F&& f) {
+// Calls f(k, x) for every element k < V of a row, x in the compute type, strided over the
+// TPR threads of the row (lane = thread within the row). Each thread visits its elements in
+// increasing k; the visit order depends only on V, TPR and the row's alignment
+// (deterministic).
+template <class T, int TPR, class F>
+__device__ __forceinline__ void for_each_in_row(const T* row, int V, int lane, F&& f) {
   using C = typename Compute<T>::type;
   constexpr int N = Vec<T>::N;
   int tail = 0;
   if (cutrans::is_aligned16(row)) {
     const int words = V / N;
-    for (int w = threadIdx.x; w < words; w += BLOCK) {
+    for (int w = lane; w < words; w += TPR) {
       C x[N];
       cutrans::load16<T>(row + w * N, x);
 #pragma unroll
@@ -32,18 +38,20 @@ __device__ __forceinline__ void for_each_in_row(const T* row, int V, F&& f) {
     }
     tail = words * N;
   }
-  for (int k = tail + threadIdx.x; k < V; k += BLOCK) f(k, cutrans::to_compute(row[k]));
+  for (int k = tail + lane; k < V; k += TPR) f(k, cutrans::to_compute(row[k]));
 }
 
-// logsumexp of a row of V logits, computed by the whole block (every thread gets it).
-template <class T, int BLOCK>
-__device__ __forceinline__ typename Compute<T>::type row_lse(const T* row, int V,
+// logsumexp of a row of V logits by its TPR threads (every one gets it, identical bits):
+// warp shuffles for TPR = 32, plus the block's scratch for TPR = kRowBlock.
+template <class T, int TPR>
+__device__ __forceinline__ typename Compute<T>::type row_lse(const T* row, int V, int lane,
                                                              typename Compute<T>::type* scratch) {
   using C = typename Compute<T>::type;
   Lse<C> acc{cutrans::neg_inf(C()), C(0)};
-  for_each_in_row<T, BLOCK>(row, V, [&](int, C x) { cutrans::lse_push(acc, x); });
-  return cutrans::block_lse<C, BLOCK>(acc, scratch);
+  for_each_in_row<T, TPR>(row, V, lane, [&](int, C x) { cutrans::lse_push(acc, x); });
+  return cutrans::block_lse<C, TPR>(acc, scratch);
 }
+
 
 // Status flags of the device-side checks (cutrans._status).
 constexpr int kBadLabel = 1;   // a label within target_lengths outside [0, V)
@@ -77,8 +85,8 @@ check_targets(const int* __restrict__ targets, long long tgt_ld,
 // if write_lse: lse_out[r] = lse(r). Each logit is read once (online logsumexp).
 //   z: logits, storage type T; lp_blank, lp_emit, lse_out: compute type, index r - rbase.
 //   offsets (B+1,) int64, target_len (B,) int32, targets (B, tgt_ld) int32.
-template <class T, int BLOCK>
-__global__ void __launch_bounds__(BLOCK)
+template <class T, int TPR>
+__global__ void __launch_bounds__(kRowBlock)
 row_stats(const T* __restrict__ z, long long row0, long long n_rows, int V, int packed,
           long long ld, long long sb, long long st, long long su,
           const long long* __restrict__ offsets, const int* __restrict__ target_len,
@@ -87,14 +95,15 @@ row_stats(const T* __restrict__ z, long long row0, long long n_rows, int V, int 
           typename Compute<T>::type* __restrict__ lp_emit,
           typename Compute<T>::type* __restrict__ lse_out, int write_lse) {
   using C = typename Compute<T>::type;
-  __shared__ C scratch[2 * BLOCK / cutrans::kWarp];
+  __shared__ C scratch[2 * kRowBlock / cutrans::kWarp];
   const Layout layout{ld, sb, st, su, packed};
-  for (long long i = blockIdx.x; i < n_rows; i += gridDim.x) {
+  const RowLoop<TPR> loop;
+  for (long long i = loop.first; i < n_rows; i += loop.step) {
     const long long r = row0 + i;
     const RowPos p = cutrans::row_pos(offsets, target_len, batch, r);
     const T* row = z + layout.start(i, p);
-    const C lse = row_lse<T, BLOCK>(row, V, scratch);
-    if (threadIdx.x == 0) {
+    const C lse = row_lse<T, TPR>(row, V, loop.lane, scratch);
+    if (loop.lane == 0) {
       lp_blank[r - rbase] = cutrans::to_compute(row[blank]) - lse;
       C e = cutrans::neg_inf(C());
       const int y = p.u < p.U ? safe_label(targets, tgt_ld, p.b, p.u, V) : -1;
@@ -121,8 +130,8 @@ __device__ __forceinline__ C grad_of(int k, C x, C lse, C cb, C ce, C s, int bla
 // only if clamp > 0. The row's logsumexp comes from lse_in[r] when have_lse (one read of the
 // row), else it is computed first (two reads). grad has z's type and layout and may be z
 // (each element is read, then written, by the same thread, after the row's reduction).
-template <class T, int BLOCK>
-__global__ void __launch_bounds__(BLOCK)
+template <class T, int TPR>
+__global__ void __launch_bounds__(kRowBlock)
 row_grad(const T* z, T* grad, long long row0, long long n_rows, int V, int packed,
          long long ld, long long sb, long long st, long long su,
          const long long* __restrict__ offsets, const int* __restrict__ target_len,
@@ -134,15 +143,16 @@ row_grad(const T* z, T* grad, long long row0, long long n_rows, int V, int packe
          typename Compute<T>::type fastemit_lambda, typename Compute<T>::type clamp) {
   using C = typename Compute<T>::type;
   constexpr int N = Vec<T>::N;
-  __shared__ C scratch[2 * BLOCK / cutrans::kWarp];
+  __shared__ C scratch[2 * kRowBlock / cutrans::kWarp];
   const Layout layout{ld, sb, st, su, packed};
-  for (long long i = blockIdx.x; i < n_rows; i += gridDim.x) {
+  const RowLoop<TPR> loop;
+  for (long long i = loop.first; i < n_rows; i += loop.step) {
     const long long r = row0 + i;
     const RowPos p = cutrans::row_pos(offsets, target_len, batch, r);
     const long long start = layout.start(i, p);
     const T* row = z + start;
     T* out = grad + start;
-    const C lse = have_lse ? lse_in[r - rbase] : row_lse<T, BLOCK>(row, V, scratch);
+    const C lse = have_lse ? lse_in[r - rbase] : row_lse<T, TPR>(row, V, loop.lane, scratch);
     const C cb = coef_blank[r - rbase];
     const C ce = (C(1) + fastemit_lambda) * coef_emit[r - rbase];
     const int label = p.u < p.U ? safe_label(targets, tgt_ld, p.b, p.u, V) : -1;
@@ -150,7 +160,7 @@ row_grad(const T* z, T* grad, long long row0, long long n_rows, int V, int packe
     int tail = 0;
     if (cutrans::is_aligned16(row) && cutrans::is_aligned16(out)) {
       const int words = V / N;
-      for (int w = threadIdx.x; w < words; w += BLOCK) {
+      for (int w = loop.lane; w < words; w += TPR) {
         C x[N];
         cutrans::load16<T>(row + w * N, x);
 #pragma unroll
@@ -160,7 +170,7 @@ row_grad(const T* z, T* grad, long long row0, long long n_rows, int V, int packe
       }
       tail = words * N;
     }
-    for (int k = tail + threadIdx.x; k < V; k += BLOCK)
+    for (int k = tail + loop.lane; k < V; k += TPR)
       out[k] = cutrans::from_compute<T>(
           grad_of(k, cutrans::to_compute(row[k]), lse, cb, ce, s, blank, label, clamp));
   }

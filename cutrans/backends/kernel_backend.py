@@ -46,6 +46,12 @@ class KernelBackend:
     def __init__(self, provider, xp, name: str, gemm):
         self.provider, self.xp, self.name, self._gemm = provider, xp, name, gemm
 
+    def _launch_rows(self, template, dtype, width, n_rows, args):
+        """A row-wise kernel: ``pick_row_threads(width)`` threads per row."""
+        tpr = _kernels.pick_row_threads(width)
+        self.provider.launch(template, dtype, tpr, _kernels.row_grid(n_rows, tpr), args,
+                             threads=_kernels.ROW_BLOCK)
+
     def _plan_args(self, plan):
         _check_rows(plan)
         return (plan.offsets, plan.target_len, plan.targets, _i64(plan.targets.shape[1]),
@@ -60,8 +66,7 @@ class KernelBackend:
         args = (_ptr(z, self.xp), _i64(row0), _i64(n_rows), _i32(V), *_layout_args(layout),
                 *self._plan_args(plan), _i32(blank), _i64(rbase), lp_blank, lp_emit,
                 lp_blank if lse is None else lse, _i32(lse is not None))
-        self.provider.launch("row_stats", dtype_name(z.dtype), _kernels.pick_block(V), n_rows,
-                             args)
+        self._launch_rows("row_stats", dtype_name(z.dtype), V, n_rows, args)
 
     def row_grad(self, z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
                  scale, fastemit_lambda, clamp, rbase=0, lse=None):
@@ -73,8 +78,7 @@ class KernelBackend:
                 *_layout_args(layout), *self._plan_args(plan), _i32(blank), _i64(rbase),
                 coef_blank, coef_emit, coef_blank if lse is None else lse,
                 _i32(lse is not None), scale, cdt(fastemit_lambda), cdt(clamp))
-        self.provider.launch("row_grad", dtype_name(z.dtype), _kernels.pick_block(V), n_rows,
-                             args)
+        self._launch_rows("row_grad", dtype_name(z.dtype), V, n_rows, args)
 
     def check_targets(self, plan, vocab, blank, status):
         width = int(plan.targets.shape[1])
@@ -90,10 +94,12 @@ class KernelBackend:
         if b1 <= b0:
             return
         block = _kernels.pick_block(plan.max_diag)
+        cells = _kernels.lattice_diag_cells(plan.max_diag, lp_blank.dtype.itemsize)
         args = (plan.offsets, plan.logit_len, plan.target_len, _i32(b0), _i32(b1), _i64(rbase),
                 lp_blank, lp_emit, alpha, beta, log_like, coef_blank, coef_emit,
-                _i32(bool(need_grad)))
-        self.provider.launch("lattice", dtype_name(lp_blank.dtype), block, b1 - b0, args)
+                _i32(bool(need_grad)), _i32(cells))
+        self.provider.launch("lattice", dtype_name(lp_blank.dtype), block, b1 - b0, args,
+                             shared_mem=2 * cells * lp_blank.dtype.itemsize)
 
     # ---------------------------------------------------------------- joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):
@@ -103,8 +109,7 @@ class KernelBackend:
         args = (_ptr(enc, self.xp), _ptr(pred, self.xp), plan.offsets, plan.target_len,
                 _i32(plan.batch), _i64(row0), _i64(n_rows), _i32(H), _i64(enc.shape[1]),
                 _i64(pred.shape[1]), _i32(activation), _ptr(h, self.xp), _i64(h.shape[1]))
-        self.provider.launch("joint_forward", dtype_name(enc.dtype), _kernels.pick_block(H),
-                             n_rows, args)
+        self._launch_rows("joint_forward", dtype_name(enc.dtype), H, n_rows, args)
 
     def joint_backward(self, dh, enc, pred, plan, chunk, activation, d_enc, d_pred, out_b0=0,
                        accumulate=False):

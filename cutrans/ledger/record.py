@@ -89,7 +89,8 @@ class RecordingProvider:
         self.launches = [] if launches is None else launches
         self.enabled = True
 
-    def launch(self, template: str, types, block: int, grid: int, args: tuple) -> None:
+    def launch(self, template: str, types, block: int, grid: int, args: tuple, *,
+               threads: int | None = None, shared_mem: int = 0) -> None:
         spec = _kernels.KERNELS[template]
         key = (types,) if isinstance(types, str) else tuple(types)
         if key not in spec.types or block not in spec.blocks:
@@ -97,7 +98,8 @@ class RecordingProvider:
         if self.enabled:
             grid = max(1, min(int(grid), _kernels.MAX_GRID))
             self.launches.append(Launch("lattice" if template == "lattice" else "kernel",
-                                        template, _types_str(types), grid, int(block),
+                                        template, _types_str(types), grid,
+                                        int(block if threads is None else threads),
                                         label=template))
 
 

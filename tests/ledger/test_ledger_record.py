@@ -40,10 +40,10 @@ class SpyProvider:
     def __init__(self):
         self.launches = []
 
-    def launch(self, template, types, block, grid, args):
+    def launch(self, template, types, block, grid, args, *, threads=None, shared_mem=0):
         types = types if isinstance(types, str) else ",".join(types)
         self.launches.append((template, types, max(1, min(int(grid), _kernels.MAX_GRID)),
-                              block))
+                              block if threads is None else threads))
 
 
 class TeeBackend:
@@ -97,7 +97,8 @@ def test_launches_are_those_of_a_real_run(dtype):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_one_pass_sequence_per_group(dtype):
     """Exactly: per resident group 3 GEMMs, per split chunk 4, and no other ops; grids are
-    rows / frames / label slots / samples, blocks pick_block(V / H / longest diagonal)."""
+    rows (per block: 256 // threads per row) / frames / label slots / samples, blocks
+    256 threads for the row-wise kernels, pick_block(H / longest diagonal) for the others."""
     dt = np.dtype(cutrans._dtypes.DTYPES[dtype][0])
     budget = _budget(dt)
     run = dr.dry_run(_shape(), dtype, budget=budget)
@@ -106,15 +107,19 @@ def test_one_pass_sequence_per_group(dtype):
     f = _fused.FusedInputs(enc, pred, w, b, 0, 0, 0.0, 0.0)
     sched = _fused.make_schedule(f, plan, budget, False, _fused.ONE_PASS_STATE,
                                  _fused.fixed_bytes(f, True, True))
-    vb, hb = _kernels.pick_block(V), _kernels.pick_block(H)
+    hb = _kernels.pick_block(H)
     lb = _kernels.pick_block(to_device(plan, targets, np).max_diag)
+    rb = _kernels.ROW_BLOCK
+
+    def rows(template, c, width):
+        return (template, _kernels.row_grid(c.n, _kernels.pick_row_threads(width)), rb)
 
     def fwd(c):
-        return [("joint_forward", c.n, hb), ("gemm logits", 0, 0), ("row_stats", c.n, vb)]
+        return [rows("joint_forward", c, H), ("gemm logits", 0, 0), rows("row_stats", c, V)]
 
     def bwd(c, recompute):
-        head = [("joint_forward", c.n, hb), ("gemm logits", 0, 0)] if recompute else []
-        return head + [("row_grad", c.n, vb), ("gemm dW", 0, 0), ("gemm dh", 0, 0),
+        head = [rows("joint_forward", c, H), ("gemm logits", 0, 0)] if recompute else []
+        return head + [rows("row_grad", c, V), ("gemm dW", 0, 0), ("gemm dh", 0, 0),
                        ("joint_backward_enc", c.n_frames, hb),
                        ("joint_backward_pred", c.n_slots, hb)]
 
