@@ -61,19 +61,23 @@ template <class C> struct Lse {
   C m, s;
 };
 
+// A NaN element makes the state NaN for good (m = s = NaN): every merge keeps it, so the
+// row's total is NaN and the caller reports the non-finite row.
 template <class C> __device__ __forceinline__ void lse_push(Lse<C>& a, C x) {
-  if (x > a.m) {
+  if (x != x || a.m != a.m) {
+    a.m = a.s = x != x ? x : a.m;
+  } else if (x > a.m) {
     a.s = a.s * c_exp(a.m - x) + C(1);
     a.m = x;
   } else if (a.m > neg_inf(C())) {  // x = a.m = -inf (a masked logit) contributes 0
     a.s += c_exp(x - a.m);
-  } else if (x != x) {  // NaN propagates (the caller reports non-finite rows)
-    a.s = x;
   }
 }
 
-// Symmetric merge: merge(a, b) and merge(b, a) give the same bits.
+// Symmetric merge: merge(a, b) and merge(b, a) give the same bits (NaN stays NaN).
 template <class C> __device__ __forceinline__ Lse<C> lse_merge(Lse<C> a, Lse<C> b) {
+  if (a.m != a.m) return a;
+  if (b.m != b.m) return b;
   const C m = a.m > b.m ? a.m : b.m;
   if (m == neg_inf(C())) return Lse<C>{m, C(0)};
   return Lse<C>{m, a.s * c_exp(a.m - m) + b.s * c_exp(b.m - m)};

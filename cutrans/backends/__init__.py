@@ -21,7 +21,10 @@ def get_backend(backend=None, array=None) -> Backend:
     if backend is None:
         backend = "cupy" if is_cupy_array(array) else "numpy"
     if not isinstance(backend, str):
-        return backend
+        if all(hasattr(backend, op) for op in ("xp", "row_stats", "lattice", "gemm")):
+            return backend
+        raise TypeError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, a backend "
+                        f"object or None, got {type(backend).__name__}")
     if backend == "numpy":
         return NumpyBackend()
     if backend == "cupy":
