@@ -116,13 +116,15 @@ def make_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
                     max((g.rows for g in groups), default=1))
 
 
-def min_workspace_bytes(enc, pred, weight) -> int:
-    """The smallest ``max_workspace_bytes`` that runs every path (one row per chunk)."""
+def workspace_bytes(enc, pred, weight, rows_per_chunk: int = 1) -> int:
+    """A ``max_workspace_bytes`` whose chunks hold ``rows_per_chunk`` rows on every path
+    (one row: the smallest legal budget). Arrays or anything with ``shape``/``dtype``."""
     f = FusedInputs(enc, pred, weight, None, 0, 0, 0.0, 0.0)
     H, V, Hp, Vp = f.sizes
     s = np.dtype(enc.dtype).itemsize
     c = np.dtype(compute_dtype(enc.dtype)).itemsize
-    return (Hp + Vp) * s + len(ONE_PASS_STATE) * c + V * Hp * s + fixed_bytes(f, True, True)
+    per_row = (Hp + Vp) * s + len(ONE_PASS_STATE) * c
+    return rows_per_chunk * per_row + V * Hp * s + fixed_bytes(f, True, True)
 
 
 def fixed_bytes(f: FusedInputs, need_w: bool, need_h: bool) -> int:

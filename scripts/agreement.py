@@ -3,10 +3,22 @@
     python scripts/agreement.py [--backend numpy|emulated|cupy]
 
 Rows: oracle, dtype, quantity, max abs error, max rel error (on random shapes, fixed seeds).
+
+    python scripts/agreement.py --tolerances [pytest paths...]
+
+re-measures the tolerance tables of tests/tolerances.py: runs the tests that use them
+(default: TOLERANCE_TESTS below) with ``CUTRANS_TOL_REPORT`` set (each comparison records
+its error instead of asserting) and prints, per table/dtype/quantity, the measured error,
+the suggested tolerance (MARGIN x measured, rounded up, at least FLOOR) and the current one.
+Paste the suggestions and the measured numbers into the tables.
 """
 import argparse
+import json
+import math
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -33,10 +45,55 @@ def host(x):
     return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+TOLERANCE_TESTS = ["tests/core/test_fused.py", "tests/core/test_loss_oracles.py",
+                   "tests/interop/test_torch_rnnt.py", "tests/interop/test_torch_fused.py",
+                   "tests/interop/test_jax.py", "tests/fuzz"]
+
+
+def round_up(x: float) -> float:
+    """Round up to one significant digit (0.00043 -> 0.0005)."""
+    if x <= 0:
+        return 0.0
+    e = math.floor(math.log10(x))
+    return math.ceil(x / 10 ** e - 1e-9) * 10 ** e
+
+
+def measure_tolerances(paths, fuzz_profile):
+    import tolerances as tl
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "tol.json")
+        env = dict(os.environ, CUTRANS_TOL_REPORT=report, CUTRANS_FUZZ=fuzz_profile)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths]
+        print("$", " ".join(cmd), f"(CUTRANS_TOL_REPORT, CUTRANS_FUZZ={fuzz_profile})",
+              flush=True)
+        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        with open(report) as f:
+            measured = json.load(f)
+    print(f"pytest exit status {rc}; margin {tl.MARGIN}, floors {tl.FLOOR}")
+    print(f"{'table/dtype/quantity':34} {'measured':>10} {'suggested':>10} {'current':>10}")
+    for key in sorted(measured):
+        table, dtype, q = key.split("/")
+        m = measured[key]
+        sug = max(tl.FLOOR[dtype], round_up(tl.MARGIN * m))
+        cur = tl.TABLES.get(table, {}).get(dtype, {}).get(q)
+        flag = "" if cur is None or m <= cur else "  <-- measured > current"
+        print(f"{key:34} {m:10.2e} {sug:10.0e} {cur if cur is not None else '-':>10}{flag}")
+    return rc
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", default="numpy")
-    be = ap.parse_args().backend
+    ap.add_argument("--tolerances", action="store_true",
+                    help="re-measure the tables of tests/tolerances.py (see the docstring)")
+    ap.add_argument("--fuzz-profile", default="long",
+                    help="CUTRANS_FUZZ profile for the fuzz tests when measuring (default long)")
+    ap.add_argument("paths", nargs="*", help="pytest paths for --tolerances")
+    opts = ap.parse_args()
+    if opts.tolerances:
+        sys.exit(measure_tolerances(opts.paths or TOLERANCE_TESTS, opts.fuzz_profile))
+    be = opts.backend
     import torch
     from warprnnt_numba.rnnt_loss.rnnt_pytorch import rnnt_loss as warp
     rows = []

@@ -1,13 +1,16 @@
-"""transducer_loss (NumPy backend) against a naive PyTorch autograd batched computation."""
+"""transducer_loss (NumPy backend) against a naive PyTorch autograd batched computation and
+the float64 NumPy reference (tests/np_reference.py). Only the torch-oracle tests need torch
+(skipped one by one without it)."""
 import numpy as np
 import pytest
 
 import cutrans
-from cutrans._fused import min_workspace_bytes
-from tolerances import TOL
+from cutrans._fused import workspace_bytes
+from cutrans.backends import NumpyBackend
+from np_reference import fused_loss_grads
+from tolerances import assert_close
 
-torch = pytest.importorskip("torch")
-from oracles import torch_fused_losses  # noqa: E402
+GRADS = ("enc", "pred", "weight", "bias")
 
 
 def fused_case(rng, B, T, U, V, H, blank=0, dtype=np.float64):
@@ -24,6 +27,8 @@ def fused_case(rng, B, T, U, V, H, blank=0, dtype=np.float64):
 
 
 def torch_reference(enc, pred, weight, bias, targets, t_len, u_len, activation, blank, up):
+    torch = pytest.importorskip("torch")
+    from oracles import torch_fused_losses
     ts = [torch.tensor(x, dtype=torch.float64, requires_grad=True)
           for x in (enc, pred, weight, bias)]
     losses = torch_fused_losses(*ts, targets, t_len, u_len, activation, blank)
@@ -48,21 +53,61 @@ def test_fused_matches_torch_autograd(activation, seed):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
+def np_dtype(dtype):
+    if dtype == "bfloat16":
+        return pytest.importorskip("ml_dtypes").bfloat16
+    return np.dtype(dtype)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "identity"])
+@pytest.mark.parametrize("fastemit,clamp", [(0.0, None), (0.3, 0.05)])
+def test_fused_matches_numpy_reference(activation, fastemit, clamp):
+    """The torch-free oracle: float64 alpha/beta reference + chain rule (np_reference.py)."""
+    rng = np.random.default_rng(31)
+    B, T, U, V, H = 4, 5, 3, 7, 5
+    blank = 3
+    case = fused_case(rng, B, T, U, V, H, blank)
+    up = rng.standard_normal(B)
+    losses, ctx = cutrans.transducer_forward(*case, activation=activation, blank=blank,
+                                             fastemit_lambda=fastemit, clamp=clamp,
+                                             max_workspace_bytes=4096)
+    grads = cutrans.transducer_backward(ctx, up)
+    ref_l, ref_g = fused_loss_grads(*case, blank, activation=activation,
+                                    fastemit_lambda=fastemit, clamp=clamp or 0.0, upstream=up)
+    assert_close(losses, ref_l, "fused", "float64", "loss")
+    for name, g, r in zip(GRADS, grads, ref_g):
+        assert_close(g, r, "fused", "float64", name, f"d_{name}")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_fused_dtypes_against_float64(dtype):
+    """Each dtype against a float64 run on the same stored values (tolerances.FUSED)."""
+    npdt = np_dtype(dtype)
+    rng = np.random.default_rng(11)
+    case = fused_case(rng, 3, 6, 4, 9, 8)
+    low = [x.astype(npdt) for x in case[:4]]
+    ref_l, ref_g = fused_loss_grads(*[x.astype(np.float64) for x in low], *case[4:], 0)
+    out = cutrans.transducer_loss(*low, *case[4:], reduction="sum")
+    assert np.asarray(out.loss).dtype == (np.float64 if dtype == "float64" else np.float32)
+    assert_close(out.loss, ref_l.sum(), "fused", dtype, "loss")
+    for name, g, r, x in zip(GRADS, out.grads, ref_g, low):
+        assert g.dtype == x.dtype and g.shape == x.shape, name
+        assert_close(g, r, "fused", dtype, name, f"d_{name}")
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_fused_low_precision(dtype):
-    npdt = pytest.importorskip("ml_dtypes").bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+def test_fused_low_precision_matches_torch_oracle(dtype):
+    """The same check against the independent torch autograd oracle (needs torch)."""
+    npdt = np_dtype(dtype)
     rng = np.random.default_rng(11)
     case = fused_case(rng, 3, 6, 4, 9, 8)
     low = [x.astype(npdt) for x in case[:4]]
     ref_l, ref_g = torch_reference(*[x.astype(np.float64) for x in low], *case[4:], "tanh", 0,
                                    np.ones(3))
     out = cutrans.transducer_loss(*low, *case[4:], reduction="sum")
-    atol, rtol = TOL[dtype]
-    # 16-bit logits (the precision policy) give ~3e-5 relative loss error (measured)
-    np.testing.assert_allclose(out.loss, ref_l.sum(), rtol=2e-4 if dtype != "float32" else 1e-5)
-    for g, r, x in zip(out.grads, ref_g, low):
-        assert g.dtype == x.dtype
-        np.testing.assert_allclose(g.astype(np.float64), r, atol=atol * 10, rtol=rtol)
+    assert_close(out.loss, ref_l.sum(), "fused", dtype, "loss")
+    for name, g, r in zip(GRADS, out.grads, ref_g):
+        assert_close(g, r, "fused", dtype, name, f"d_{name}")
 
 
 def test_directional_derivative_fused_float64():
@@ -97,21 +142,45 @@ def test_fused_equals_logits_op_on_joint_logits():
     np.testing.assert_allclose(out.grads.bias, g_ref.sum((0, 1, 2)), rtol=1e-10, atol=1e-14)
 
 
+class ChunkRecorder(NumpyBackend):
+    """The NumPy backend, recording the (row0, n_rows) of every joint_forward call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):
+        self.calls.append((int(row0), int(n_rows)))
+        return super().joint_forward(enc, pred, plan, row0, n_rows, activation, h)
+
+
 @pytest.mark.parametrize("sample_wise", [False, True])
 def test_chunked_equals_unchunked(sample_wise):
     rng = np.random.default_rng(8)
     case = fused_case(rng, 5, 6, 4, 11, 7)
-    B, H, V = 5, 7, 11
-    rows = int(sum(case[5] * (case[6] + 1)))
+    H, V = 7, 11
+    t_len, u_len = case[5], case[6]
+    offsets = np.concatenate([[0], np.cumsum(t_len * (u_len + 1))])
+    rows = int(offsets[-1])
     whole = cutrans.transducer_loss(*case, max_workspace_bytes=1 << 30)
-    one_row = min_workspace_bytes(*case[:3])  # the smallest legal budget: one row per chunk
-    per_row = 8 * (2 * H + V)
-    for budget in (one_row, one_row + 3 * per_row, one_row + rows // 2 * per_row):
-        out = cutrans.transducer_loss(*case, max_workspace_bytes=budget, sample_wise=sample_wise)
+    for n_max in (1, 4, rows // 2 + 1):  # 1: the smallest legal budget
+        rec = ChunkRecorder()
+        out = cutrans.transducer_loss(*case, max_workspace_bytes=workspace_bytes(*case[:3], n_max),
+                                      sample_wise=sample_wise, backend=rec)
         np.testing.assert_allclose(out.loss, whole.loss, rtol=1e-14)
         for g, r in zip(out.grads, whole.grads):
             np.testing.assert_allclose(g, r, rtol=1e-11, atol=1e-14)
-    assert B == case[0].shape[0]
+        # the chunks (recomputed ones repeat) tile the rows in order, none larger than the
+        # budget allows, and (sample_wise) none crosses a sample boundary
+        fwd, pos = sorted(set(rec.calls)), 0
+        for row0, n in fwd:
+            assert row0 == pos and 1 <= n <= n_max, (row0, n, pos, n_max)
+            pos += n
+        assert pos == rows
+        if sample_wise:
+            for row0, n in fwd:
+                b = np.searchsorted(offsets, row0, side="right") - 1
+                assert row0 + n <= offsets[b + 1], (row0, n, offsets)
 
 
 def test_fused_independent_of_padding():

@@ -70,13 +70,28 @@ def test_logits_op_errors(over, exc, msg):
         call_logits(**over)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "emulated"])
 @pytest.mark.parametrize("bad,where", [(np.nan, 2), (np.inf, 2), (-np.inf, 0)])
-def test_non_finite_logits(bad, where):
+def test_non_finite_logits(bad, where, backend):
     logits = logits_args()["logits"].copy()
     logits[1, 0, 0, where] = bad  # label 2 is never a target of sample 1; 0 is blank
     with pytest.raises(ValueError, match=r"logits: expected finite values \(-inf only for masked "
                                          r"labels other than blank\), found NaN or \+inf"):
-        call_logits(logits=logits)
+        call_logits(logits=logits, backend=backend, return_grad=True)
+
+
+@pytest.mark.parametrize("V", [5, 40, 300])
+def test_nan_logit_rejected_by_the_kernels_for_every_vocabulary(V):
+    """A NaN anywhere in a valid row must reach the row's log-sum-exp (emulated kernels),
+    also when a warp's other lanes hold no logit (V < 32: the NaN state is sticky)."""
+    rng = np.random.default_rng(V)
+    logits = rng.standard_normal((1, 2, 1, V)).astype(np.float32)
+    for k in range(1, V, max(1, V // 7)):
+        z = logits.copy()
+        z[0, 1, 0, k] = np.nan
+        with pytest.raises(ValueError, match=r"logits: expected finite values"):
+            cutrans.rnnt_loss(z, np.zeros((1, 0), np.int32), np.array([2], np.int32),
+                              np.array([0], np.int32), blank=0, backend="emulated")
 
 
 @pytest.mark.parametrize("backend", ["numpy", "emulated"])
@@ -91,6 +106,31 @@ def test_minus_inf_masks_a_label(backend):
     np.testing.assert_allclose(a, b, rtol=1e-14)
     np.testing.assert_allclose(ga, gb, atol=1e-15)
     assert np.all(ga[..., 4] == 0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emulated"])
+@pytest.mark.parametrize("pad", [-100, 7, 10**6])
+def test_padding_targets_are_not_read(backend, pad):
+    """targets beyond target_lengths are padding: never read, whatever their value."""
+    args = logits_args(targets=np.array([[1, 2], [3, 0]], np.int32),
+                       target_lengths=np.array([2, 0], np.int32))
+    want, want_g = call_logits(**args, return_grad=True, backend=backend)
+    args["targets"] = np.array([[1, 2], [pad, pad]], np.int32)
+    got, got_g = call_logits(**args, return_grad=True, backend=backend)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_g, want_g)
+
+
+@pytest.mark.parametrize("bad", [1, b"numpy", object()])
+def test_backend_of_a_wrong_type(bad):
+    with pytest.raises(TypeError, match=r"backend: expected"):
+        call_logits(backend=bad)
+
+
+@pytest.mark.parametrize("flag", ["sample_wise", "compute_grad"])
+def test_flags_must_be_bool(flag):
+    with pytest.raises(TypeError, match=rf"{flag}: expected a bool"):
+        call_fused(**{flag: "no"})
 
 
 def test_masked_target_label_means_no_alignment():

@@ -8,7 +8,7 @@ jnp = jax.numpy
 import cutrans  # noqa: E402
 from cutrans.interop import jax as cj  # noqa: E402
 from interop_cases import fused_case, logits_case  # noqa: E402
-from tolerances import TOL  # noqa: E402
+from tolerances import assert_close  # noqa: E402
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 NP_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
@@ -31,10 +31,9 @@ def route(request):
     return request.param
 
 
-def close(got, want, dtype, scale=1.0):
-    atol, rtol = TOL[dtype]
-    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
-                               atol=atol * scale, rtol=rtol)
+def close(got, want, dtype, table, quantity):
+    assert_close(np.asarray(got, np.float64), np.asarray(want, np.float64), table, dtype,
+                 quantity)
 
 
 @pytest.mark.parametrize("dtype", list(NP_DTYPES))
@@ -54,9 +53,9 @@ def test_rnnt_loss_eager_and_jit_match_core(dtype, reduction, route):
         loss, g = fn(X)
         assert loss.dtype == (jnp.float64 if dtype == "float64" else jnp.float32)
         assert g.dtype == X.dtype and g.shape == X.shape
-        close(loss, np.sum(want), dtype)
-        close(g.astype(np.float64), want_g, dtype)
-    close(jax.grad(f)(X).astype(np.float64), want_g, dtype)
+        close(loss, np.sum(want), dtype, "logits", "loss")
+        close(g.astype(np.float64), want_g, dtype, "logits", "grad")
+    close(jax.grad(f)(X).astype(np.float64), want_g, dtype, "logits", "grad")
 
 
 def test_rnnt_loss_vmap_and_jit_with_traced_integers(route):
@@ -89,10 +88,11 @@ def test_transducer_loss_matches_core(dtype, route):
     for fn in (jax.value_and_grad(f, argnums=(0, 1, 2, 3)),
                jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))):
         loss, grads = fn(*map(jnp.asarray, floats))
-        close(loss, out.loss, dtype)
-        for g, want, x in zip(grads, out.grads, floats):
+        close(loss, out.loss, dtype, "fused", "loss")
+        for name, g, want, x in zip(("enc", "pred", "weight", "bias"), grads, out.grads,
+                                    floats):
             assert g.dtype == x.dtype
-            close(g.astype(np.float64), want, dtype, scale=2)
+            close(g.astype(np.float64), want, dtype, "fused", name)
 
 
 def test_transducer_loss_partial_grad_and_vmap():

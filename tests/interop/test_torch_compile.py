@@ -23,22 +23,77 @@ def _grads(fn, xs):
     return loss.detach(), [x.grad.clone() for x in xs]
 
 
-def test_custom_ops_pass_opcheck():
-    logits, targets, t_len, u_len = logits_case(0, B=2, T=3, U=2, V=4)
-    x = torch.tensor(logits, requires_grad=True)
+CUSTOM_OPS = ("rnnt_loss_fwd", "rnnt_loss_bwd", "transducer_fwd", "transducer_bwd",
+              "transducer_reduced", "rnnt_lattice")
+
+
+@pytest.fixture(scope="module")
+def custom_op_calls():
+    """Every cutrans:: custom-op call the public torch API makes, with its arguments:
+    forward and backward of rnnt_loss (fused log-softmax and on log-probs), of
+    transducer_loss (all and some gradients), and the no-grad forwards."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.namespace == "cutrans":
+                self.calls.setdefault(func._opname, []).append((func, args, kwargs))
+            return func(*args, **kwargs)
+
+    logits, targets, t_len, u_len = logits_case(0, B=3, T=3, U=2, V=4)
     y, tl, ul = map(torch.tensor, (targets, t_len, u_len))
-    torch.library.opcheck(torch.ops.cutrans.rnnt_loss_fwd.default,
-                          (x, y, tl, ul, 0, 0.0, 0.0, True))
-    enc, pred, w, b, y2, tl2, ul2 = map(torch.tensor, fused_case(0, B=2, T=3, U=2))
-    enc.requires_grad_()
-    status = torch.zeros((), dtype=torch.int32)
-    torch.library.opcheck(torch.ops.cutrans.transducer_fwd.default,
-                          (enc, pred, w, b, y2, tl2, ul2, "tanh", 0, 0.0, 0.0, 1 << 20, False,
-                           False, "host", status, True))
-    for checks in ("host", "device"):
-        torch.library.opcheck(torch.ops.cutrans.transducer_reduced.default,
-                              (enc, pred, w, b, y2, tl2, ul2, "tanh", 0, 0.0, 0.0, 1 << 20,
-                               False, False, checks, status, "mean", [True, False, False, True]))
+    case = [torch.tensor(a) for a in fused_case(0, B=3, T=3, U=2)]
+    with Recorder() as rec:
+        for fused in (True, False):
+            x = torch.tensor(logits, requires_grad=True)
+            rnnt_loss(x if fused else x.log_softmax(-1), y, tl, ul, blank=0, clamp=0.5,
+                      fused_log_softmax=fused, fastemit_lambda=0.1).backward()
+        with torch.no_grad():
+            rnnt_loss(torch.tensor(logits), y, tl, ul, blank=0)
+            transducer_loss(*case)
+        for which in ((0, 1, 2, 3), (2,)):
+            fl = [a.clone().requires_grad_(i in which) for i, a in enumerate(case[:4])]
+            transducer_loss(*fl, *case[4:], max_workspace_bytes=2000,
+                            reduction="none").sum().backward()
+            for reduction in ("mean", "sum"):  # one pass
+                transducer_loss(*fl, *case[4:], reduction=reduction).backward()
+            status = torch.zeros((), dtype=torch.int32)
+            transducer_loss(*fl, *case[4:], checks="device", status=status).backward()
+    return rec.calls
+
+
+def _fresh(a, keep_grad):
+    if isinstance(a, torch.Tensor):
+        return a.detach().clone().requires_grad_(keep_grad and a.requires_grad)
+    return list(a) if isinstance(a, (list, tuple)) else a
+
+
+@pytest.mark.parametrize("name", CUSTOM_OPS)
+def test_custom_op_passes_opcheck(name, custom_op_calls):
+    """torch.library.opcheck (schema, autograd registration, fake tensors, AOT dispatch) on
+    every distinct call of each of the custom ops."""
+    calls = custom_op_calls.get(name, [])
+    assert calls, f"cutrans::{name} is never called by the public API (removed? renamed?)"
+    seen = set()
+    for op, args, kwargs in calls:
+        sig = tuple((tuple(a.shape), a.requires_grad) if isinstance(a, torch.Tensor) else
+                    repr(a) for a in args)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        backward_op = name.endswith("_bwd")  # runs inside backward: no autograd of its own
+        torch.library.opcheck(op, tuple(_fresh(a, not backward_op) for a in args), kwargs)
+    print(f"cutrans::{name}: opcheck on {len(seen)} distinct call(s)")
+
+
+def test_every_custom_op_is_opchecked(custom_op_calls):
+    """A new cutrans:: op must join CUSTOM_OPS (and so the opcheck above)."""
+    assert set(custom_op_calls) <= set(CUSTOM_OPS), sorted(custom_op_calls)
 
 
 @pytest.mark.parametrize("fused_log_softmax", [True, False])

@@ -9,7 +9,7 @@ import cutrans  # noqa: E402
 from cutrans.interop.torch import TransducerLoss, transducer_loss  # noqa: E402
 from interop_cases import fused_case  # noqa: E402
 from oracles import torch_fused_losses  # noqa: E402
-from tolerances import TOL  # noqa: E402
+from tolerances import assert_close  # noqa: E402
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64}
@@ -29,10 +29,12 @@ def oracle(floats, y, tl, ul, activation="tanh", blank=0, reduction="mean"):
     return per.detach(), red.detach(), grads
 
 
-def close(got, want, dtype_name, scale=1.0):
-    atol, rtol = TOL[dtype_name]
-    np.testing.assert_allclose(np.asarray(got.detach().double()), np.asarray(want.double()),
-                               atol=atol * scale, rtol=rtol)
+GRADS = ("enc", "pred", "weight", "bias")
+
+
+def close(got, want, dtype_name, quantity):
+    assert_close(np.asarray(got.detach().double()), np.asarray(want.double()), "fused",
+                 dtype_name, quantity)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -43,10 +45,10 @@ def test_matches_torch_oracle(dtype, activation):
     assert loss.dtype == (torch.float64 if dtype == "float64" else torch.float32)
     loss.backward()
     _, want, grads = oracle(args[:4], *args[4:], activation)
-    close(loss, want, dtype)
-    for x, g in zip(args[:4], grads):
+    close(loss, want, dtype, "loss")
+    for name, x, g in zip(GRADS, args[:4], grads):
         assert x.grad.dtype == x.dtype
-        close(x.grad, g, dtype, scale=2)
+        close(x.grad, g, dtype, name)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -84,7 +86,7 @@ def test_only_needed_gradients(which):
     _, _, grads = oracle(args[:4], *args[4:])
     for i in range(4):
         if i in which:
-            close(args[i].grad, grads[i], "float64")
+            close(args[i].grad, grads[i], "float64", GRADS[i])
         else:
             assert args[i].grad is None
 
@@ -133,9 +135,9 @@ def test_module_owns_linear_and_bias_none():
     loss = mod(enc, pred, y, tl, ul)
     loss.backward()
     _, want, grads = oracle((enc, pred, w, b), y, tl, ul, reduction="sum")
-    close(loss, want, "float64")
-    close(lin.weight.grad, grads[2], "float64")
-    close(lin.bias.grad, grads[3], "float64")
+    close(loss, want, "float64", "loss")
+    close(lin.weight.grad, grads[2], "float64", "weight")
+    close(lin.bias.grad, grads[3], "float64", "bias")
     assert list(dict(mod.named_parameters())) == ["output_layer.weight", "output_layer.bias"]
     # no bias: zeros, no gradient for it
     lin0 = torch.nn.Linear(5, 7, bias=False, dtype=torch.float64)

@@ -62,10 +62,13 @@ def test_joint_forward(emu, err_stats, H, dtype, activation):
 
 
 @pytest.mark.parametrize("activation", [0, 1, 2])
-@pytest.mark.parametrize("dtype,out", [(d, "same") for d in STORAGE] +
-                         [("float16", "float32"), ("bfloat16", "float32")])
+@pytest.mark.parametrize("out", ["same", "float32"])
+@pytest.mark.parametrize("dtype", STORAGE)
 @pytest.mark.parametrize("H", [16, 200])
 def test_joint_backward(emu, err_stats, H, dtype, out, activation):
+    """Outputs in the storage dtype, or float32 accumulators (16-bit storage only)."""
+    if out == "float32" and dtype not in ("float16", "bfloat16"):
+        pytest.skip("float32 accumulators exist for 16-bit storage only")
     case = Case(5, 4, 5, 3, 5)
     for chunks in case.chunkings():
         check_joint_backward(emu, case, dtype, H, activation, chunks, err_stats, out)

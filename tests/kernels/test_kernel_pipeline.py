@@ -4,7 +4,7 @@ import pytest
 
 import cutrans
 from cutrans.backends.kernel_backend import emulated_backend
-from kcases import STORAGE
+from kcases import LOW, STORAGE
 from kpipeline import bits, check_rnnt_loss, check_transducer_loss, logits_inputs
 
 
@@ -41,22 +41,42 @@ def test_transducer_loss_options(err_stats, opts):
     check_transducer_loss("emulated", np, 4, "float64", stats=err_stats, **opts)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", LOW)
 def test_transducer_loss_low_precision(err_stats, dtype):
     check_transducer_loss("emulated", np, 5, dtype, stats=err_stats)
 
 
-def test_thread_order_does_not_matter():
-    """Reverse and shuffled thread orders give bit-identical results (no order dependence)."""
-    case, args = logits_inputs(6, "float32", "padded")
+@pytest.mark.parametrize("dtype", STORAGE)
+def test_thread_order_does_not_matter(dtype):
+    """Forward, reverse and shuffled CUDA-thread orders give bit-identical results for every
+    kernel: the logits op (padded and packed, FastEmit + clamp, 32- and 128-thread rows) and
+    the fused op (many chunks, one resident chunk, sample-wise; reduction none)."""
+    from kpipeline import fused_inputs
+    case, args = logits_inputs(6, dtype, "padded")
+    wcase, wargs = logits_inputs(8, dtype, "packed", B=3, T=4, U=3, V=150)
+    fcase, fargs = fused_inputs(7, dtype, H=40)
+    from cutrans._fused import workspace_bytes
+
+    def rows(n):  # a budget of n rows per chunk
+        return workspace_bytes(*fargs[:3], n)
     outs = []
     for order in ("forward", "reverse", "shuffle"):
         be = emulated_backend(order=order)
-        loss, grad = cutrans.rnnt_loss(*args, blank=case.blank, return_grad=True,
-                                       fastemit_lambda=0.1, backend=be)
-        t = cutrans.transducer_loss(*check_inputs(), backend=be, max_workspace_bytes=2048)
-        outs.append([bits(loss), bits(grad), bits(t.loss)] + [bits(g) for g in t.grads])
-    assert outs[0] == outs[1] == outs[2]
+        out = []
+        for a, c, kw in ((args, case, dict(fastemit_lambda=0.1, clamp=0.3)),
+                         (wargs, wcase, dict(layout="packed", reduction="sum"))):
+            loss, grad = cutrans.rnnt_loss(*a, blank=c.blank, return_grad=True, backend=be,
+                                           **kw)
+            out += [bits(loss), bits(grad)]
+        for kw in (dict(max_workspace_bytes=rows(3)), dict(),
+                   dict(max_workspace_bytes=rows(7), sample_wise=True, reduction="none",
+                        fastemit_lambda=0.2, clamp=0.05)):
+            t = cutrans.transducer_loss(*fargs, blank=fcase.blank, backend=be, **kw)
+            out += [bits(t.loss)] + [bits(g) for g in t.grads]
+        outs.append(out)
+    assert len(outs[0]) == 2 * 2 + 3 * 5
+    for i, (a, b, c) in enumerate(zip(*outs)):
+        assert a == b == c, f"output {i} depends on the thread order"
 
 
 def check_inputs():
