@@ -75,7 +75,7 @@ def make_batch(rng: np.random.Generator, batch_size: int, fixed_shape: bool = Fa
     return feats, feat_lens, targets, target_lens
 
 
-def test_set(size: int = 256, fixed_shape: bool = False):
+def held_out_set(size: int = 256, fixed_shape: bool = False):
     """The fixed held-out set (the same for every seed)."""
     return make_batch(np.random.default_rng(TEST_SEED), size, fixed_shape)
 

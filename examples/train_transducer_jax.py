@@ -3,7 +3,7 @@
     python examples/train_transducer_jax.py                   # ~1 min on 2 CPU cores
     python examples/train_transducer_jax.py --plot curve.png  # + loss / error-rate plot
     python examples/train_transducer_jax.py --baseline        # batched joint + rnnt_loss
-    python examples/train_transducer_jax.py --quick           # a few seconds (CI)
+    python examples/train_transducer_jax.py --quick           # 150 steps, ~15 s (CI)
 
 The same model and task as ``train_transducer_torch.py`` (see ``digits.py``), written in
 plain JAX: a convolutional encoder, an embedding + LSTM prediction network (``lax.scan``),
@@ -183,7 +183,7 @@ def main(argv=None):
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    test = digits.test_set(fixed_shape=True)
+    test = digits.held_out_set(fixed_shape=True)
     if not args.no_memory:
         memory_report(params, digits.make_batch(np.random.default_rng(99), args.batch_size,
                                                 fixed_shape=True), int(args.workspace_mb * 2**20))

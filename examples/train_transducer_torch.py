@@ -3,7 +3,7 @@
     python examples/train_transducer_torch.py                   # ~1 min on 2 CPU cores
     python examples/train_transducer_torch.py --plot curve.png  # + loss / error-rate plot
     python examples/train_transducer_torch.py --baseline        # batched joint + rnnt_loss
-    python examples/train_transducer_torch.py --quick           # a few seconds (CI)
+    python examples/train_transducer_torch.py --quick           # 150 steps, ~15 s (CI)
 
 The model: a convolutional encoder over 20-dim feature frames, an embedding + LSTM
 prediction network, and ``cutrans.interop.torch.TransducerLoss``, which owns the output
@@ -178,7 +178,7 @@ def main(argv=None):
     # constant learning rate, then a linear decay to 0 over the second half
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, 2 * (1 - s / max(1, args.steps))))
-    test = tensors(digits.test_set())
+    test = tensors(digits.held_out_set())
     if not args.no_memory:
         memory_report(model, tensors(digits.make_batch(np.random.default_rng(99),
                                                        args.batch_size)))
