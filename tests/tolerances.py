@@ -19,8 +19,14 @@ measured error, suggested and current tolerance per entry)::
 
     python scripts/agreement.py --tolerances
 
-Measured at commit 08e47c6 (before the float16/bfloat16 storage policy of the joint
-activations and logits; re-measure those entries after it).
+Measured at commit 08e47c6; the float16/bfloat16 entries of the fused op (``FUSED``, and
+``FUZZ``'s enc, pred, weight, bias and fused_loss) re-measured at 6bb6c15, after the
+precision policy that stores the joint activations h and logits z in the input dtype
+(cutrans/_fused.py). Those errors are the policy's, not a bug: the fused loss equals a
+float64 evaluation of the same rounded h and z to ~2e-7 (float32 round-off), and every
+fused gradient's error equals that of torch's batched computation in the input dtype
+(autocast's joint and output layer in 16 bits) on the same cases (ratio 1.00 at the
+median, the same maxima).
 """
 from __future__ import annotations
 
@@ -59,15 +65,17 @@ FUSED = {
                 "pred": 2e-5,     # measured 1.3e-06
                 "weight": 2e-5,   # measured 1.4e-06
                 "bias": 3e-6},    # measured 3.4e-07
-    "float16": {"loss": 1e-4,     # measured 6.8e-08
-                "enc": 3e-3,      # measured 3.2e-04
-                "pred": 3e-3,     # measured 3.7e-04
-                "weight": 4e-3,   # measured 4.7e-04
+    # 16 bits: the stored h and z (precision policy, module doc); fixed-seed cases, measured
+    # with ``python scripts/agreement.py --tolerances --fuzz-profile ci`` at 6bb6c15
+    "float16": {"loss": 5e-4,     # measured 5.3e-05 (6.8e-08 before 16-bit h, z)
+                "enc": 5e-3,      # measured 5.4e-04
+                "pred": 5e-3,     # measured 6.1e-04
+                "weight": 5e-3,   # measured 5.5e-04
                 "bias": 4e-3},    # measured 4.0e-04
-    "bfloat16": {"loss": 1e-3,    # measured 1.0e-07
-                 "enc": 3e-2,     # measured 2.7e-03
-                 "pred": 3e-2,    # measured 2.7e-03
-                 "weight": 3e-2,  # measured 2.8e-03
+    "bfloat16": {"loss": 6e-3,    # measured 7.1e-04 (1.0e-07 before)
+                 "enc": 4e-2,     # measured 3.8e-03
+                 "pred": 4e-2,    # measured 4.4e-03
+                 "weight": 3e-2,  # measured 3.5e-03
                  "bias": 3e-2},   # measured 3.4e-03
 }
 
@@ -82,32 +90,46 @@ WARPRNNT = {
 #: property-based tests (tests/fuzz) vs tests/np_reference.py on random cases, measured with
 #: the ``long`` profile (33,500 cases). The scale of each comparison is at least the
 #: magnitude of the terms it sums (np_reference.term_magnitudes): errors of a float
-#: computation follow those, not the possibly tiny result.
+#: computation follow those, not the possibly tiny result. ``loss``/``grad``: the logits op;
+#: ``fused_loss``, ``enc``, ``pred``, ``weight``, ``bias``: the fused op (its loss has its own
+#: entry: for 16-bit inputs it is computed from logits stored in 16 bits, the logits op's from
+#: the given logits in float32).
+#:
+#: The fused entries are the maximum over five ``long`` runs (seeds 1-5, 117,500 value
+#: cases; NumPy and emulated backends) and the ``ci`` run, at 6bb6c15::
+#:
+#:     for s in 1 2 3 4 5; do CUTRANS_FUZZ_SEED=$s \
+#:         python scripts/agreement.py --tolerances tests/fuzz/test_fuzz_values.py; done
+#:     python scripts/agreement.py --tolerances --fuzz-profile ci
 FUZZ = {
-    "float64": {"loss": 1e-12,    # measured 4.3e-16
-                "grad": 1e-12,    # measured 8.0e-16
-                "enc": 1e-12,     # measured 1.5e-16
-                "pred": 1e-12,    # measured 1.7e-16
-                "weight": 1e-12,  # measured 2.0e-16
-                "bias": 1e-12},   # measured 1.6e-16
-    "float32": {"loss": 3e-6,     # measured 2.7e-07
-                "grad": 2e-6,     # measured 2.1e-07
-                "enc": 1e-6,      # measured 7.0e-08
-                "pred": 1e-6,     # measured 6.1e-08
-                "weight": 2e-6,   # measured 1.5e-07
-                "bias": 2e-6},    # measured 1.4e-07
-    "float16": {"loss": 1e-4,     # measured 1.9e-07
-                "grad": 9e-4,     # measured 1.0e-04
-                "enc": 6e-4,      # measured 6.3e-05
-                "pred": 6e-4,     # measured 7.3e-05
-                "weight": 9e-4,   # measured 1.0e-04
-                "bias": 7e-4},    # measured 7.9e-05
-    "bfloat16": {"loss": 1e-3,    # measured 1.6e-07
-                 "grad": 7e-3,    # measured 7.9e-04
-                 "enc": 5e-3,     # measured 5.7e-04
-                 "pred": 5e-3,    # measured 5.7e-04
-                 "weight": 4e-3,  # measured 4.8e-04
-                 "bias": 7e-3},   # measured 8.6e-04
+    "float64": {"loss": 1e-12,        # measured 4.3e-16
+                "fused_loss": 1e-12,  # measured 4.8e-16
+                "grad": 1e-12,        # measured 8.0e-16
+                "enc": 1e-12,         # measured 1.5e-16
+                "pred": 1e-12,        # measured 1.7e-16
+                "weight": 1e-12,      # measured 2.0e-16
+                "bias": 1e-12},       # measured 1.6e-16
+    "float32": {"loss": 3e-6,         # measured 2.7e-07
+                "fused_loss": 2e-6,   # measured 2.4e-07
+                "grad": 2e-6,         # measured 2.1e-07
+                "enc": 1e-6,          # measured 7.0e-08
+                "pred": 1e-6,         # measured 6.1e-08
+                "weight": 2e-6,       # measured 1.5e-07
+                "bias": 2e-6},        # measured 1.4e-07
+    "float16": {"loss": 1e-4,         # measured 1.9e-07 (float32 compute on stored values)
+                "fused_loss": 6e-3,   # measured 6.8e-04 (16-bit h and z; <= 1.9e-07 before)
+                "grad": 9e-4,         # measured 1.0e-04
+                "enc": 2e-3,          # measured 2.4e-04 (6.3e-05 before h, z in 16 bits)
+                "pred": 2e-3,         # measured 2.4e-04 (7.3e-05 before)
+                "weight": 4e-3,       # measured 3.8e-04 (1.0e-04 before)
+                "bias": 2e-3},        # measured 2.0e-04 (7.9e-05 before)
+    "bfloat16": {"loss": 1e-3,        # measured 1.6e-07 (float32 compute on stored values)
+                 "fused_loss": 5e-2,  # measured 6.0e-03 (16-bit h and z; <= 1.6e-07 before)
+                 "grad": 7e-3,        # measured 7.9e-04
+                 "enc": 2e-2,         # measured 1.7e-03 (5.7e-04 before h, z in 16 bits)
+                 "pred": 2e-2,        # measured 1.7e-03 (5.7e-04 before)
+                 "weight": 2e-2,      # measured 2.1e-03 (4.8e-04 before)
+                 "bias": 2e-2},       # measured 1.5e-03 (8.6e-04 before)
 }
 
 TABLES = {"logits": LOGITS, "fused": FUSED, "warprnnt": WARPRNNT, "fuzz": FUZZ}

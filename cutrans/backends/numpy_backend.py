@@ -166,7 +166,7 @@ class NumpyBackend:
         for i0, i1, x in _joint_preactivations(enc, pred, plan, chunk.row0, chunk.n):
             g = dh[i0:i1, :H].astype(x.dtype) * _ACT_GRAD[activation](_ACT[activation](x))
             for acc, (_, (_, inv)) in zip(sums, outs):
-                np.add.at(acc, inv[i0:i1], g)
+                _scatter_add_rows(acc, inv[i0:i1], g)
         for acc, (o, (keys, _)) in zip(sums, outs):
             flat = o.reshape(-1, H)
             if accumulate:
@@ -199,6 +199,22 @@ class NumpyBackend:
             if accumulate:
                 res += out[i0:i0 + step].astype(cdt)
             out[i0:i0 + step] = res
+
+
+def _scatter_add_rows(acc, idx, rows):
+    """``acc[idx[i]] += rows[i]`` for every i, repeated indices summed: what
+    ``np.add.at(acc, idx, rows)`` does, by segments (np.add.at takes ~5x the time on blocks of
+    1024 x 256 float32 rows). The rows are sorted by index (stably: rows of one index keep
+    their order) unless ``idx`` is already non-decreasing (a chunk's frames are), each run of
+    one index is summed with ``np.add.reduceat`` in ``rows``' dtype, and the sums are added
+    with one fancy-indexed ``+=`` (indices unique). The same sums, in another order."""
+    if idx.size == 0:
+        return
+    if (idx[1:] < idx[:-1]).any():  # label slots cycle within a frame: sort them
+        order = np.argsort(idx, kind="stable")
+        idx, rows = idx[order], rows[order]
+    starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
+    acc[idx[starts]] += np.add.reduceat(rows, starts, axis=0)
 
 
 _ACT = {0: np.tanh, 1: lambda x: np.maximum(x, 0), 2: lambda x: x}

@@ -163,15 +163,17 @@ def m_label(draw, a, lat, names):
 def m_scalar(draw, a, lat, names):
     k = draw(st.sampled_from(names))
     bad = {"blank": [lat.V, -lat.V - 1, 1.0, True, "0", None, 2**70, float("nan")],
-           "clamp": [-1.0, -1e-9, float("nan"), float("inf"), "0.1", True, 1j],
+           "clamp": [float("nan"), float("inf"), "0.1", True, 1j],
            "fastemit_lambda": [-0.5, float("nan"), float("inf"), "0", None, False],
            "reduction": ["avg", "", None, "Mean", 1],
            "layout": ["ragged", None, 0],
            "activation": ["gelu", None, 0, "Tanh"],
            "max_workspace_bytes": [0, -1, 1, 1.5e9, True, "1e9", None],
            "backend": ["tpu", "", "cuda", "Numpy", 1, b"numpy"]}[k]
-    a[k] = draw(st.sampled_from(bad))
-    return True
+    # unusual but legal: clamp <= 0 disables clamping (torchaudio's rule, api docstring)
+    legal = {"clamp": [-1.0, -1e-9]}.get(k, [])
+    a[k], must = draw(st.sampled_from([(x, True) for x in bad] + [(x, False) for x in legal]))
+    return must
 
 
 def m_nonfinite(draw, a, lat, names):

@@ -128,7 +128,7 @@ def check_fused(case, backend, mode, up_seed, needs):
     loss = np.asarray(loss)
     assert loss.dtype == compute_dtype(case.dtype) and np.isfinite(loss).all()
     assert_close(loss, reduce_ref(ref_l, "none" if mode == "eval" else mode), "fuzz",
-                 case.dtype, "loss", floor=mags["loss"])
+                 case.dtype, "fused_loss", floor=mags["loss"])
     if grads is None:
         return
     for name, g, r, x, need in zip(("enc", "pred", "weight", "bias"), grads, ref_g,
