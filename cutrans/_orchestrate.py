@@ -68,8 +68,9 @@ def logits_forward(backend, logits, targets, plan: RowPlan, topo: Topology, *, p
     lls = run_lattices(backend, topo, dplan, 0, dplan.batch, 0, values, alpha, beta,
                        need_grad, xp.empty((R, 2), dtype=cdt) if topo.omega else None)
     del alpha, beta
-    for ll in lls[::2]:
-        v.check_log_likelihood(ll, xp)
+    for ll in (lls[0], lls[2]):
+        if ll is not None:
+            v.check_log_likelihood(ll, xp)
     ctx = LogitsContext(backend, plan, dplan, topo, values, lls[1], lse, fastemit_lambda,
                         clamp, logits=logits, packed=packed) if need_grad else None
     return losses_from(lls[0], fastemit_lambda, topo, lls[2]), ctx

@@ -179,3 +179,45 @@ def make_topology(variant: str, n_logits: int, blank, *, delay_penalty=0.0, dura
                              f"blank - 1 ... blank - {len(big)}; blank={blank} leaves too few")
         return Topology("multiblank", (blank,) + ids, (1,) + big, (), sigma)
     return Topology(variant, (blank,), (1,), (), 0.0, 0.0, delay_penalty)
+
+
+# ------------------------------------------------------------------ adapters' encoding
+_FLOAT_ARGS = ("delay_penalty", "sigma", "omega")
+_LIST_ARGS = ("durations", "big_blank_durations")
+
+
+def encode_variant(variant="rnnt", delay_penalty=0.0, durations=None, big_blank_durations=None,
+                   sigma=0.0, omega=0.0) -> str:
+    """The variant arguments as one string (framework ops take strings, not dicts): e.g.
+    ``"tdt;durations=0,1,2;sigma=0.05"``; ``"rnnt"`` for the defaults. Types are checked
+    here (by name); values by ``make_topology`` when decoded."""
+    from . import _validate as v
+    if not isinstance(variant, str):
+        raise TypeError(f"variant: expected a str, got {type(variant).__name__}")
+    if ";" in variant or "=" in variant:
+        raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    parts = [variant]
+    floats = {"delay_penalty": delay_penalty, "sigma": sigma, "omega": omega}
+    for name, x in floats.items():
+        x = v.check_scalar(name, x, minimum=-float("inf"))
+        if x != 0.0:
+            parts.append(f"{name}={x!r}")
+    for name, x in (("durations", durations), ("big_blank_durations", big_blank_durations)):
+        if x is not None:
+            parts.append(f"{name}={','.join(str(d) for d in _int_tuple(name, x))}")
+    return ";".join(parts)
+
+
+def decode_variant(spec: str) -> dict:
+    """``encode_variant``'s inverse: the keyword arguments of ``make_topology``."""
+    variant, *items = spec.split(";")
+    out = {"variant": variant}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name in _FLOAT_ARGS:
+            out[name] = float(value)
+        elif name in _LIST_ARGS:
+            out[name] = tuple(int(d) for d in value.split(",") if d)
+        else:
+            raise ValueError(f"variant: unknown argument {name!r} in {spec!r}")
+    return out

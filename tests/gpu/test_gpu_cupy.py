@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not cupy.is_available(), reason="no CUDA GPU for CuPy")]
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernels"))
-from kcases import COMPUTE, STORAGE, Case  # noqa: E402
+from kcases import COMPUTE, STORAGE, TOPOLOGIES, Case  # noqa: E402
 from kops import (check_joint_backward, check_joint_forward, check_lattice,  # noqa: E402
                   check_row_grad, check_row_stats)
 from kpipeline import (bits, check_rnnt_loss, check_transducer_loss, fused_inputs,  # noqa: E402
@@ -53,10 +53,23 @@ def test_row_grad(be, dtype, layout, in_place, opts):
 
 @pytest.mark.parametrize("need_grad,alias", [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("dtype", COMPUTE)
-@pytest.mark.parametrize("shape", [(0, 5, 6, 4, 6), (1, 3, 80, 40, 5), (2, 1, 1, 0, 3),
-                                   (3, 16, 300, 120, 4)])
-def test_lattice(be, shape, dtype, need_grad, alias):
-    check_lattice(be, Case(*shape), dtype, need_grad, alias, _STATS)
+@pytest.mark.parametrize("shape", [(0, 5, 6, 4, 6), (1, 3, 80, 40, 5), (2, 1, 1, 0, 5),
+                                   (3, 16, 300, 120, 5)])
+@pytest.mark.parametrize("topo", list(TOPOLOGIES))
+def test_lattice(be, topo, shape, dtype, need_grad, alias):
+    check_lattice(be, Case(*shape, topo=topo), dtype, need_grad, alias, _STATS)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("dtype", STORAGE)
+@pytest.mark.parametrize("topo", [t for t in TOPOLOGIES if t != "rnnt"])
+def test_row_ops_variants(be, topo, dtype, layout):
+    for shape in ROW_CASES:
+        case = Case(*shape, topo=topo)
+        for chunks in case.chunkings()[1:3]:
+            check_row_stats(be, case, dtype, layout, chunks, _STATS)
+            check_row_grad(be, case, dtype, layout, chunks, in_place=True, fastemit=0.0,
+                           clamp=0.05, stats=_STATS, with_lse=True)
 
 
 @pytest.mark.parametrize("dtype", STORAGE)
@@ -143,7 +156,7 @@ def test_debug_reports_registers(monkeypatch, capfd):
     monkeypatch.setenv("CUTRANS_KERNEL_DEBUG", "1")
     check_rnnt_loss("cupy", cupy, 0, "float32", "packed")
     err = capfd.readouterr().err
-    assert "cutrans[cupy] row_stats<float, 32>" in err and "registers=" in err
+    assert "cutrans[cupy] row_stats<float, 32, false>" in err and "registers=" in err
 
 
 @pytest.fixture(scope="module", autouse=True)

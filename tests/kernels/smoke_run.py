@@ -34,6 +34,20 @@ def main(sanitizer: str | None) -> int:
     got = cutrans.rnnt_loss(*args, return_grad=True, backend=be)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12)
+    # the general row kernels (several blanks; duration logits) and the arc-table lattice
+    # (TDT with omega runs both lattices), diagonals of 40 cells (cross-warp barriers)
+    T, U = 40, 39
+    for V, spec in ((150, dict(variant="multiblank", blank=149, big_blank_durations=(2, 3),
+                               sigma=0.05)),
+                    (5, dict(variant="tdt", durations=(0, 1, 2), sigma=0.05, omega=0.3))):
+        n = V + len(spec.get("durations", ()))
+        args = (rng.standard_normal((1, T, U + 1, n)),
+                rng.integers(1, 4, size=(1, U)).astype(np.int32), np.array([T], np.int32),
+                np.array([U], np.int32))
+        ref = cutrans.rnnt_loss(*args, return_grad=True, backend="numpy", clamp=0.5, **spec)
+        got = cutrans.rnnt_loss(*args, return_grad=True, backend=be, clamp=0.5, **spec)
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
+        np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12)
     H, V = 40, 6
     fused = (rng.standard_normal((2, 3, H)), rng.standard_normal((2, 3, H)),
              rng.standard_normal((V, H)), rng.standard_normal(V),
