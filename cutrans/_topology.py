@@ -26,7 +26,8 @@ duration. Variants (``variant=``):
     each duration ``d`` of ``durations``: the label with duration ``d`` ``(t, u) -> (t+d, u+1)``
     (weight ``lp_y + lp_dur(d)``), and for ``d >= 1`` the blank ``(t, u) -> (t+d, u)``; the
     path ends with a blank landing exactly on ``(T_b, U_b)``. ``omega`` mixes in the
-    standard RNN-T loss of the token log-probabilities: ``(1 - omega) L_tdt + omega L_rnnt``
+    standard RNN-T loss of the token log-probabilities (``sigma`` included):
+    ``(1 - omega) L_tdt + omega L_rnnt``
     (NeMo draws the RNN-T loss with probability omega per call; this is its expectation,
     deterministic).
 

@@ -12,6 +12,9 @@ Math (0-based targets ``y``, ``lp = log_softmax(z)``)::
     alpha(t,u) = logaddexp(alpha(t-1,u) + lp_blank(t-1,u), alpha(t,u-1) + lp_emit(t,u-1))
     loss_b     = -(1 + fastemit_lambda) * (alpha(T_b-1,U_b) + lp_blank(T_b-1,U_b))
 
+Variants (``variant=``: ``"modified"``, ``"multiblank"``, ``"tdt"``, and ``delay_penalty``)
+change the lattice's arcs and per-row values; see ``cutrans._topology``.
+
 FastEmit follows NeMo/warprnnt-numba: the emission terms of the gradient get weight
 ``1 + lambda`` and the reported loss is ``(1 + lambda) * (-log P(y|x))``.
 ``clamp`` clips dLoss/dlogits to ``[-clamp, clamp]`` before the upstream scaling

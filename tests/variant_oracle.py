@@ -47,7 +47,8 @@ def log_probs(z, spec: dict, blank: int):
     return torch.log_softmax(z, -1) - sigma, None
 
 
-def _rnnt_ll(tok, y, T, U, blank, delay=0.0):
+def _rnnt_ll(tok, y, T, U, blank, delay=0.0, big=()):
+    """Standard RNN-T (``big=()``), or multi-blank with big blanks of durations ``big``."""
     alpha = {}
     for t in range(T):
         for u in range(U + 1):
@@ -57,11 +58,17 @@ def _rnnt_ll(tok, y, T, U, blank, delay=0.0):
             terms = []
             if t > 0:
                 terms.append(alpha[t - 1, u] + tok[t - 1, u, blank])
+            for i, d in enumerate(big):
+                if t - d >= 0:
+                    terms.append(alpha[t - d, u] + tok[t - d, u, blank - 1 - i])
             if u > 0:
                 terms.append(alpha[t, u - 1] + tok[t, u - 1, y[u - 1]]
                              + delay * ((T - 1) / 2 - t))
             alpha[t, u] = _lse(terms)
-    return alpha[T - 1, U] + tok[T - 1, U, blank]
+    ends = [alpha[T - 1, U] + tok[T - 1, U, blank]]
+    ends += [alpha[T - d, U] + tok[T - d, U, blank - 1 - i] for i, d in enumerate(big)
+             if T - d >= 0]
+    return _lse(ends)
 
 
 def _modified_ll(tok, y, T, U, blank, delay=0.0):
@@ -76,28 +83,6 @@ def _modified_ll(tok, y, T, U, blank, delay=0.0):
                              + delay * ((T - 1) / 2 - (t - 1)))
             alpha[t, u] = _lse(terms)
     return alpha[T, U]
-
-
-def _multiblank_ll(tok, y, T, U, blank, big):
-    alpha = {}
-    for t in range(T):
-        for u in range(U + 1):
-            if t == 0 and u == 0:
-                alpha[0, 0] = torch.zeros((), dtype=tok.dtype)
-                continue
-            terms = []
-            if t > 0:
-                terms.append(alpha[t - 1, u] + tok[t - 1, u, blank])
-            for i, d in enumerate(big):
-                if t - d >= 0:
-                    terms.append(alpha[t - d, u] + tok[t - d, u, blank - 1 - i])
-            if u > 0:
-                terms.append(alpha[t, u - 1] + tok[t, u - 1, y[u - 1]])
-            alpha[t, u] = _lse(terms)
-    ends = [alpha[T - 1, U] + tok[T - 1, U, blank]]
-    ends += [alpha[T - d, U] + tok[T - d, U, blank - 1 - i] for i, d in enumerate(big)
-             if T - d >= 0]
-    return _lse(ends)
 
 
 def _tdt_ll(tok, dur, y, T, U, blank, durations):
@@ -131,7 +116,7 @@ def sample_log_like(z, y, T: int, U: int, spec: dict, blank: int):
     if variant == "modified":
         return _modified_ll(tok, y, T, U, blank, delay)
     if variant == "multiblank":
-        return _multiblank_ll(tok, y, T, U, blank, spec.get("big_blank_durations", ()))
+        return _rnnt_ll(tok, y, T, U, blank, big=spec.get("big_blank_durations", ()))
     ll = _tdt_ll(tok, dur, y, T, U, blank, spec["durations"])
     omega = spec.get("omega", 0.0)
     if omega:

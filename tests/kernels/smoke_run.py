@@ -34,12 +34,14 @@ def main(sanitizer: str | None) -> int:
     got = cutrans.rnnt_loss(*args, return_grad=True, backend=be)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12)
-    # the general row kernels (several blanks; duration logits) and the arc-table lattice
-    # (TDT with omega runs both lattices), diagonals of 40 cells (cross-warp barriers)
-    T, U = 40, 39
-    for V, spec in ((150, dict(variant="multiblank", blank=149, big_blank_durations=(2, 3),
-                               sigma=0.05)),
-                    (5, dict(variant="tdt", durations=(0, 1, 2), sigma=0.05, omega=0.3))):
+    # the general row kernels (several blanks: 128 threads per row; duration logits) and the
+    # arc-table lattice (TDT with omega runs both lattices; __syncthreads between diagonals,
+    # no warp-synchronous code). Small row counts: under ThreadSanitizer every CUDA thread is
+    # an OS thread (a 40 x 40 TDT lattice alone takes ~2.5 min there).
+    for (T, U, V), spec in (((3, 2, 150), dict(variant="multiblank", blank=149,
+                                               big_blank_durations=(2, 3), sigma=0.05)),
+                            ((12, 11, 5), dict(variant="tdt", durations=(0, 1, 2), sigma=0.05,
+                                               omega=0.3))):
         n = V + len(spec.get("durations", ()))
         args = (rng.standard_normal((1, T, U + 1, n)),
                 rng.integers(1, 4, size=(1, U)).astype(np.int32), np.array([T], np.int32),
