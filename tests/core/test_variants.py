@@ -8,9 +8,13 @@ import pytest
 import cutrans
 from cutrans._status import BLANK_LABEL
 
-torch = pytest.importorskip("torch")
 
-from variant_oracle import enumerated_loss, recursion_loss  # noqa: E402
+
+def _oracles():
+    """(torch, tests/variant_oracle.py); the tests that need them skip without PyTorch."""
+    torch = pytest.importorskip("torch")
+    import variant_oracle
+    return torch, variant_oracle
 
 V = 7  # token logits
 #: name -> variant arguments (``blank`` is drawn per case: multi-blank uses the last id)
@@ -52,8 +56,9 @@ def make_case(seed, spec, B=4, T=6, U=3, blank=None):
 
 
 def oracle(logits, targets, t_len, u_len, spec, blank, up=None):
+    torch, vo = _oracles()
     x = torch.tensor(logits, requires_grad=True)
-    losses = recursion_loss(x, targets, t_len, u_len, spec, blank)
+    losses = vo.recursion_loss(x, targets, t_len, u_len, spec, blank)
     up = np.ones(len(t_len)) if up is None else up
     (losses * torch.tensor(up)).sum().backward()
     return losses.detach().numpy(), x.grad.numpy()
@@ -62,13 +67,14 @@ def oracle(logits, targets, t_len, u_len, spec, blank, up=None):
 @pytest.mark.parametrize("name", list(SPECS))
 def test_oracle_recursion_matches_path_enumeration(name):
     """The oracle's dynamic programme sums exactly the paths the variant defines."""
+    torch, vo = _oracles()
     spec = SPECS[name]
     logits, targets, t_len, u_len, blank = make_case(1, spec, B=5, T=5, U=2)
-    rec = recursion_loss(torch.tensor(logits), targets, t_len, u_len, spec, blank)
+    rec = vo.recursion_loss(torch.tensor(logits), targets, t_len, u_len, spec, blank)
     for b in range(len(t_len)):
         y = [int(k) for k in targets[b, :u_len[b]]]
-        want = enumerated_loss(torch.tensor(logits[b]), y, int(t_len[b]), int(u_len[b]), spec,
-                               blank)
+        want = vo.enumerated_loss(torch.tensor(logits[b]), y, int(t_len[b]), int(u_len[b]),
+                                  spec, blank)
         assert np.isclose(float(rec[b]), want, rtol=1e-12, atol=1e-12), (b, float(rec[b]), want)
 
 
@@ -116,10 +122,11 @@ def fused_inputs(seed, spec, B=3, T=5, U=3, H=4, dtype=np.float64):
 
 
 def fused_oracle(case, spec, blank, up):
+    torch, vo = _oracles()
     enc, pred, weight, bias, targets, t_len, u_len = case
     ts = [torch.tensor(x, requires_grad=True) for x in (enc, pred, weight, bias)]
     z = torch.tanh(ts[0][:, :, None] + ts[1][:, None]) @ ts[2].T + ts[3]
-    losses = recursion_loss(z, targets, t_len, u_len, spec, blank)
+    losses = vo.recursion_loss(z, targets, t_len, u_len, spec, blank)
     (losses * torch.tensor(up)).sum().backward()
     return losses.detach().numpy(), [t.grad.numpy() for t in ts]
 
