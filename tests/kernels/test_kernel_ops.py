@@ -10,8 +10,11 @@ ROW_CASES = [(0, 4, 5, 3, 5), (1, 3, 4, 4, 150), (2, 2, 3, 2, 600)]
 #: (shape, topology): every shape with the standard RNN-T (lean row kernels), the first two
 #: with every other topology (the general row kernels: several blanks, duration logits,
 #: sigma, delay penalty)
+#: rows of more than 8192 logits take a whole block each (cross-warp reductions)
+BLOCK_ROWS = (3, 2, 3, 2, 8500)
 ROW_TOPO = [(s, "rnnt") for s in ROW_CASES] + [(s, t) for s in ROW_CASES[:2] for t in TOPOLOGIES
-                                               if t != "rnnt"]
+                                               if t != "rnnt"] + [
+    (BLOCK_ROWS, t) for t in ("rnnt", "multiblank", "tdt-omega")]
 
 
 @pytest.mark.parametrize("layout", ["packed", "padded"])
@@ -36,7 +39,7 @@ GRAD_OPTS = [("rnnt", o) for o in [(0.0, 0.0), (0.3, 0.0), (0.0, 0.05), (0.2, 0.
 @pytest.mark.parametrize("dtype", STORAGE)
 @pytest.mark.parametrize("topo,opts", GRAD_OPTS)
 def test_row_grad(emu, err_stats, topo, opts, dtype, layout, in_place):
-    for shape in ROW_CASES[:2]:
+    for shape in ROW_CASES[:2] + [BLOCK_ROWS]:
         case = Case(*shape, topo=topo)
         for i, chunks in enumerate(case.chunkings()[1:3]):
             check_row_grad(emu, case, dtype, layout, chunks, in_place=in_place,
