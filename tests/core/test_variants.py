@@ -294,3 +294,85 @@ def test_modified_needs_no_more_labels_than_frames():
     u_len = np.array([3, 0, 1, 2])
     with pytest.raises(ValueError, match="target_lengths: variant='modified'.*sample 0"):
         cutrans.rnnt_loss(logits, targets, t_len, u_len, blank=blank, variant="modified")
+
+
+# ------------------------------------------------------------------ more checks
+@pytest.mark.parametrize("name", list(SPECS))
+def test_gradient_matches_float64_finite_differences(name):
+    """Central differences of the loss sum on 12 random logits (plus every duration logit's
+    first entry for TDT): independent of autograd."""
+    spec = SPECS[name]
+    logits, targets, t_len, u_len, blank = make_case(20, spec, B=2, T=4, U=2)
+    t_len, u_len = np.array([4, 3]), np.array([2, 1])
+
+    def total(x):
+        return float(cutrans.rnnt_loss(x, targets, t_len, u_len, blank=blank, reduction="sum",
+                                       **spec))
+    _, grad = cutrans.rnnt_loss(logits, targets, t_len, u_len, blank=blank, reduction="sum",
+                                return_grad=True, **spec)
+    rng = np.random.default_rng(21)
+    picks = [(b, int(rng.integers(0, t_len[b])), int(rng.integers(0, u_len[b] + 1)),
+              int(rng.integers(0, logits.shape[-1]))) for b in rng.integers(0, 2, 12)]
+    picks += [(0, 0, 0, k) for k in range(V, logits.shape[-1])]
+    h = 1e-6
+    for i in picks:
+        x = logits.copy()
+        x[i] += h
+        up = total(x)
+        x[i] -= 2 * h
+        fd = (up - total(x)) / (2 * h)
+        assert abs(fd - grad[i]) <= 1e-6 + 1e-6 * abs(fd), (i, fd, grad[i])
+
+
+def test_zero_delay_penalty_changes_nothing():
+    for variant in ("rnnt", "modified"):
+        logits, targets, t_len, u_len, blank = make_case(22, {"variant": variant})
+        a = cutrans.rnnt_loss(logits, targets, t_len, u_len, blank=blank, reduction="none",
+                              return_grad=True, variant=variant)
+        b = cutrans.rnnt_loss(logits, targets, t_len, u_len, blank=blank, reduction="none",
+                              return_grad=True, variant=variant, delay_penalty=0.0)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def _np_dtype(name):
+    if name == "bfloat16":
+        return pytest.importorskip("ml_dtypes").bfloat16
+    return np.dtype(name)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emulated"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", ["modified-delay", "multiblank", "tdt-omega"])
+def test_16_bit_logits(name, dtype, backend):
+    """16-bit logits, float32 math: the float64 result of the same (rounded) logits, up to
+    float32 rounding of the loss and one 16-bit rounding of the gradient."""
+    spec = SPECS[name]
+    logits, targets, t_len, u_len, blank = make_case(23, spec)
+    low = logits.astype(_np_dtype(dtype))
+    ref, ref_g = cutrans.rnnt_loss(low.astype(np.float64), targets, t_len, u_len, blank=blank,
+                                   reduction="none", return_grad=True, **spec)
+    got, g = cutrans.rnnt_loss(low, targets, t_len, u_len, blank=blank, reduction="none",
+                               return_grad=True, backend=backend, **spec)
+    assert got.dtype == np.float32 and g.dtype == low.dtype
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    ulp = 2.0 ** (-8 if dtype == "bfloat16" else -11)
+    np.testing.assert_allclose(g.astype(np.float64), ref_g, atol=ulp, rtol=ulp)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_fused_tdt(dtype):
+    """The fused TDT op on 16-bit inputs (logits kept in 16 bits, float32 math) against
+    float64 on the same inputs: the precision of 16-bit storage."""
+    spec = SPECS["tdt-omega"]
+    case, blank = fused_inputs(24, spec)
+    low = [x.astype(_np_dtype(dtype)) for x in case[:4]]
+    ref = cutrans.transducer_loss(*[x.astype(np.float64) for x in low], *case[4:], blank=blank,
+                                  **spec)
+    for backend in ("numpy", "emulated"):
+        out = cutrans.transducer_loss(*low, *case[4:], blank=blank, backend=backend, **spec)
+        tol = 2e-2 if dtype == "bfloat16" else 3e-3
+        np.testing.assert_allclose(out.loss, ref.loss, rtol=tol)
+        for g, r in zip(out.grads, ref.grads):
+            assert g.dtype == low[0].dtype
+            err = np.abs(g.astype(np.float64) - r).max() / np.abs(r).max()
+            assert err <= 4 * tol, err
