@@ -169,3 +169,33 @@ def _error_report():
         with open(path, "w") as f:
             for k, (a, r) in sorted(_STATS.items()):
                 f.write(f"{k}: max_abs={a:.3g} max_rel={r:.3g}\n")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("topo", [t for t in TOPOLOGIES if t != "rnnt"])
+def test_variants_end_to_end(topo, dtype):
+    """rnnt_loss and the fused op (split samples) with each variant: CUDA = NumPy."""
+    import numpy as np
+    spec = dict(TOPOLOGIES[topo])
+    case = Case(6, 4, 30, 12, 40, topo=topo)
+    spec["blank"] = case.blank
+    z = case.logits(dtype, "padded", pad_value=0.0)
+    args = (z, case.targets, case.T, case.U)
+    ref = cutrans.rnnt_loss(*args, reduction="none", return_grad=True, backend="numpy", **spec)
+    got = cutrans.rnnt_loss(*(cupy.asarray(a) for a in args), reduction="none",
+                            return_grad=True, **spec)
+    rtol = 1e-10 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(got[0].get(), ref[0], rtol=rtol)
+    np.testing.assert_allclose(got[1].get(), ref[1], rtol=rtol, atol=rtol)
+    rng = np.random.default_rng(7)
+    H = 32
+    fl = [rng.standard_normal(s).astype(dtype) for s in (
+        (case.B, case.T_max, H), (case.B, case.U_max + 1, H), (case.n_logits, H),
+        (case.n_logits,))]
+    kw = dict(spec, max_workspace_bytes=200_000)
+    ref = cutrans.transducer_loss(*fl, case.targets, case.T, case.U, backend="numpy", **kw)
+    got = cutrans.transducer_loss(*(cupy.asarray(a) for a in fl), case.targets, case.T,
+                                  case.U, **kw)
+    np.testing.assert_allclose(float(got.loss), float(ref.loss), rtol=rtol)
+    for g, r in zip(got.grads, ref.grads):
+        np.testing.assert_allclose(g.get(), r, rtol=max(rtol, 1e-4), atol=max(rtol, 1e-5))
