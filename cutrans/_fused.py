@@ -5,7 +5,7 @@ One schedule for every backend (NumPy, CuPy kernels, CPU-emulated kernels), writ
 
     h = [act(enc[b,t] + pred[b,u]) | 1 | 0..]       joint_forward   (C, Hp) storage dtype
     z = h @ [W | bias | 0..]^T                      GEMM 1 (the bias rides in the GEMM)
-    lp_blank, lp_emit (, lse) per row               row_stats (one read of z)
+    per-row values (, logsumexps) of the topology   row_stats (one read of z)
   per group: alpha, beta, coefficients, LL           lattice
     z <- dLoss/dz in place                          row_grad (one read of z with lse)
     [dW | db] += z^T @ h                            GEMM 2, accumulating (beta = 1)
@@ -46,10 +46,24 @@ from . import _status
 from . import _validate as v
 from ._dtypes import compute_dtype
 from ._plan import Chunk, DevicePlan, Group, RowPlan, rows_per_chunk, to_device
+from ._topology import Topology
 from .backends.base import RowLayout
 
-ONE_PASS_STATE = ("lp_blank", "lp_emit", "lse", "alpha", "beta")
-TWO_PASS_STATE = ("alpha", "beta")
+
+
+def one_pass_state(topo) -> dict:
+    """Per-row state of a one-pass group: name -> columns (0: a vector)."""
+    state = {"values": topo.width, "lse": 2 if topo.durations else 1, "alpha": 0, "beta": 0}
+    if topo.omega:
+        state["coefs2"] = 2  # TDT's mixed-in RNN-T
+    return state
+
+
+TWO_PASS_STATE = {"alpha": 0, "beta": 0}
+
+
+def _floats(state: dict) -> int:
+    return sum(max(1, w) for w in state.values())
 
 
 def _round8(n: int) -> int:
@@ -65,14 +79,15 @@ class FusedInputs:
     weight: Any  # (V, H)
     bias: Any  # (V,)
     activation: int
-    blank: int
+    topo: Topology
     fastemit_lambda: float
     clamp: float
     tf32: bool = False
 
     @property
     def sizes(self) -> tuple[int, int, int, int]:
-        """(H, V, Hp, Vp): hidden size, vocabulary, and their padded workspace widths."""
+        """(H, V, Hp, Vp): hidden size, logits per row (TDT: tokens and durations), and their
+    padded workspace widths."""
         H, V = int(self.enc.shape[-1]), int(self.weight.shape[0])
         return H, V, _round8(H + 1), _round8(V)
 
@@ -81,7 +96,7 @@ class FusedInputs:
 class Workspace:
     """Chunk buffers: ``h`` (C, Hp) = [h | 1 | 0] (then dh in its first H columns),
     ``z`` (C, Vp) logits then their gradient, ``w_aug`` (V, Hp) = [W | bias | 0]; the
-    group state (S,) per name; ``layout`` addresses z's rows."""
+    group state (S,) or (S, columns) per name; ``layout`` addresses z's rows."""
 
     h: Any
     z: Any
@@ -98,12 +113,12 @@ class Schedule:
 
 
 def make_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
-                  state_names: tuple, fixed_extra: int) -> Schedule:
+                  state: dict, fixed_extra: int) -> Schedule:
     """Groups and chunks whose workspace fits ``budget`` bytes (see the module docstring)."""
     H, V, Hp, Vp = f.sizes
     s = np.dtype(f.enc.dtype).itemsize
     c = np.dtype(compute_dtype(f.enc.dtype)).itemsize
-    state_row = max(1, len(state_names)) * c
+    state_row = max(1, _floats(state)) * c
     per_row = (Hp + Vp) * s + state_row
     fixed = V * Hp * s + fixed_extra
     rows = rows_per_chunk(budget, per_row, fixed, plan.rows)
@@ -116,14 +131,16 @@ def make_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
                     max((g.rows for g in groups), default=1))
 
 
-def workspace_bytes(enc, pred, weight, rows_per_chunk: int = 1) -> int:
+def workspace_bytes(enc, pred, weight, rows_per_chunk: int = 1, topo=None) -> int:
     """A ``max_workspace_bytes`` whose chunks hold ``rows_per_chunk`` rows on every path
-    (one row: the smallest legal budget). Arrays or anything with ``shape``/``dtype``."""
-    f = FusedInputs(enc, pred, weight, None, 0, 0, 0.0, 0.0)
+    (one row: the smallest legal budget) for ``topo`` (default: the standard RNN-T).
+    Arrays or anything with ``shape``/``dtype``."""
+    topo = topo or Topology()
+    f = FusedInputs(enc, pred, weight, None, 0, topo, 0.0, 0.0)
     H, V, Hp, Vp = f.sizes
     s = np.dtype(enc.dtype).itemsize
     c = np.dtype(compute_dtype(enc.dtype)).itemsize
-    per_row = (Hp + Vp) * s + len(ONE_PASS_STATE) * c
+    per_row = (Hp + Vp) * s + _floats(one_pass_state(topo)) * c
     return rows_per_chunk * per_row + V * Hp * s + fixed_bytes(f, True, True)
 
 
@@ -137,7 +154,7 @@ def fixed_bytes(f: FusedInputs, need_w: bool, need_h: bool) -> int:
     return n
 
 
-def make_workspace(xp, f: FusedInputs, sched: Schedule, state_names: tuple) -> Workspace:
+def make_workspace(xp, f: FusedInputs, sched: Schedule, state: dict) -> Workspace:
     H, V, Hp, Vp = f.sizes
     sdt, cdt = f.enc.dtype, compute_dtype(f.enc.dtype)
     w_aug = xp.zeros((V, Hp), dtype=sdt)
@@ -147,8 +164,9 @@ def make_workspace(xp, f: FusedInputs, sched: Schedule, state_names: tuple) -> W
     h[:, H] = 1
     h[:, H + 1:] = 0
     z = xp.empty((sched.chunk_rows, Vp), dtype=sdt)
-    state = {name: xp.empty(sched.state_rows, dtype=cdt) for name in state_names}
-    return Workspace(h, z, w_aug, RowLayout(packed=True, ld=Vp, vocab=V), state)
+    arrays = {name: xp.empty((sched.state_rows, w) if w else sched.state_rows, dtype=cdt)
+              for name, w in state.items()}
+    return Workspace(h, z, w_aug, RowLayout(packed=True, ld=Vp, vocab=V), arrays)
 
 
 # ------------------------------------------------------------------ per chunk
@@ -217,13 +235,13 @@ class GradSink:
         return self.d_enc, self.d_pred, d_w, d_b
 
 
-def chunk_backward(be, f: FusedInputs, ws: Workspace, dplan: DevicePlan, c: Chunk, coef_blank,
-                   coef_emit, rbase: int, lse, scale, sink: GradSink) -> None:
+def chunk_backward(be, f: FusedInputs, ws: Workspace, dplan: DevicePlan, c: Chunk, coefs,
+                   coefs2, rbase: int, lse, scale, sink: GradSink) -> None:
     """row_grad in place over z, GEMM 2 into [dW | db], GEMM 3 into dh, joint backward."""
     H, V, _, _ = f.sizes
     z, h = ws.z[:c.n], ws.h[:c.n]
-    be.row_grad(z, z, ws.layout, c.row0, c.n, dplan, f.blank, coef_blank, coef_emit, scale,
-                f.fastemit_lambda, f.clamp, rbase, lse)
+    be.row_grad(z, z, ws.layout, c.row0, c.n, dplan, f.topo, coefs, scale, f.fastemit_lambda,
+                f.clamp, rbase, lse, coefs2)
     dz = z[:, :V]
     if sink.d_w is not None:
         be.gemm(dz.T, h, sink.d_w, accumulate=True, tf32=f.tf32)
@@ -234,9 +252,32 @@ def chunk_backward(be, f: FusedInputs, ws: Workspace, dplan: DevicePlan, c: Chun
         sink.chunk_done(c)
 
 
-def losses_from(log_like, fastemit_lambda: float):
-    """Per-sample losses; NeMo / warprnnt-numba convention: (1 + lambda) * (-LL)."""
+def losses_from(log_like, fastemit_lambda: float, topo=None, log_like2=None):
+    """Per-sample losses; NeMo / warprnnt-numba convention: (1 + lambda) * (-LL); TDT with
+    omega: (1 - omega) (-LL) + omega (-LL of the mixed-in RNN-T)."""
+    if topo is not None and topo.omega:
+        return log_like * -(1.0 - topo.omega) - log_like2 * topo.omega
     return log_like * (-(1.0 + fastemit_lambda))
+
+
+def run_lattices(be, topo, dplan, b0, b1, rbase, values, alpha, beta, need_grad, coefs2=None,
+                 log_like=None, log_like2=None):
+    """The lattice(s) of samples ``[b0, b1)``; returns ``(log_like, coefs2, log_like2)``.
+
+    TDT with omega first runs the mixed-in RNN-T on the token values (columns 0, 1) into
+    ``coefs2`` (rows, 2) and ``log_like2``; then the topology's lattice turns ``values`` into
+    its coefficients in place. ``log_like``/``log_like2``: (B,) arrays to fill (allocated
+    if None)."""
+    xp = be.xp
+    if log_like is None:
+        log_like = xp.empty(dplan.batch, dtype=values.dtype)
+    if topo.omega:
+        if log_like2 is None:
+            log_like2 = xp.empty(dplan.batch, dtype=values.dtype)
+        be.lattice(dplan, topo.rnnt_part(), b0, b1, rbase, values, alpha, beta, log_like2,
+                   coefs2, need_grad)
+    be.lattice(dplan, topo, b0, b1, rbase, values, alpha, beta, log_like, values, need_grad)
+    return log_like, coefs2, log_like2
 
 
 def check_fused_log_likelihood(log_like, xp, status=None) -> None:
@@ -258,60 +299,63 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
     ``GradSink.finish``), in one pass over the groups. ``status``: device-side checks
     (``cutrans._status``) instead of host ones."""
     xp = be.xp
+    topo = f.topo
     dplan = to_device(plan, targets, xp)
     if status is not None:
-        be.check_targets(dplan, f.sizes[1], f.blank, status)
+        be.check_targets(dplan, topo.vocab(f.sizes[1]), topo, status)
     sink = GradSink(xp, f, needs)
-    sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, ONE_PASS_STATE,
+    state = one_pass_state(topo)
+    sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state,
                           fixed_bytes(f, sink.d_w is not None, sink.need_h))
-    ws = make_workspace(xp, f, sched, ONE_PASS_STATE)
+    ws = make_workspace(xp, f, sched, state)
     cdt = compute_dtype(f.enc.dtype)
     up = xp.full(plan.batch, scale, dtype=cdt)
     log_like = xp.empty(plan.batch, dtype=cdt)
+    log_like2 = xp.empty(plan.batch, dtype=cdt) if topo.omega else None
+    st = ws.state
     for g in sched.groups:
-        st = {k: a[:g.rows] for k, a in ws.state.items()}
-        lse = st["lse"]  # a recomputed chunk has the same logits (deterministic GEMMs)
+        # a recomputed (split) chunk has the same logits: the kept logsumexps hold
         for c in g.chunks:
             chunk_logits(be, f, ws, dplan, c)
-            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, f.blank, st["lp_blank"],
-                         st["lp_emit"], g.row0, lse)
-        be.lattice(dplan, g.b0, g.b1, g.row0, st["lp_blank"], st["lp_emit"], st["alpha"],
-                   st["beta"], log_like, st["lp_blank"], st["lp_emit"], True)
+            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, topo, st["values"],
+                         g.row0, st["lse"])
+        run_lattices(be, topo, dplan, g.b0, g.b1, g.row0, st["values"], st["alpha"],
+                     st["beta"], True, st.get("coefs2"), log_like, log_like2)
         for c in g.chunks:
             if not g.resident:
                 chunk_logits(be, f, ws, dplan, c)
-            chunk_backward(be, f, ws, dplan, c, st["lp_blank"], st["lp_emit"], g.row0, lse,
-                           up, sink)
+            chunk_backward(be, f, ws, dplan, c, st["values"], st.get("coefs2"), g.row0,
+                           st["lse"], up, sink)
     check_fused_log_likelihood(log_like, xp, status)
-    return losses_from(log_like, f.fastemit_lambda), sink.finish()
+    return losses_from(log_like, f.fastemit_lambda, topo, log_like2), sink.finish()
 
 
 # ------------------------------------------------------------------ two passes
 @dataclass
 class FusedContext:
-    """What the two-pass forward keeps for its backward: 2 floats per row (the gradient
-    coefficients), the schedule, and the inputs; one resident chunk's workspace."""
+    """What the two-pass forward keeps for its backward: the gradient coefficients (a few
+    floats per row), the schedule, and the inputs; one resident chunk's workspace."""
 
     backend: Any
     plan: RowPlan
     dplan: DevicePlan
-    coef_blank: Any  # (R,) compute dtype
-    coef_emit: Any
+    coefs: Any  # (R, W) compute dtype
+    coefs2: Any  # (R, 2): TDT's mixed-in RNN-T (omega > 0), else None
     inputs: FusedInputs
     schedule: Schedule
     resident: Workspace | None = None
     io: Any = None  # the caller's array boundary (cutrans._arrays), set by the API
 
 
-def fused_context(be, f: FusedInputs, targets, plan: RowPlan, coef_blank, coef_emit, *,
+def fused_context(be, f: FusedInputs, targets, plan: RowPlan, coefs, coefs2, *,
                   max_workspace_bytes: int, sample_wise: bool,
                   dplan: DevicePlan | None = None) -> FusedContext:
     """The two-pass context (used by the forward, and by adapters that rebuild it from
     inputs and saved coefficients). The schedule leaves room for the backward's buffers."""
     sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, TWO_PASS_STATE,
                           fixed_bytes(f, True, True))
-    return FusedContext(be, plan, dplan or to_device(plan, targets, be.xp), coef_blank,
-                        coef_emit, f, sched)
+    return FusedContext(be, plan, dplan or to_device(plan, targets, be.xp), coefs, coefs2, f,
+                        sched)
 
 
 def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
@@ -319,36 +363,40 @@ def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
     """Per-sample losses (B,) and (if ``need_grad``) the context for ``backward``.
     ``status``: device-side checks (``cutrans._status``) instead of host ones."""
     xp = be.xp
+    topo = f.topo
     cdt = compute_dtype(f.enc.dtype)
-    names = TWO_PASS_STATE if need_grad else ("lp_blank", "lp_emit", "alpha")
+    two = topo.omega != 0.0
     if need_grad:
-        ctx = fused_context(be, f, targets, plan, xp.empty(plan.rows, dtype=cdt),
-                            xp.empty(plan.rows, dtype=cdt),
+        ctx = fused_context(be, f, targets, plan, xp.empty((plan.rows, topo.width), dtype=cdt),
+                            xp.empty((plan.rows, 2), dtype=cdt) if two else None,
                             max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise)
-        sched, dplan = ctx.schedule, ctx.dplan
+        sched, dplan, state = ctx.schedule, ctx.dplan, TWO_PASS_STATE
     else:
         ctx, dplan = None, to_device(plan, targets, xp)
-        sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, names, 0)
+        state = {"values": topo.width, "alpha": 0, **({"coefs2": 2} if two else {})}
+        sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state, 0)
     if status is not None:
-        be.check_targets(dplan, f.sizes[1], f.blank, status)
-    ws = make_workspace(xp, f, sched, names)
+        be.check_targets(dplan, topo.vocab(f.sizes[1]), topo, status)
+    ws = make_workspace(xp, f, sched, state)
     log_like = xp.empty(plan.batch, dtype=cdt)
+    log_like2 = xp.empty(plan.batch, dtype=cdt) if two else None
     for g in sched.groups:
-        if need_grad:  # the coefficients overwrite the log-probabilities, kept per row
-            lpb, lpe = ctx.coef_blank[g.row0:g.row1], ctx.coef_emit[g.row0:g.row1]
+        if need_grad:  # the coefficients overwrite the values, kept per row
+            values, rbase = ctx.coefs[g.row0:g.row1], g.row0
+            coefs2 = ctx.coefs2[g.row0:g.row1] if two else None
         else:
-            lpb, lpe = ws.state["lp_blank"][:g.rows], ws.state["lp_emit"][:g.rows]
+            values, rbase, coefs2 = ws.state["values"], g.row0, ws.state.get("coefs2")
         for c in g.chunks:
             chunk_logits(be, f, ws, dplan, c)
-            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, f.blank, lpb, lpe, g.row0)
-        alpha = ws.state["alpha"][:g.rows]
-        beta = ws.state["beta"][:g.rows] if need_grad else alpha
-        be.lattice(dplan, g.b0, g.b1, g.row0, lpb, lpe, alpha, beta, log_like, lpb, lpe,
-                   need_grad)
+            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, topo, values, rbase)
+        alpha = ws.state["alpha"]
+        beta = ws.state["beta"] if need_grad else alpha
+        run_lattices(be, topo, dplan, g.b0, g.b1, rbase, values, alpha, beta, need_grad,
+                     coefs2, log_like, log_like2)
     check_fused_log_likelihood(log_like, xp, status)
     if need_grad and len(sched.groups) == 1 and sched.groups[0].resident:
         ctx.resident = ws  # its logits are still in z: the backward need not recompute
-    return losses_from(log_like, f.fastemit_lambda), ctx
+    return losses_from(log_like, f.fastemit_lambda, topo, log_like2), ctx
 
 
 def backward(ctx: FusedContext, grad_losses, needs=(True, True, True, True)):
@@ -356,16 +404,16 @@ def backward(ctx: FusedContext, grad_losses, needs=(True, True, True, True)):
     ``needs`` flags which to compute (the others come back as None)."""
     be, f = ctx.backend, ctx.inputs
     xp = be.xp
-    scale = v.upstream_gradient(grad_losses, ctx.plan.batch, xp, ctx.coef_blank.dtype)
+    scale = v.upstream_gradient(grad_losses, ctx.plan.batch, xp, ctx.coefs.dtype)
     sink = GradSink(xp, f, needs)
     if not any(sink.needs):
         return None, None, None, None
     resident, ctx.resident = ctx.resident, None  # z becomes the gradient: recompute next time
-    ws = resident or make_workspace(xp, f, ctx.schedule, ())
+    ws = resident or make_workspace(xp, f, ctx.schedule, {})
     for g in ctx.schedule.groups:
         for c in g.chunks:
             if resident is None:
                 chunk_logits(be, f, ws, ctx.dplan, c)
-            chunk_backward(be, f, ws, ctx.dplan, c, ctx.coef_blank, ctx.coef_emit, 0, None,
-                           scale, sink)
+            chunk_backward(be, f, ws, ctx.dplan, c, ctx.coefs, ctx.coefs2, 0, None, scale,
+                           sink)
     return sink.finish()

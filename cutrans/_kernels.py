@@ -48,13 +48,16 @@ class KernelSpec:
     max_registers: int
     max_shared_bytes: int  # static shared memory, bytes
     blocks: tuple[int, ...] = BLOCKS
+    general: tuple[bool, ...] = ()  # (False, True): a trailing ``bool GENERAL`` argument
 
-    def name(self, types, block: int) -> str:
+    def name(self, types, block: int, general: bool | None = None) -> str:
         types = (types,) if isinstance(types, str) else tuple(types)
-        return f"{self.template}<{''.join(DTYPES[t][1] + ', ' for t in types)}{block}>"
+        tail = "" if general is None else (", true" if general else ", false")
+        return f"{self.template}<{''.join(DTYPES[t][1] + ', ' for t in types)}{block}{tail}>"
 
     def names(self) -> list[str]:
-        return [self.name(t, b) for t in self.types for b in self.blocks]
+        return [self.name(t, b, g) for t in self.types for b in self.blocks
+                for g in (self.general or (None,))]
 
 
 _ONE_STORAGE = tuple((d,) for d in STORAGE)
@@ -65,11 +68,16 @@ _STORAGE_OUT = tuple((d, d) for d in STORAGE) + (("float16", "float32"),
 
 KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
     KernelSpec("row_stats", "row_ops.cu", _ONE_STORAGE, max_registers=72, max_shared_bytes=128,
-               blocks=ROW_TPR),
-    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=80, max_shared_bytes=128,
-               blocks=ROW_TPR),
+               blocks=ROW_TPR, general=(False, True)),
+    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=96, max_shared_bytes=128,
+               blocks=ROW_TPR, general=(False, True)),
     KernelSpec("check_targets", "row_ops.cu", ((),), max_registers=32, max_shared_bytes=0),
-    KernelSpec("lattice", "lattice.cu", _ONE_COMPUTE, max_registers=64, max_shared_bytes=16),
+    # lattice: one block per sample, latency-bound (the diagonals live in dynamic shared
+    # memory); the double instantiation takes 66 registers on sm_80/90 with the strided
+    # (AoS) per-row values
+    KernelSpec("lattice", "lattice.cu", _ONE_COMPUTE, max_registers=72, max_shared_bytes=16),
+    KernelSpec("lattice_arcs", "lattice.cu", _ONE_COMPUTE, max_registers=96,
+               max_shared_bytes=5 * 64 * 4 + 32),
     KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0,
                blocks=ROW_TPR),
     KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=72,
@@ -170,9 +178,9 @@ class _Provider:
     def _build(self, source: str):
         raise NotImplementedError
 
-    def function(self, template: str, types, block: int):
+    def function(self, template: str, types, block: int, general: bool | None = None):
         spec = KERNELS[template]
-        key = (self._key(), template, types, block)
+        key = (self._key(), template, types, block, general)
         k = self._kernels.get(key)
         if k is None:
             with self._lock:
@@ -180,19 +188,20 @@ class _Provider:
                 mod = self._modules.get(mkey)
                 if mod is None:
                     mod = self._modules[mkey] = self._build(spec.source)
-                k = self._kernels[key] = mod.get_function(spec.name(types, block))
+                k = self._kernels[key] = mod.get_function(spec.name(types, block, general))
         return k
 
     def launch(self, template: str, types, block: int, grid: int, args: tuple, *,
-               threads: int | None = None, shared_mem: int = 0) -> None:
-        """Launch ``template<types..., block>`` on ``min(grid, MAX_GRID)`` blocks (grid >= 1)
-        of ``threads`` threads (default ``block``) with ``shared_mem`` bytes of dynamic
-        shared memory. ``types``: a dtype name or a tuple of them (see ``KernelSpec``)."""
-        k = self.function(template, types, block)
+               threads: int | None = None, shared_mem: int = 0,
+               general: bool | None = None) -> None:
+        """Launch ``template<types..., block[, general]>`` on ``min(grid, MAX_GRID)`` blocks
+        (grid >= 1) of ``threads`` threads (default ``block``) with ``shared_mem`` bytes of
+        dynamic shared memory. ``types``: a dtype name or a tuple of them (``KernelSpec``)."""
+        k = self.function(template, types, block, general)
         grid = max(1, min(int(grid), MAX_GRID))
         threads = block if threads is None else threads
         if debug_enabled():
-            self._debug(k, KERNELS[template].name(types, block), grid, threads)
+            self._debug(k, KERNELS[template].name(types, block, general), grid, threads)
         k((grid,), (threads,), args, shared_mem=shared_mem)
 
     def _debug(self, k, name, grid, block):

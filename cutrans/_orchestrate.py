@@ -1,10 +1,11 @@
 """The loss-on-logits schedule, written against ``backends.base.Backend``.
 
 Forward: ``row_stats`` over all rows (one read of every logit; keeps the per-row
-logsumexp) -> ``lattice`` (alpha, beta, the gradient coefficients, written over the
-log-probabilities). Backward: ``row_grad`` (one read of every logit, thanks to the kept
-logsumexp) scaled by the per-sample upstream gradient. The same code runs with NumPy,
-CuPy and the CPU-emulated kernels. The fused op's schedule is ``_fused``.
+logsumexps) -> ``lattice`` (alpha, beta, the gradient coefficients, written over the
+per-row values). Backward: ``row_grad`` (one read of every logit, thanks to the kept
+logsumexps) scaled by the per-sample upstream gradient. The same code runs with NumPy,
+CuPy and the CPU-emulated kernels, for every topology (``cutrans._topology``). The fused
+op's schedule is ``_fused``.
 """
 from __future__ import annotations
 
@@ -13,26 +14,28 @@ from typing import Any
 
 from . import _validate as v
 from ._dtypes import compute_dtype
-from ._fused import losses_from
+from ._fused import losses_from, run_lattices
 from ._plan import DevicePlan, RowPlan, to_device
+from ._topology import Topology
 from .backends.base import RowLayout
 
 
 @dataclass
 class LogitsContext:
-    """What the forward keeps for its backward: 3 floats per row plus the logits.
+    """What the forward keeps for its backward: a few floats per row plus the logits.
 
-    ``coef_blank``/``coef_emit`` (R,): gradient coefficients (``Backend.lattice``);
-    ``lse`` (R,) the rows' logsumexp, or None (recomputed by the backward).
+    ``coefs`` (R, W): gradient coefficients (``Backend.lattice``); ``coefs2`` (R, 2): those
+    of TDT's mixed-in RNN-T (omega > 0) or None; ``lse`` (R, G) the rows' logsumexps, or
+    None (recomputed by the backward).
     """
 
     backend: Any
     plan: RowPlan
     dplan: DevicePlan
-    coef_blank: Any
-    coef_emit: Any
+    topo: Topology
+    coefs: Any
+    coefs2: Any
     lse: Any
-    blank: int
     fastemit_lambda: float
     clamp: float
     logits: Any = None  # contiguous (B, T, U+1, V) or (R, V)
@@ -49,47 +52,46 @@ def logits_layout(logits, packed: bool) -> RowLayout:
     return RowLayout(packed=False, sb=T * U1 * V, st=U1 * V, su=V)
 
 
-def logits_forward(backend, logits, targets, plan: RowPlan, *, packed: bool, blank: int,
+def logits_forward(backend, logits, targets, plan: RowPlan, topo: Topology, *, packed: bool,
                    fastemit_lambda: float, clamp: float, need_grad: bool):
     """Per-sample losses (B,) and the context for ``logits_backward``."""
     xp = backend.xp
     cdt = compute_dtype(logits.dtype)
     dplan = to_device(plan, targets, xp)
     R = dplan.rows
-    lp_blank, lp_emit = xp.empty(R, dtype=cdt), xp.empty(R, dtype=cdt)
-    lse = xp.empty(R, dtype=cdt) if need_grad else None
-    backend.row_stats(logits, logits_layout(logits, packed), 0, R, dplan, blank, lp_blank,
-                      lp_emit, 0, lse)
-    v.check_log_probs(lp_blank, xp)  # NaN/inf in the logits, in O(rows) memory
+    values = xp.empty((R, topo.width), dtype=cdt)
+    lse = xp.empty((R, 2 if topo.durations else 1), dtype=cdt) if need_grad else None
+    backend.row_stats(logits, logits_layout(logits, packed), 0, R, dplan, topo, values, 0, lse)
+    v.check_log_probs(values[:, 0], xp)  # NaN/inf in the logits, in O(rows) memory
     alpha = xp.empty(R, dtype=cdt)
     beta = xp.empty_like(alpha) if need_grad else alpha
-    log_like = xp.empty(dplan.batch, dtype=cdt)
-    backend.lattice(dplan, 0, dplan.batch, 0, lp_blank, lp_emit, alpha, beta, log_like,
-                    lp_blank, lp_emit, need_grad)
+    lls = run_lattices(backend, topo, dplan, 0, dplan.batch, 0, values, alpha, beta,
+                       need_grad, xp.empty((R, 2), dtype=cdt) if topo.omega else None)
     del alpha, beta
-    v.check_log_likelihood(log_like, xp)
-    ctx = LogitsContext(backend, plan, dplan, lp_blank, lp_emit, lse, blank, fastemit_lambda,
+    for ll in (lls[0], lls[2]):
+        if ll is not None:
+            v.check_log_likelihood(ll, xp)
+    ctx = LogitsContext(backend, plan, dplan, topo, values, lls[1], lse, fastemit_lambda,
                         clamp, logits=logits, packed=packed) if need_grad else None
-    return losses_from(log_like, fastemit_lambda), ctx
+    return losses_from(lls[0], fastemit_lambda, topo, lls[2]), ctx
 
 
-def logits_context(backend, logits, targets, plan: RowPlan, coef_blank, coef_emit, *,
-                   packed: bool, blank: int, fastemit_lambda: float, clamp: float,
+def logits_context(backend, logits, targets, plan: RowPlan, topo: Topology, coefs, coefs2,
+                   *, packed: bool, fastemit_lambda: float, clamp: float,
                    dplan: DevicePlan | None = None) -> LogitsContext:
     """Rebuild a backward context from inputs and saved coefficients (for adapters)."""
     dplan = dplan or to_device(plan, targets, backend.xp)
-    return LogitsContext(backend, plan, dplan, coef_blank, coef_emit, None, blank,
-                         fastemit_lambda, clamp, logits=backend.xp.ascontiguousarray(logits),
-                         packed=packed)
+    return LogitsContext(backend, plan, dplan, topo, coefs, coefs2, None, fastemit_lambda,
+                         clamp, logits=backend.xp.ascontiguousarray(logits), packed=packed)
 
 
 def logits_backward(ctx: LogitsContext, grad_losses):
     """dLoss/dlogits (logits' shape and dtype) for upstream gradients ``grad_losses`` (B,)."""
     backend, xp = ctx.backend, ctx.backend.xp
     logits, packed = ctx.logits, ctx.packed
-    scale = v.upstream_gradient(grad_losses, ctx.dplan.batch, xp, ctx.coef_blank.dtype)
+    scale = v.upstream_gradient(grad_losses, ctx.dplan.batch, xp, ctx.coefs.dtype)
     grad = xp.empty_like(logits) if packed else xp.zeros_like(logits)
     backend.row_grad(logits, grad, logits_layout(logits, packed), 0, ctx.dplan.rows, ctx.dplan,
-                     ctx.blank, ctx.coef_blank, ctx.coef_emit, scale, ctx.fastemit_lambda,
-                     ctx.clamp, 0, ctx.lse)
+                     ctx.topo, ctx.coefs, scale, ctx.fastemit_lambda, ctx.clamp, 0, ctx.lse,
+                     ctx.coefs2)
     return grad

@@ -208,6 +208,21 @@ def _plan_arrays(plan: RowPlan, xp) -> tuple:
         return arrays
 
 
+def device_ints(xp, values: tuple):
+    """A small constant int32 array (blank ids, arc tables) in ``xp``, cached on a device
+    like the plan (a CUDA-graph replay copies nothing)."""
+    if getattr(xp, "cuda", None) is None:
+        return np.asarray(values, dtype=np.int32)
+    key = (xp.__name__, int(xp.cuda.Device().id), "ints", tuple(values))
+    with _PLAN_LOCK:
+        arr = _PLAN_CACHE.get(key)
+        if arr is None:
+            arr = _PLAN_CACHE[key] = xp.asarray(np.asarray(values, dtype=np.int32))
+            while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+                _PLAN_CACHE.popitem(last=False)
+        return arr
+
+
 def to_device(plan: RowPlan, targets, xp) -> DevicePlan:
     """The plan (cached on a device) and the (B, U_max) targets as ``xp`` arrays."""
     tg = xp.asarray(targets)

@@ -185,8 +185,8 @@ def check_range(name: str, values: np.ndarray, low: int, high: int, what: str):
                          f"for sample {i}")
 
 
-def check_targets(targets: np.ndarray, target_len: np.ndarray, vocab: int, blank: int):
-    """Labels within each valid length lie in [0, V) and differ from blank."""
+def check_targets(targets: np.ndarray, target_len: np.ndarray, vocab: int, blanks: tuple):
+    """Labels within each valid length lie in [0, V) and are no blank symbol."""
     width = targets.shape[1]
     valid = np.arange(width)[None, :] < target_len[:, None]
     bad = valid & ((targets < 0) | (targets >= vocab))
@@ -194,16 +194,21 @@ def check_targets(targets: np.ndarray, target_len: np.ndarray, vocab: int, blank
         b, u = map(int, np.argwhere(bad)[0])
         raise ValueError(f"targets: expected labels in [0, {vocab}), got {int(targets[b, u])} at "
                          f"sample {b}, position {u}")
-    bad = valid & (targets == blank)
+    bad = valid & np.isin(targets, blanks)
     if bad.any():
         b, u = map(int, np.argwhere(bad)[0])
-        raise ValueError(f"targets: expected no blank ({blank}) within target_lengths, found it at "
+        what = f"blank ({blanks[0]})" if len(blanks) == 1 else \
+            f"blank symbol {list(blanks)}, found {int(targets[b, u])}"
+        raise ValueError(f"targets: expected no {what} within target_lengths, found it at "
                          f"sample {b}, position {u}")
 
 
 def check_values(t_name: str, logit_lengths, target_lengths, targets, max_frames: int,
-                 vocab: int, blank: int, labels_on_host: bool = True):
+                 topo, n_logits: int, labels_on_host: bool = True):
     """Host copies of (lengths, labels) after checking their values: (t_len, u_len, targets).
+
+    ``topo`` (``cutrans._topology.Topology``) gives the blank ids and the token vocabulary
+    among the ``n_logits`` logits per row; ``variant="modified"`` needs ``U_b <= T_b``.
 
     ``labels_on_host=False`` (``checks="device"``): the lengths must be host arrays, and
     ``targets`` is returned as it is, unread (a kernel checks it on the device)."""
@@ -216,10 +221,15 @@ def check_values(t_name: str, logit_lengths, target_lengths, targets, max_frames
     check_range(t_name, t_len, 1, max_frames, "frame counts")
     u_len = to_host(target_lengths).astype(np.int64)
     check_range("target_lengths", u_len, 0, targets.shape[1], "label counts")
+    if topo.variant == "modified" and (u_len > t_len).any():
+        i = int(np.flatnonzero(u_len > t_len)[0])
+        raise ValueError(f"target_lengths: variant='modified' emits at most one label per "
+                         f"frame, so it needs U_b <= T_b; got U_b={int(u_len[i])} > "
+                         f"T_b={int(t_len[i])} for sample {i}")
     if not labels_on_host:
         return t_len, u_len, targets
     host_targets = to_host(targets)
-    check_targets(host_targets, u_len, vocab, blank)
+    check_targets(host_targets, u_len, topo.vocab(n_logits), topo.blanks)
     return t_len, u_len, host_targets
 
 

@@ -12,6 +12,9 @@ Math (0-based targets ``y``, ``lp = log_softmax(z)``)::
     alpha(t,u) = logaddexp(alpha(t-1,u) + lp_blank(t-1,u), alpha(t,u-1) + lp_emit(t,u-1))
     loss_b     = -(1 + fastemit_lambda) * (alpha(T_b-1,U_b) + lp_blank(T_b-1,U_b))
 
+Variants (``variant=``: ``"modified"``, ``"multiblank"``, ``"tdt"``, and ``delay_penalty``)
+change the lattice's arcs and per-row values; see ``cutrans._topology``.
+
 FastEmit follows NeMo/warprnnt-numba: the emission terms of the gradient get weight
 ``1 + lambda`` and the reported loss is ``(1 + lambda) * (-log P(y|x))``.
 ``clamp`` clips dLoss/dlogits to ``[-clamp, clamp]`` before the upstream scaling
@@ -41,6 +44,7 @@ from . import _orchestrate as orch
 from . import _status
 from . import _validate as v
 from ._plan import make_plan
+from ._topology import make_topology
 from .backends import ACTIVATIONS, get_backend
 
 DEFAULT_WORKSPACE_BYTES = 512 << 20  # 512 MiB of chunk workspace for the fused op
@@ -48,9 +52,22 @@ ALL_GRADS = (True, True, True, True)
 CHECKS = ("host", "device")
 
 
-def _common_scalars(blank, vocab, clamp, fastemit_lambda):
-    return (v.normalize_blank(blank, vocab), v.normalize_clamp(clamp),
-            v.check_scalar("fastemit_lambda", fastemit_lambda))
+def variant_args(variant="rnnt", delay_penalty=0.0, durations=None, big_blank_durations=None,
+                 sigma=0.0, omega=0.0) -> dict:
+    """The variant keywords of every loss function (see ``cutrans._topology``)."""
+    return dict(variant=variant, delay_penalty=delay_penalty, durations=durations,
+                big_blank_durations=big_blank_durations, sigma=sigma, omega=omega)
+
+
+def common_scalars(n_logits: int, blank, clamp, fastemit_lambda, variants: dict):
+    """(topology, clamp, fastemit_lambda), validated; ``variants``: ``variant_args``."""
+    args = dict(variants)
+    topo = make_topology(args.pop("variant"), n_logits, blank, **args)
+    lam = v.check_scalar("fastemit_lambda", fastemit_lambda)
+    if lam and topo.variant == "tdt":
+        raise ValueError("fastemit_lambda: not defined for variant='tdt' (its emissions carry "
+                         "durations); use 0")
+    return topo, v.normalize_clamp(clamp), lam
 
 
 def _upstream(xp, batch: int, reduction: str, dtype):
@@ -81,8 +98,10 @@ class CopyWarning(UserWarning):
 @_arrays.on_data_device
 def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
                       clamp: float | None = None, fastemit_lambda: float = 0.0,
-                      layout: str = "padded", need_grad: bool = True, backend=None):
-    """Per-sample RNN-T losses on logits, and the context for ``rnnt_loss_backward``.
+                      layout: str = "padded", need_grad: bool = True, variant: str = "rnnt",
+                      delay_penalty: float = 0.0, durations=None, big_blank_durations=None,
+                      sigma: float = 0.0, omega: float = 0.0, backend=None):
+    """Per-sample transducer losses on logits, and the context for ``rnnt_loss_backward``.
 
     Args:
         logits: ``(B, T, U+1, V)`` if ``layout="padded"``; ``(sum_b T_b (U_b+1), V)`` if
@@ -90,6 +109,11 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
         targets: ``(B, U)`` int32/int64 labels, padded; only ``u < target_lengths[b]`` read.
         logit_lengths: ``(B,)`` frames ``T_b`` (1 <= T_b <= T).
         target_lengths: ``(B,)`` labels ``U_b`` (0 <= U_b <= U).
+        variant: ``"rnnt"`` | ``"modified"`` | ``"multiblank"`` | ``"tdt"``, with
+            ``delay_penalty`` (rnnt, modified), ``big_blank_durations`` and ``sigma``
+            (multiblank), ``durations``, ``sigma`` and ``omega`` (tdt: the last
+            ``len(durations)`` logits of a row are the duration logits); see the README
+            and ``cutrans._topology``.
     Returns:
         ``(losses, ctx)``: losses ``(B,)`` in the compute dtype (float32, float64 for
         float64 logits); ``ctx`` is None unless ``need_grad``.
@@ -101,10 +125,11 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
                                                   ("target_lengths", target_lengths)])
     logits, targets, logit_lengths, target_lengths = map(
         io.to_core, (logits, targets, logit_lengths, target_lengths))
-    blank, clamp, lam = _common_scalars(blank, V, clamp, fastemit_lambda)
+    topo, clamp, lam = common_scalars(V, blank, clamp, fastemit_lambda, variant_args(
+        variant, delay_penalty, durations, big_blank_durations, sigma, omega))
     T_max = logits.shape[0] if packed else logits.shape[1]
     t_len, u_len, host_targets = v.check_values("logit_lengths", logit_lengths, target_lengths,
-                                                targets, T_max, V, blank)
+                                                targets, T_max, topo, V)
     plan = make_plan(t_len, u_len)
     if packed and logits.shape[0] != plan.rows:
         raise ValueError(f"logits: expected {plan.rows} rows (sum of T_b * (U_b + 1)) for the "
@@ -112,8 +137,8 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
     be = get_backend(backend, logits)
     v.check_array_module("logits", logits, be)  # finiteness: checked on the row statistics
     logits = _contiguous(be.xp, "logits", logits)
-    losses, ctx = orch.logits_forward(be, logits, be.xp.asarray(host_targets), plan,
-                                      packed=packed, blank=blank, fastemit_lambda=lam,
+    losses, ctx = orch.logits_forward(be, logits, be.xp.asarray(host_targets), plan, topo,
+                                      packed=packed, fastemit_lambda=lam,
                                       clamp=clamp, need_grad=v.check_bool("need_grad", need_grad))
     if ctx is not None:
         ctx.io = io
@@ -132,8 +157,10 @@ def rnnt_loss_backward(ctx, grad_losses):
 def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
               reduction: str = "mean", clamp: float | None = None,
               fastemit_lambda: float = 0.0, layout: str = "padded", return_grad: bool = False,
-              backend=None):
-    """RNN-T loss on logits (torchaudio names and ``reduction``; see ``rnnt_loss_forward``).
+              variant: str = "rnnt", delay_penalty: float = 0.0, durations=None,
+              big_blank_durations=None, sigma: float = 0.0, omega: float = 0.0, backend=None):
+    """Transducer loss on logits (torchaudio names and ``reduction``; see
+    ``rnnt_loss_forward``, also for ``variant`` and its arguments).
 
     ``reduction``: ``"none"`` -> ``(B,)``, ``"mean"`` -> mean over the batch, ``"sum"``.
     With ``return_grad=True`` returns ``(loss, grad_logits)``, the gradient of the reduced
@@ -142,12 +169,14 @@ def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
     v.check_choice("reduction", reduction, v.REDUCTIONS)
     losses, ctx = rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, blank=blank,
                                     clamp=clamp, fastemit_lambda=fastemit_lambda, layout=layout,
-                                    need_grad=return_grad, backend=backend)
+                                    need_grad=return_grad, backend=backend,
+                                    **variant_args(variant, delay_penalty, durations,
+                                                   big_blank_durations, sigma, omega))
     loss = v.reduce_losses(losses, reduction)
     if not return_grad:
         return loss
     xp = ctx.backend.xp
-    up = _upstream(xp, ctx.plan.batch, reduction, ctx.coef_blank.dtype)
+    up = _upstream(xp, ctx.plan.batch, reduction, ctx.coefs.dtype)
     return loss, ctx.io.from_core(orch.logits_backward(ctx, up))
 
 
@@ -196,7 +225,7 @@ class _FusedCall:
 
 def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation,
                 blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32,
-                backend, checks, status) -> _FusedCall:
+                backend, checks, status, variants: dict) -> _FusedCall:
     """Validate a fused call (``checks="host"``: everything now; ``"device"``: no host
     read -- lengths on the host, labels and results checked into ``status``)."""
     V = v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
@@ -209,12 +238,12 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
     enc, pred, weight, bias, targets, enc_lengths, target_lengths = map(
         io.to_core, (enc, pred, weight, bias, targets, enc_lengths, target_lengths))
     act = ACTIVATIONS[v.check_choice("activation", activation, v.ACTIVATION_NAMES)]
-    blank, clamp, lam = _common_scalars(blank, V, clamp, fastemit_lambda)
+    topo, clamp, lam = common_scalars(V, blank, clamp, fastemit_lambda, variants)
     budget = v.check_workspace(max_workspace_bytes)
     sample_wise = v.check_bool("sample_wise", sample_wise)
     tf32 = v.check_bool("allow_tf32", allow_tf32)
     t_len, u_len, targets = v.check_values("enc_lengths", enc_lengths, target_lengths,
-                                           targets, enc.shape[1], V, blank, on_host)
+                                           targets, enc.shape[1], topo, V, on_host)
     be = get_backend(backend, enc)
     xp = be.xp
     for name, x in (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)):
@@ -223,9 +252,13 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
             v.check_finite(name, x, xp)
     f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in (
         ("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))),
-        activation=act, blank=blank, fastemit_lambda=lam, clamp=clamp, tf32=tf32)
+        activation=act, topo=topo, fastemit_lambda=lam, clamp=clamp, tf32=tf32)
     status_core = None
     if not on_host:
+        if io.kind == "jax":
+            raise TypeError("checks: 'device' ORs flags into a status array in place, and JAX "
+                            "arrays are immutable; pass NumPy, CuPy or PyTorch arrays (or "
+                            "use checks='host')")
         if status is None:
             status = io.from_core(_status.new_status(xp))
         status_core = io.to_core(status)
@@ -247,8 +280,12 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
                        max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                        sample_wise: bool = False, need_grad: bool = True,
                        reduction: str = "none", needs=ALL_GRADS, allow_tf32: bool = False,
-                       checks: str = "host", status=None, backend=None):
-    """Per-sample losses of the fused joint network + RNN-T, and the backward context.
+                       checks: str = "host", status=None, variant: str = "rnnt",
+                       delay_penalty: float = 0.0, durations=None, big_blank_durations=None,
+                       sigma: float = 0.0, omega: float = 0.0, backend=None):
+    """Per-sample losses of the fused joint network + transducer loss, and the backward
+    context (``variant`` and its arguments as in ``rnnt_loss_forward``; TDT: ``weight``
+    and ``bias`` hold the token rows then the duration rows).
 
     ``z(b,t,u) = act(enc[b,t] + pred[b,u]) @ weight.T + bias`` is computed in row chunks
     of the packed lattice whose workspace fits ``max_workspace_bytes`` (see
@@ -285,7 +322,9 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
                         "shape ()) for transducer_forward")
     call = _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
                        activation, blank, clamp, fastemit_lambda, max_workspace_bytes,
-                       sample_wise, allow_tf32, backend, checks, status)
+                       sample_wise, allow_tf32, backend, checks, status,
+                       variant_args(variant, delay_penalty, durations, big_blank_durations,
+                                    sigma, omega))
     return _forward(call, need_grad, reduction, _check_needs(needs))
 
 
@@ -350,6 +389,8 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
                     max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                     sample_wise: bool = False, compute_grad: bool = True,
                     allow_tf32: bool = False, checks: str = "host", status=None,
+                    variant: str = "rnnt", delay_penalty: float = 0.0, durations=None,
+                    big_blank_durations=None, sigma: float = 0.0, omega: float = 0.0,
                     backend=None) -> TransducerOutput:
     """Fused loss and (if ``compute_grad``) the gradients of the reduced loss (of the sum
     for ``"none"``), computed in one pass over the batch.
@@ -362,7 +403,9 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
     compute_grad = v.check_bool("compute_grad", compute_grad)
     call = _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
                        activation, blank, clamp, fastemit_lambda, max_workspace_bytes,
-                       sample_wise, allow_tf32, backend, checks, status)
+                       sample_wise, allow_tf32, backend, checks, status,
+                       variant_args(variant, delay_penalty, durations, big_blank_durations,
+                                    sigma, omega))
     losses, ctx = _forward(call, compute_grad, "sum" if reduction == "none" else reduction,
                            ALL_GRADS)
     grads = TransducerGrads(*map(ctx.io.from_core, ctx.grads)) if compute_grad else None

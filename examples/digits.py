@@ -135,6 +135,29 @@ class Progress:
         self.stream.flush()
 
 
+def parse_training_args(ap, argv=None):
+    """The training examples' common options (added to ``ap``), parsed."""
+    ap.add_argument("--steps", type=int, default=600, help="0: the memory comparison only")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--workspace-mb", type=float, default=1.0,
+                    help="memory budget of the fused loss's row chunks (MiB)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="batched (B,T,U+1,V) joint + rnnt_loss on logits instead")
+    ap.add_argument("--quick", action="store_true", help="a short run (CI): 150 steps")
+    ap.add_argument("--stop-below", type=float, default=0.0, metavar="TER",
+                    help="stop once the test token error rate is below TER")
+    ap.add_argument("--plot", metavar="FILE", help="save loss and error rate vs steps")
+    ap.add_argument("--history", metavar="FILE", help="save the curves as JSON")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory comparison")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval_every = 150, 50
+    return args
+
+
 class History:
     """Training loss per step and test token error rate (TER) per evaluation, with times."""
 
@@ -168,6 +191,26 @@ class History:
         hit = self.first_below(goal)
         print(f"test token error rate below {goal:.0%} " + (
             f"from step {hit[0]}, {hit[1]:.0f} s into training" if hit else "not reached"))
+
+    def record(self, step: int, loss: float, args, evaluate, bar) -> bool:
+        """One training step's bookkeeping: its loss, a test evaluation every
+        ``args.eval_every`` steps (``evaluate()`` returns the TER), the progress bar;
+        True when the TER went below ``args.stop_below`` (stop training)."""
+        self.loss(step, loss)
+        if step % args.eval_every == 0 or step == args.steps:
+            self.ter(step, evaluate())
+        bar.update(step, loss=self.recent_loss(), ter=self.ters[-1])
+        return self.ters[-1] < args.stop_below
+
+    def finish(self, bar, args, title: str):
+        """Close the bar, print the summary, write the ``--plot`` / ``--history`` files."""
+        bar.close()
+        self.summary()
+        if args.plot:
+            self.plot(args.plot, title)
+        if args.history:
+            self.save(args.history)
+        return self
 
     def save(self, path: str):
         with open(path, "w") as f:

@@ -148,27 +148,10 @@ def memory_report(model, batch):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=600, help="0: the memory comparison only")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (the model is tiny: 1 is as fast, and "
                          "robust on a busy machine)")
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--workspace-mb", type=float, default=1.0,
-                    help="memory budget of the fused loss's row chunks (MiB)")
-    ap.add_argument("--baseline", action="store_true",
-                    help="batched (B,T,U+1,V) joint + rnnt_loss on logits instead")
-    ap.add_argument("--quick", action="store_true", help="a short run (CI): 150 steps")
-    ap.add_argument("--stop-below", type=float, default=0.0, metavar="TER",
-                    help="stop once the test token error rate is below TER")
-    ap.add_argument("--plot", metavar="FILE", help="save loss and error rate vs steps")
-    ap.add_argument("--history", metavar="FILE", help="save the curves as JSON")
-    ap.add_argument("--no-memory", action="store_true", help="skip the memory comparison")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.steps, args.eval_every = 150, 50
+    args = digits.parse_training_args(ap, argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -196,19 +179,9 @@ def main(argv=None):
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         sched.step()
-        hist.loss(step, loss.item())
-        if step % args.eval_every == 0 or step == args.steps:
-            hist.ter(step, evaluate(model, test))
-        bar.update(step, loss=hist.recent_loss(), ter=hist.ters[-1])
-        if hist.ters[-1] < args.stop_below:
+        if hist.record(step, loss.item(), args, lambda: evaluate(model, test), bar):
             break
-    bar.close()
-    hist.summary()
-    if args.plot:
-        hist.plot(args.plot, f"RNN-T on synthetic digits, PyTorch ({mode})")
-    if args.history:
-        hist.save(args.history)
-    return hist
+    return hist.finish(bar, args, f"RNN-T on synthetic digits, PyTorch ({mode})")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ Framework custom ops (``torch.library.custom_op``, ``jax.pure_callback``) can on
 arrays from a forward to its backward, not the core's opaque contexts. So:
 
 * two-pass ops (per-sample upstream gradient, reduction "none"): the forward returns the
-  per-sample losses plus the two gradient coefficients (``coef_blank``, ``coef_emit``)
-  laid out *padded* as ``(B, T, U+1)`` -- a shape known from the input shapes alone, so
-  fake / abstract evaluation needs no data -- and the backward rebuilds the core's context
+  per-sample losses plus the gradient coefficients of every lattice point laid out
+  *padded* as ``(B, T, U+1, coef_width)`` (2 for the standard RNN-T) -- a shape known
+  from the input shapes and arguments alone, so fake / abstract evaluation needs no
+  data -- and the backward rebuilds the core's context
   from the inputs and those coefficients (``_orchestrate.logits_context`` /
   ``_fused.fused_context``, the constructors the core's forwards use) and runs its backward;
 * the one-pass fused op (reduction "mean"/"sum"): the forward returns the reduced loss and
@@ -14,7 +15,8 @@ arrays from a forward to its backward, not the core's opaque contexts. So:
 
 Padded <-> packed is a boolean mask: the packed row order (sample, then t, then u) is
 exactly the C order of the valid points ``t < T_b, u <= U_b`` of a ``(B, T, U+1)`` grid.
-All argument checks are ``cutrans._validate``'s, as in the core.
+All argument checks are ``cutrans._validate``'s, as in the core. The variant and its
+arguments travel as one string (``cutrans._topology.encode_variant``).
 """
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ from cutrans import _validate as v
 from cutrans import api
 from cutrans._dtypes import compute_dtype
 from cutrans._plan import make_plan, to_device
+from cutrans._topology import Topology, decode_variant
 from cutrans.backends import ACTIVATIONS, get_backend
 
 __all__ = ["logits_forward", "logits_backward", "fused_forward", "fused_backward",
-           "fused_reduced", "lattice_forward", "validate_logprob_args"]
+           "fused_reduced", "lattice_forward", "validate_logprob_args", "coef_width"]
 
 
 def _mask(xp, t_len, u_len, T: int, U1: int):
@@ -39,7 +42,8 @@ def _mask(xp, t_len, u_len, T: int, U1: int):
 
 
 def _pad(xp, packed, mask):
-    out = xp.zeros(mask.shape, dtype=packed.dtype)
+    """Packed rows (R,) or (R, W) -> padded (B, T, U+1) or (B, T, U+1, W), zeros outside."""
+    out = xp.zeros(mask.shape + packed.shape[1:], dtype=packed.dtype)
     out[mask] = packed
     return out
 
@@ -52,83 +56,97 @@ def _host_lengths(x) -> np.ndarray:
     return v.to_host(x).astype(np.int64)
 
 
+def _topology(n_logits: int, blank, clamp, fastemit_lambda, variant: str):
+    """(topology, clamp, fastemit_lambda) from an op's arguments (``variant``: the string of
+    ``cutrans._topology.encode_variant``)."""
+    return api.common_scalars(n_logits, blank, clamp, fastemit_lambda, decode_variant(variant))
+
+
+def coef_width(n_logits: int, blank, variant: str) -> int:
+    """Columns of the saved coefficients: the topology's ``width``, + 2 with TDT's omega."""
+    topo = _topology(n_logits, blank, None, 0.0, variant)[0]
+    return topo.width + (2 if topo.omega else 0)
+
+
 def _coefs_padded(ctx, T, U1):
+    """The context's coefficients, (R, W) [+ (R, 2)], as one padded (B, T, U+1, W [+ 2])."""
     xp = ctx.backend.xp
     mask = _mask(xp, ctx.dplan.logit_len, ctx.dplan.target_len, T, U1)
-    return _pad(xp, ctx.coef_blank, mask), _pad(xp, ctx.coef_emit, mask)
+    packed = ctx.coefs if ctx.coefs2 is None else xp.concatenate([ctx.coefs, ctx.coefs2], 1)
+    return _pad(xp, packed, mask)
 
 
-def _plan_and_coefs(xp, targets, t_len, u_len, cb, ce, T, U1, cdt):
+def _plan_and_coefs(xp, targets, t_len, u_len, coefs, topo, T, U1, cdt):
+    """(plan, device plan, coefs (R, W), coefs2 (R, 2) or None) from saved padded ones."""
     plan = make_plan(_host_lengths(t_len), _host_lengths(u_len))
     dplan = to_device(plan, xp.asarray(v.to_host(targets)), xp)
     mask = _mask(xp, dplan.logit_len, dplan.target_len, T, U1)
-    return plan, dplan, _pack(cb, mask, cdt), _pack(ce, mask, cdt)
+    packed = _pack(coefs, mask, cdt)
+    W = topo.width
+    c2 = xp.ascontiguousarray(packed[:, W:]) if topo.omega else None
+    return plan, dplan, xp.ascontiguousarray(packed[:, :W]), c2
 
 
 # ------------------------------------------------------------------ logits op
 def logits_forward(logits, targets, logit_lengths, target_lengths, *, blank, clamp,
-                   fastemit_lambda, need_grad):
-    """``(losses (B,), coef_blank, coef_emit)``, coefficients ``(B, T, U+1)`` or None."""
+                   fastemit_lambda, need_grad, variant="rnnt"):
+    """``(losses (B,), coefs)``, coefficients ``(B, T, U+1, coef_width)`` or None."""
     losses, ctx = api.rnnt_loss_forward(logits, targets, logit_lengths, target_lengths,
                                         blank=blank, clamp=clamp,
-                                        fastemit_lambda=fastemit_lambda, need_grad=need_grad)
+                                        fastemit_lambda=fastemit_lambda, need_grad=need_grad,
+                                        **decode_variant(variant))
     if ctx is None:
-        return losses, None, None
-    return (losses, *_coefs_padded(ctx, logits.shape[1], logits.shape[2]))
+        return losses, None
+    return losses, _coefs_padded(ctx, logits.shape[1], logits.shape[2])
 
 
-def logits_backward(grad_losses, logits, targets, logit_lengths, target_lengths, coef_blank,
-                    coef_emit, *, blank, clamp, fastemit_lambda):
+def logits_backward(grad_losses, logits, targets, logit_lengths, target_lengths, coefs, *,
+                    blank, clamp, fastemit_lambda, variant="rnnt"):
     """dLoss/dlogits (logits' shape and dtype) from inputs + saved coefficients."""
     be = get_backend(None, logits)
     xp = be.xp
     B, T, U1, V = logits.shape
-    cdt = compute_dtype(logits.dtype)
-    plan, dplan, cb, ce = _plan_and_coefs(xp, targets, logit_lengths, target_lengths,
-                                          coef_blank, coef_emit, T, U1, cdt)
-    ctx = orch.logits_context(be, logits, None, plan, cb, ce, packed=False,
-                              blank=v.normalize_blank(blank, V),
-                              fastemit_lambda=float(fastemit_lambda),
-                              clamp=v.normalize_clamp(clamp), dplan=dplan)
+    topo, clamp, lam = _topology(V, blank, clamp, fastemit_lambda, variant)
+    plan, dplan, c, c2 = _plan_and_coefs(xp, targets, logit_lengths, target_lengths, coefs,
+                                         topo, T, U1, compute_dtype(logits.dtype))
+    ctx = orch.logits_context(be, logits, None, plan, topo, c, c2, packed=False,
+                              fastemit_lambda=lam, clamp=clamp, dplan=dplan)
     return api.rnnt_loss_backward(ctx, grad_losses)
 
 
 # ------------------------------------------------------------------ fused op
 def fused_forward(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *, activation,
                   blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, need_grad,
-                  allow_tf32=False, checks="host", status=None):
-    """``(losses (B,), coef_blank, coef_emit)``, coefficients ``(B, T, U+1)`` or None."""
+                  allow_tf32=False, checks="host", status=None, variant="rnnt"):
+    """``(losses (B,), coefs)``, coefficients ``(B, T, U+1, coef_width)`` or None."""
     losses, ctx = api.transducer_forward(
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
         blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
         max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, need_grad=need_grad,
-        allow_tf32=allow_tf32, checks=checks, status=status)
+        allow_tf32=allow_tf32, checks=checks, status=status, **decode_variant(variant))
     if ctx is None:
-        return losses, None, None
-    return (losses, *_coefs_padded(ctx, enc.shape[1], pred.shape[1]))
+        return losses, None
+    return losses, _coefs_padded(ctx, enc.shape[1], pred.shape[1])
 
 
 def fused_backward(grad_losses, enc, pred, weight, bias, targets, enc_lengths, target_lengths,
-                   coef_blank, coef_emit, *, activation, blank, clamp, fastemit_lambda,
-                   max_workspace_bytes, sample_wise, needs=(True, True, True, True),
-                   allow_tf32=False):
+                   coefs, *, activation, blank, clamp, fastemit_lambda, max_workspace_bytes,
+                   sample_wise, needs=(True, True, True, True), allow_tf32=False,
+                   variant="rnnt"):
     """``(d_enc, d_pred, d_weight, d_bias)`` from inputs + saved coefficients.
 
     ``needs`` flags the gradients to compute; the others come back as None.
     """
     be = get_backend(None, enc)
     xp = be.xp
-    B, T, H = enc.shape
-    U1, V = pred.shape[1], weight.shape[0]
-    cdt = compute_dtype(enc.dtype)
-    plan, dplan, cb, ce = _plan_and_coefs(xp, targets, enc_lengths, target_lengths,
-                                          coef_blank, coef_emit, T, U1, cdt)
+    T, U1 = enc.shape[1], pred.shape[1]
+    topo, clamp, lam = _topology(weight.shape[0], blank, clamp, fastemit_lambda, variant)
+    plan, dplan, c, c2 = _plan_and_coefs(xp, targets, enc_lengths, target_lengths, coefs,
+                                         topo, T, U1, compute_dtype(enc.dtype))
     f = _fused.FusedInputs(*(xp.ascontiguousarray(x) for x in (enc, pred, weight, bias)),
-                           activation=ACTIVATIONS[activation],
-                           blank=v.normalize_blank(blank, V),
-                           fastemit_lambda=float(fastemit_lambda),
-                           clamp=v.normalize_clamp(clamp), tf32=bool(allow_tf32))
-    ctx = _fused.fused_context(be, f, None, plan, cb, ce,
+                           activation=ACTIVATIONS[activation], topo=topo, fastemit_lambda=lam,
+                           clamp=clamp, tf32=bool(allow_tf32))
+    ctx = _fused.fused_context(be, f, None, plan, c, c2,
                                max_workspace_bytes=max_workspace_bytes,
                                sample_wise=sample_wise, dplan=dplan)
     return tuple(_fused.backward(ctx, grad_losses, needs=tuple(needs)))
@@ -137,14 +155,15 @@ def fused_backward(grad_losses, enc, pred, weight, bias, targets, enc_lengths, t
 def fused_reduced(enc, pred, weight, bias, targets, enc_lengths, target_lengths, *, activation,
                   blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, reduction,
                   needs=(True, True, True, True), allow_tf32=False, checks="host",
-                  status=None):
+                  status=None, variant="rnnt"):
     """One pass: ``(reduced loss (0-d), d_enc, d_pred, d_weight, d_bias)``, the gradients of
     the reduced loss (None where not in ``needs``)."""
     losses, ctx = api.transducer_forward(
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
         blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
         max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, reduction=reduction,
-        needs=needs, allow_tf32=allow_tf32, checks=checks, status=status)
+        needs=needs, allow_tf32=allow_tf32, checks=checks, status=status,
+        **decode_variant(variant))
     xp = get_backend(None, enc).xp
     return (xp.asarray(v.reduce_losses(losses, reduction)), *ctx.grads)
 
@@ -154,8 +173,8 @@ def validate_logprob_args(logits, targets, logit_lengths, target_lengths, blank)
     """The checks of ``api.rnnt_loss_forward`` (padded layout); returns the blank id."""
     V = v.logits_shapes(logits, targets, logit_lengths, target_lengths)
     blank = v.normalize_blank(blank, V)
-    v.check_values("logit_lengths", logit_lengths, target_lengths, targets, logits.shape[1], V,
-                   blank)
+    v.check_values("logit_lengths", logit_lengths, target_lengths, targets, logits.shape[1],
+                   Topology(blanks=(blank,)), V)
     return blank
 
 
@@ -172,13 +191,14 @@ def lattice_forward(lp_blank, lp_emit, logit_lengths, target_lengths, *, fastemi
     plan = make_plan(_host_lengths(logit_lengths), _host_lengths(target_lengths))
     dplan = to_device(plan, xp.zeros((B, 1), dtype=xp.int32), xp)
     mask = _mask(xp, dplan.logit_len, dplan.target_len, T, U1)
-    lpb = xp.ascontiguousarray(_pack(lp_blank, mask, lp_blank.dtype))
-    lpe = xp.ascontiguousarray(_pack(lp_emit, mask, lp_blank.dtype))
+    lpb = _pack(lp_blank, mask, lp_blank.dtype)
+    lpe = _pack(lp_emit, mask, lp_blank.dtype)
     alpha = xp.empty_like(lpb)
     beta = xp.empty_like(lpb) if need_grad else alpha
     ll = xp.empty(B, dtype=lpb.dtype)
-    be.lattice(dplan, 0, B, 0, lpb, lpe, alpha, beta, ll, lpb, lpe, need_grad)
+    values = xp.stack([lpb, lpe], axis=1)
+    be.lattice(dplan, Topology(), 0, B, 0, values, alpha, beta, ll, values, need_grad)
     losses = _fused.losses_from(ll, fastemit_lambda)
     if not need_grad:
         return losses, None, None
-    return losses, _pad(xp, lpb, mask), _pad(xp, lpe, mask)
+    return losses, _pad(xp, values[:, 0], mask), _pad(xp, values[:, 1], mask)

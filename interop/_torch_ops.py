@@ -1,8 +1,9 @@
 """``torch.library`` custom ops (namespace ``cutrans::``) behind ``cutrans.interop.torch``.
 
 Op pairs (custom ops return tensors only, so the forward returns the losses plus the
-gradient coefficients, padded ``(B, T, U+1)``; the backward op recomputes from the
-inputs and those coefficients):
+gradient coefficients, padded ``(B, T, U+1, coef_width)``; the backward op recomputes from
+the inputs and those coefficients). The transducer variant and its arguments travel as one
+string argument ``variant`` (``cutrans._topology.encode_variant``):
 
 * ``cutrans::rnnt_loss_fwd`` / ``cutrans::rnnt_loss_bwd``      -- logits op
 * ``cutrans::transducer_fwd`` / ``cutrans::transducer_bwd``    -- fused op, two passes
@@ -108,8 +109,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _coef_like(x: Tensor, B: int, T: int, U1: int, need: bool) -> Tensor:
-    shape = (B, T, U1) if need else (0,)
+def _coef_like(x: Tensor, B: int, T: int, U1: int, need: bool, width: int | None = None
+               ) -> Tensor:
+    """Saved coefficients: (B, T, U+1) (lattice op), (B, T, U+1, width) (loss ops), or an
+    empty tensor without ``need``."""
+    shape = ((B, T, U1) if width is None else (B, T, U1, width)) if need else (0,)
     return x.new_empty(shape, dtype=compute_dtype(x.dtype))
 
 
@@ -118,36 +122,41 @@ def _empty_coefs(x: Tensor):
     return e, e.clone()
 
 
+def _coefs_out(x: Tensor, coefs) -> Tensor:
+    return x.new_empty((0,), dtype=compute_dtype(x.dtype)) if coefs is None else from_xp(coefs)
+
+
 # ------------------------------------------------------------------ logits op
 @torch.library.custom_op("cutrans::rnnt_loss_fwd", mutates_args=())
 def rnnt_loss_fwd(logits: Tensor, targets: Tensor, logit_lengths: Tensor,
                   target_lengths: Tensor, blank: int, clamp: float, fastemit_lambda: float,
-                  need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+                  need_grad: bool, variant: str) -> tuple[Tensor, Tensor]:
+    """(losses, coefficients (B, T, U+1, coef_width) or empty)."""
     with device_scope(logits):
-        losses, cb, ce = _core.logits_forward(
+        losses, coefs = _core.logits_forward(
             to_xp(logits), to_xp(targets), to_xp(logit_lengths), to_xp(target_lengths),
-            blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda, need_grad=need_grad)
-        if cb is None:
-            return (from_xp(losses), *_empty_coefs(logits))
-        return from_xp(losses), from_xp(cb), from_xp(ce)
+            blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda, need_grad=need_grad,
+            variant=variant)
+        return from_xp(losses), _coefs_out(logits, coefs)
 
 
 @rnnt_loss_fwd.register_fake
-def _(logits, targets, logit_lengths, target_lengths, blank, clamp, fastemit_lambda, need_grad):
-    B, T, U1, _ = logits.shape
+def _(logits, targets, logit_lengths, target_lengths, blank, clamp, fastemit_lambda, need_grad,
+      variant):
+    B, T, U1, V = logits.shape
     return (logits.new_empty((B,), dtype=compute_dtype(logits.dtype)),
-            _coef_like(logits, B, T, U1, need_grad), _coef_like(logits, B, T, U1, need_grad))
+            _coef_like(logits, B, T, U1, need_grad, _core.coef_width(V, blank, variant)))
 
 
 @torch.library.custom_op("cutrans::rnnt_loss_bwd", mutates_args=())
 def rnnt_loss_bwd(grad_losses: Tensor, logits: Tensor, targets: Tensor, logit_lengths: Tensor,
-                  target_lengths: Tensor, coef_blank: Tensor, coef_emit: Tensor, blank: int,
-                  clamp: float, fastemit_lambda: float) -> Tensor:
+                  target_lengths: Tensor, coefs: Tensor, blank: int, clamp: float,
+                  fastemit_lambda: float, variant: str) -> Tensor:
     with device_scope(logits):
         g = _core.logits_backward(
             to_xp(grad_losses.contiguous()), to_xp(logits), to_xp(targets),
-            to_xp(logit_lengths), to_xp(target_lengths), to_xp(coef_blank), to_xp(coef_emit),
-            blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda)
+            to_xp(logit_lengths), to_xp(target_lengths), to_xp(coefs), blank=blank,
+            clamp=clamp, fastemit_lambda=fastemit_lambda, variant=variant)
         return from_xp(g, logits.dtype)
 
 
@@ -157,19 +166,18 @@ def _(grad_losses, logits, *args):
 
 
 def _rnnt_setup(ctx, inputs, output):
-    logits, targets, logit_lengths, target_lengths, blank, clamp, lam, _ = inputs
-    _, cb, ce = output
-    ctx.save_for_backward(logits, targets, logit_lengths, target_lengths, cb, ce)
-    ctx.scalars = (blank, clamp, lam)
+    logits, targets, logit_lengths, target_lengths, blank, clamp, lam, _, variant = inputs
+    ctx.save_for_backward(logits, targets, logit_lengths, target_lengths, output[1])
+    ctx.scalars = (blank, clamp, lam, variant)
 
 
-def _rnnt_backward(ctx, grad_losses, _gcb, _gce):
+def _rnnt_backward(ctx, grad_losses, _gcoefs):
     if not ctx.needs_input_grad[0]:
-        return (None,) * 8
-    logits, targets, tl, ul, cb, ce = ctx.saved_tensors
-    g = torch.ops.cutrans.rnnt_loss_bwd(grad_losses, logits, targets, tl, ul, cb, ce,
+        return (None,) * 9
+    logits, targets, tl, ul, coefs = ctx.saved_tensors
+    g = torch.ops.cutrans.rnnt_loss_bwd(grad_losses, logits, targets, tl, ul, coefs,
                                         *ctx.scalars)
-    return (g,) + (None,) * 7
+    return (g,) + (None,) * 8
 
 
 rnnt_loss_fwd.register_autograd(_rnnt_backward, setup_context=_rnnt_setup)
@@ -187,48 +195,46 @@ def transducer_fwd(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor, targ
                    enc_lengths: Tensor, target_lengths: Tensor, activation: str, blank: int,
                    clamp: float, fastemit_lambda: float, max_workspace_bytes: int,
                    sample_wise: bool, allow_tf32: bool, checks: str, status: Tensor,
-                   need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(losses, coef_blank, coef_emit, status | this call's flags)."""
+                   need_grad: bool, variant: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(losses, coefficients (B, T, U+1, coef_width) or empty, status | this call's flags)."""
     status = status.clone()
     with device_scope(enc):
-        losses, cb, ce = _core.fused_forward(
+        losses, coefs = _core.fused_forward(
             *(to_xp(x) for x in (enc, pred, weight, bias, targets, enc_lengths,
                                  target_lengths)),
             activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
             max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-            need_grad=need_grad, allow_tf32=allow_tf32, **_status_kw(checks, status))
-        if cb is None:
-            return (from_xp(losses), *_empty_coefs(enc), status)
-        return from_xp(losses), from_xp(cb), from_xp(ce), status
+            need_grad=need_grad, allow_tf32=allow_tf32, variant=variant,
+            **_status_kw(checks, status))
+        return from_xp(losses), _coefs_out(enc, coefs), status
 
 
 @transducer_fwd.register_fake
 def _(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank, clamp,
       fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32, checks, status,
-      need_grad):
+      need_grad, variant):
     B, T, _ = enc.shape
     U1 = pred.shape[1]
+    width = _core.coef_width(weight.shape[0], blank, variant)
     return (enc.new_empty((B,), dtype=compute_dtype(enc.dtype)),
-            _coef_like(enc, B, T, U1, need_grad), _coef_like(enc, B, T, U1, need_grad),
-            torch.empty_like(status))
+            _coef_like(enc, B, T, U1, need_grad, width), torch.empty_like(status))
 
 
 @torch.library.custom_op("cutrans::transducer_bwd", mutates_args=())
 def transducer_bwd(grad_losses: Tensor, enc: Tensor, pred: Tensor, weight: Tensor,
                    bias: Tensor, targets: Tensor, enc_lengths: Tensor, target_lengths: Tensor,
-                   coef_blank: Tensor, coef_emit: Tensor, activation: str, blank: int,
-                   clamp: float, fastemit_lambda: float, max_workspace_bytes: int,
-                   sample_wise: bool, allow_tf32: bool, needs: list[bool]
+                   coefs: Tensor, activation: str, blank: int, clamp: float,
+                   fastemit_lambda: float, max_workspace_bytes: int, sample_wise: bool,
+                   allow_tf32: bool, variant: str, needs: list[bool]
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ins = (enc, pred, weight, bias)
     with device_scope(enc):
         grads = _core.fused_backward(
             to_xp(grad_losses.contiguous()),
-            *(to_xp(x) for x in (*ins, targets, enc_lengths, target_lengths, coef_blank,
-                                 coef_emit)),
+            *(to_xp(x) for x in (*ins, targets, enc_lengths, target_lengths, coefs)),
             activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
             max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise, needs=needs,
-            allow_tf32=allow_tf32)
+            allow_tf32=allow_tf32, variant=variant)
         return tuple(from_xp(g, x.dtype) if need else x.new_empty((0,))
                      for g, x, need in zip(grads, ins, needs))
 
@@ -241,17 +247,17 @@ def _(grad_losses, enc, pred, weight, bias, *args):
 
 
 def _fused_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:7], output[1], output[2])
-    ctx.scalars = inputs[7:14]
+    ctx.save_for_backward(*inputs[:7], output[1])
+    ctx.scalars = (*inputs[7:14], inputs[17])  # activation ... allow_tf32, variant
 
 
-def _fused_backward(ctx, grad_losses, _gcb, _gce, _gstatus):
+def _fused_backward(ctx, grad_losses, _gcoefs, _gstatus):
     needs = list(ctx.needs_input_grad[:4])
     if not any(needs):
-        return (None,) * 17
+        return (None,) * 18
     saved = ctx.saved_tensors
     grads = torch.ops.cutrans.transducer_bwd(grad_losses, *saved, *ctx.scalars, needs)
-    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 13
+    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 14
 
 
 transducer_fwd.register_autograd(_fused_backward, setup_context=_fused_setup)
@@ -262,7 +268,8 @@ def transducer_reduced(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor,
                        targets: Tensor, enc_lengths: Tensor, target_lengths: Tensor,
                        activation: str, blank: int, clamp: float, fastemit_lambda: float,
                        max_workspace_bytes: int, sample_wise: bool, allow_tf32: bool,
-                       checks: str, status: Tensor, reduction: str, needs: list[bool]
+                       checks: str, status: Tensor, reduction: str, variant: str,
+                       needs: list[bool]
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One pass: the reduced loss (0-d, compute dtype), the gradients of the reduced loss
     w.r.t. (enc, pred, weight, bias) (empty where not in ``needs``), and
@@ -274,7 +281,7 @@ def transducer_reduced(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor,
             *(to_xp(x) for x in (*ins, targets, enc_lengths, target_lengths)),
             activation=activation, blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,
             max_workspace_bytes=max_workspace_bytes, sample_wise=sample_wise,
-            reduction=reduction, needs=needs, allow_tf32=allow_tf32,
+            reduction=reduction, needs=needs, allow_tf32=allow_tf32, variant=variant,
             **_status_kw(checks, status))
         return (from_xp(loss), *(from_xp(g, x.dtype) if need else x.new_empty((0,))
                                  for g, x, need in zip(grads, ins, needs)), status)
@@ -282,7 +289,7 @@ def transducer_reduced(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor,
 
 @transducer_reduced.register_fake
 def _(enc, pred, weight, bias, *args):
-    needs, status = args[-1], args[-3]
+    needs, status = args[-1], args[-4]
     return (enc.new_empty((), dtype=compute_dtype(enc.dtype)),
             *(torch.empty_like(x, memory_format=torch.contiguous_format) if need
               else x.new_empty((0,)) for x, need in zip((enc, pred, weight, bias), needs)),
@@ -298,7 +305,7 @@ def _reduced_backward(ctx, grad_loss, *_grad_grads):
     # out of place, so that a repeated backward (retain_graph) scales the same gradients
     grads = tuple(g * grad_loss.to(g.dtype) if need and n else None
                   for g, need, n in zip(ctx.saved_tensors, ctx.needs, ctx.needs_input_grad))
-    return grads + (None,) * 14
+    return grads + (None,) * 15
 
 
 transducer_reduced.register_autograd(_reduced_backward, setup_context=_reduced_setup)

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cutrans import _validate as _v
-from cutrans.api import DEFAULT_WORKSPACE_BYTES
+from cutrans._topology import decode_variant, encode_variant
+from cutrans.api import DEFAULT_WORKSPACE_BYTES, common_scalars, variant_args
 
 from . import _core
 
@@ -107,12 +108,18 @@ def _is_concrete(*xs) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
-def _check_values(t_name, t_len, u_len, targets, T, V, blank):
-    """Eager calls: check lengths and labels now, with the core's messages (under jit the
+def _scalars(t_name, t_len, u_len, targets, T, n_logits, blank, clamp, fastemit_lambda,
+             variant_kw):
+    """Checked (blank id, clamp, fastemit_lambda, variant string, coefficient columns).
+    Eager calls also check lengths and labels now, with the core's messages (under jit the
     callback checks them)."""
+    spec = encode_variant(**variant_kw)
+    topo, clamp, lam = common_scalars(n_logits, blank, clamp, fastemit_lambda,
+                                      decode_variant(spec))
     if _is_concrete(targets, t_len, u_len):
         _v.check_values(t_name, np.asarray(t_len), np.asarray(u_len), np.asarray(targets), T,
-                        V, blank)
+                        topo, n_logits)
+    return topo.blanks[0], clamp, lam, spec, topo.width + (2 if topo.omega else 0)
 
 
 # ------------------------------------------------------------------ logits op
@@ -120,6 +127,12 @@ class _LogitsParams(NamedTuple):
     blank: int
     clamp: float
     fastemit_lambda: float
+    variant: str
+    width: int  # columns of the saved coefficients
+
+    def kw(self):
+        return dict(blank=self.blank, clamp=self.clamp, fastemit_lambda=self.fastemit_lambda,
+                    variant=self.variant)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -127,8 +140,7 @@ def _rnnt(logits, targets, t_len, u_len, p: _LogitsParams):
     B = logits.shape[0]
 
     def fwd(x, y, tl, ul):
-        return _core.logits_forward(x, y, tl, ul, blank=p.blank, clamp=p.clamp,
-                                    fastemit_lambda=p.fastemit_lambda, need_grad=False)[:1]
+        return _core.logits_forward(x, y, tl, ul, **p.kw(), need_grad=False)[:1]
     return _call(fwd, [_sds((B,), _cdt(logits.dtype))], logits, targets, t_len, u_len)[0]
 
 
@@ -137,19 +149,17 @@ def _rnnt_fwd(logits, targets, t_len, u_len, p):
     cdt = _cdt(logits.dtype)
 
     def fwd(x, y, tl, ul):
-        return _core.logits_forward(x, y, tl, ul, blank=p.blank, clamp=p.clamp,
-                                    fastemit_lambda=p.fastemit_lambda, need_grad=True)
-    losses, cb, ce = _call(fwd, [_sds((B,), cdt), _sds((B, T, U1), cdt),
-                                 _sds((B, T, U1), cdt)], logits, targets, t_len, u_len)
-    return losses, (logits, targets, t_len, u_len, cb, ce)
+        return _core.logits_forward(x, y, tl, ul, **p.kw(), need_grad=True)
+    losses, coefs = _call(fwd, [_sds((B,), cdt), _sds((B, T, U1, p.width), cdt)], logits,
+                          targets, t_len, u_len)
+    return losses, (logits, targets, t_len, u_len, coefs)
 
 
 def _rnnt_bwd(p, res, g):
     logits = res[0]
 
     def bwd(gl, *r):
-        return (_core.logits_backward(gl, *r, blank=p.blank, clamp=p.clamp,
-                                      fastemit_lambda=p.fastemit_lambda),)
+        return (_core.logits_backward(gl, *r, **p.kw()),)
     (grad,) = _call(bwd, [_sds(logits.shape, logits.dtype)], g, *res)
     return grad, None, None, None
 
@@ -159,8 +169,11 @@ _rnnt.defvjp(_rnnt_fwd, _rnnt_bwd)
 
 def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
               reduction: str = "mean", clamp: float | None = None,
-              fastemit_lambda: float = 0.0):
-    """RNN-T loss on logits ``(B, T, U+1, V)`` (log_softmax fused), differentiable in logits.
+              fastemit_lambda: float = 0.0, variant: str = "rnnt", delay_penalty: float = 0.0,
+              durations=None, big_blank_durations=None, sigma: float = 0.0,
+              omega: float = 0.0):
+    """Transducer loss on logits ``(B, T, U+1, V)`` (log_softmax fused), differentiable in
+    logits; ``variant`` and its arguments as in ``cutrans.rnnt_loss``.
 
     Args:
         logits: float16/bfloat16/float32/float64 ``(B, T, U+1, V)``.
@@ -174,11 +187,10 @@ def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
     """
     _v.check_choice("reduction", reduction, _v.REDUCTIONS)
     V = _v.logits_shapes(logits, targets, logit_lengths, target_lengths)
-    blank = _v.normalize_blank(blank, V)
-    _check_values("logit_lengths", logit_lengths, target_lengths, targets, logits.shape[1], V,
-                  blank)
-    p = _LogitsParams(blank, _v.normalize_clamp(clamp),
-                      _v.check_scalar("fastemit_lambda", fastemit_lambda))
+    p = _LogitsParams(*_scalars("logit_lengths", logit_lengths, target_lengths, targets,
+                                logits.shape[1], V, blank, clamp, fastemit_lambda,
+                                variant_args(variant, delay_penalty, durations,
+                                             big_blank_durations, sigma, omega)))
     return _v.reduce_losses(_rnnt(logits, targets, logit_lengths, target_lengths, p), reduction)
 
 
@@ -188,11 +200,15 @@ class _FusedParams(NamedTuple):
     blank: int
     clamp: float
     fastemit_lambda: float
+    variant: str
+    width: int  # columns of the saved coefficients
     max_workspace_bytes: int
     sample_wise: bool
 
     def kw(self):
-        return self._asdict()
+        kw = self._asdict()
+        del kw["width"]
+        return kw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
@@ -211,9 +227,8 @@ def _fused_fwd(enc, pred, weight, bias, targets, t_len, u_len, p):
     def fwd(*a):
         return _core.fused_forward(*a, **p.kw(), need_grad=True)
     args = (enc, pred, weight, bias, targets, t_len, u_len)
-    losses, cb, ce = _call(fwd, [_sds((B,), cdt), _sds((B, T, U1), cdt),
-                                 _sds((B, T, U1), cdt)], *args)
-    return losses, (*args, cb, ce)
+    losses, coefs = _call(fwd, [_sds((B,), cdt), _sds((B, T, U1, p.width), cdt)], *args)
+    return losses, (*args, coefs)
 
 
 def _fused_bwd(p, res, g):
@@ -254,8 +269,11 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
                     activation: str = "tanh", blank: int = 0, reduction: str = "mean",
                     clamp: float | None = None, fastemit_lambda: float = 0.0,
                     max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                    sample_wise: bool = False):
-    """Fused ``act(enc[b,t] + pred[b,u]) @ weight.T + bias`` -> log_softmax -> RNN-T loss.
+                    sample_wise: bool = False, variant: str = "rnnt",
+                    delay_penalty: float = 0.0, durations=None, big_blank_durations=None,
+                    sigma: float = 0.0, omega: float = 0.0):
+    """Fused ``act(enc[b,t] + pred[b,u]) @ weight.T + bias`` -> log_softmax -> transducer
+    loss (``variant`` and its arguments as in ``cutrans.rnnt_loss``).
 
     Never builds ``(B, T, U+1, V)``; differentiable in enc ``(B, T, H)``, pred
     ``(B, U+1, H)``, weight ``(V, H)`` and bias ``(V,)`` (one float dtype). Other
@@ -267,11 +285,11 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
     _v.check_choice("reduction", reduction, _v.REDUCTIONS)
     V = _v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
     _v.check_choice("activation", activation, _v.ACTIVATION_NAMES)
-    blank = _v.normalize_blank(blank, V)
-    _check_values("enc_lengths", enc_lengths, target_lengths, targets, enc.shape[1], V, blank)
-    p = _FusedParams(activation, blank, _v.normalize_clamp(clamp),
-                     _v.check_scalar("fastemit_lambda", fastemit_lambda),
-                     _v.check_workspace(max_workspace_bytes),
+    scalars = _scalars("enc_lengths", enc_lengths, target_lengths, targets, enc.shape[1], V,
+                       blank, clamp, fastemit_lambda,
+                       variant_args(variant, delay_penalty, durations, big_blank_durations,
+                                    sigma, omega))
+    p = _FusedParams(activation, *scalars, _v.check_workspace(max_workspace_bytes),
                      _v.check_bool("sample_wise", sample_wise))
     args = (enc, pred, weight, bias, targets, enc_lengths, target_lengths, p)
     if reduction == "none":

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from cutrans import _validate as v
+from cutrans._topology import encode_variant
 from cutrans.api import DEFAULT_WORKSPACE_BYTES
 
 from . import _torch_ops as _ops
@@ -51,8 +52,10 @@ def _need_grad(*xs) -> bool:
 
 def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_lengths: Tensor,
               blank: int = -1, clamp: float = -1, reduction: str = "mean",
-              fused_log_softmax: bool = True, *, fastemit_lambda: float = 0.0) -> Tensor:
-    """RNN-T loss, a drop-in for ``torchaudio.functional.rnnt_loss``.
+              fused_log_softmax: bool = True, *, fastemit_lambda: float = 0.0,
+              variant: str = "rnnt", delay_penalty: float = 0.0, durations=None,
+              big_blank_durations=None, sigma: float = 0.0, omega: float = 0.0) -> Tensor:
+    """RNN-T loss, a drop-in for ``torchaudio.functional.rnnt_loss``, and its variants.
 
     Args:
         logits: ``(B, T, U+1, V)`` joint outputs, float32/float64/float16/bfloat16, any
@@ -72,6 +75,11 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
             and the gradient is w.r.t. those entries alone.
         fastemit_lambda: FastEmit regularisation (NeMo convention: the loss reported is
             ``(1 + lambda) * -log P``); not a torchaudio argument.
+        variant: ``"rnnt"`` | ``"modified"`` | ``"multiblank"`` | ``"tdt"`` with their
+            arguments ``delay_penalty``, ``big_blank_durations``, ``durations``, ``sigma``,
+            ``omega`` (see ``cutrans.rnnt_loss``; TDT: the last ``len(durations)`` logits
+            are the duration logits). Other variants than ``"rnnt"`` need
+            ``fused_log_softmax=True``.
     Returns:
         The loss in ``logits``' dtype (as torchaudio), computed in float32 (float64 for
         float64 logits).
@@ -87,11 +95,15 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
     clamp = v.normalize_clamp(clamp)
     if isinstance(blank, bool) or not isinstance(blank, int):
         raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
+    spec = encode_variant(variant, delay_penalty, durations, big_blank_durations, sigma, omega)
     need = _need_grad(logits)
     if fused_log_softmax:
         losses = _ops.rnnt_loss_fwd(logits, targets, logit_lengths, target_lengths, blank,
-                                    clamp, float(fastemit_lambda), need)[0]
+                                    clamp, float(fastemit_lambda), need, spec)[0]
     else:
+        if spec != "rnnt":
+            raise ValueError(f"fused_log_softmax: False supports the standard RNN-T only "
+                             f"(variant='rnnt' without delay_penalty), got {spec!r}")
         losses = _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp,
                                  float(fastemit_lambda), need)
     return v.reduce_losses(losses.to(logits.dtype), reduction)
@@ -122,19 +134,23 @@ def _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp
 
 
 class RNNTLoss(nn.Module):
-    """Module form of ``rnnt_loss`` (``torchaudio.transforms.RNNTLoss`` arguments)."""
+    """Module form of ``rnnt_loss`` (``torchaudio.transforms.RNNTLoss`` arguments, plus
+    ``fastemit_lambda`` and ``**variant_args``: ``variant=`` and its arguments)."""
 
     def __init__(self, blank: int = -1, clamp: float = -1.0, reduction: str = "mean",
-                 fused_log_softmax: bool = True, *, fastemit_lambda: float = 0.0):
+                 fused_log_softmax: bool = True, *, fastemit_lambda: float = 0.0,
+                 **variant_args):
         super().__init__()
         _check_reduction(reduction)
+        encode_variant(**variant_args)  # names a bad argument now, not at the first call
         self.blank, self.clamp, self.reduction = blank, clamp, reduction
         self.fused_log_softmax, self.fastemit_lambda = fused_log_softmax, fastemit_lambda
+        self.variant_args = variant_args
 
     def forward(self, logits, targets, logit_lengths, target_lengths):
         return rnnt_loss(logits, targets, logit_lengths, target_lengths, self.blank, self.clamp,
                          self.reduction, self.fused_log_softmax,
-                         fastemit_lambda=self.fastemit_lambda)
+                         fastemit_lambda=self.fastemit_lambda, **self.variant_args)
 
 
 def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | None,
@@ -143,8 +159,12 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
                     clamp: float | None = None, fastemit_lambda: float = 0.0,
                     max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
                     sample_wise: bool = False, checks: str = "host",
-                    status: Tensor | None = None) -> Tensor:
-    """Fused joint network + output layer + RNN-T loss, differentiable in enc, pred, W, b.
+                    status: Tensor | None = None, variant: str = "rnnt",
+                    delay_penalty: float = 0.0, durations=None, big_blank_durations=None,
+                    sigma: float = 0.0, omega: float = 0.0) -> Tensor:
+    """Fused joint network + output layer + transducer loss, differentiable in enc, pred,
+    W, b (``variant`` and its arguments as in ``rnnt_loss``; TDT: the last
+    ``len(durations)`` rows of ``weight``/``bias`` give the duration logits).
 
     ``z(b,t,u) = act(enc[b,t] + pred[b,u]) @ weight.T + bias``, ``lp = log_softmax(z)``,
     RNN-T loss over the lattice -- without building a ``(B, T, U+1, V)`` tensor (row
@@ -189,20 +209,21 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
         raise TypeError(f"activation: expected a str, got {type(activation).__name__}")
     tf32 = bool(enc.is_cuda and torch.backends.cuda.matmul.allow_tf32)
     word = enc.new_zeros((), dtype=torch.int32) if status is None else status
+    spec = encode_variant(variant, delay_penalty, durations, big_blank_durations, sigma, omega)
     args = (enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank,
             v.normalize_clamp(clamp), float(fastemit_lambda), max_workspace_bytes, sample_wise,
             tf32, checks, word)
     need = _need_grad(enc, pred, weight, bias)
     if reduction != "none" and need:
         needs = [x.requires_grad for x in (enc, pred, weight, bias)]
-        out = _ops.transducer_reduced(*args, reduction, needs)
+        out = _ops.transducer_reduced(*args, reduction, spec, needs)
         loss, new_status = out[0], out[-1]
     else:
         if need and checks == "device":
             raise ValueError("checks: 'device' needs reduction 'mean' or 'sum' when "
                              "gradients are needed (reduction 'none' reads the lengths "
                              "back in its backward)")
-        losses, _, _, new_status = _ops.transducer_fwd(*args, need)
+        losses, _, new_status = _ops.transducer_fwd(*args, need, spec)
         loss = v.reduce_losses(losses, reduction)
     if status is not None:
         status.copy_(new_status)  # the caller's word, updated in stream order
@@ -219,14 +240,19 @@ class TransducerLoss(nn.Module):
     ``checks="device"`` (see ``transducer_loss``): the module owns an int32 ``status``
     buffer on ``enc``'s device that every call ORs its flags into; read it with
     ``cutrans.raise_for_status(module.status)`` and reset it with ``module.status.zero_()``.
+    ``**variant_args``: ``variant=`` and its arguments (see ``rnnt_loss``); for TDT
+    ``vocab_size`` counts the token and the duration outputs.
     """
 
     def __init__(self, output_layer: nn.Linear | None = None, *, in_features: int | None = None,
                  vocab_size: int | None = None, activation: str = "tanh", blank: int = 0,
                  reduction: str = "mean", clamp: float | None = None,
                  fastemit_lambda: float = 0.0, max_workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                 sample_wise: bool = False, checks: str = "host", device=None, dtype=None):
+                 sample_wise: bool = False, checks: str = "host", device=None, dtype=None,
+                 **variant_args):
         super().__init__()
+        encode_variant(**variant_args)  # names a bad argument now, not at the first call
+        self.variant_args = variant_args
         if output_layer is None:
             if in_features is None or vocab_size is None:
                 raise ValueError("output_layer: expected an nn.Linear, or in_features and "
@@ -264,4 +290,4 @@ class TransducerLoss(nn.Module):
                                fastemit_lambda=self.fastemit_lambda,
                                max_workspace_bytes=self.max_workspace_bytes,
                                sample_wise=self.sample_wise, checks=self.checks,
-                               status=status)
+                               status=status, **self.variant_args)

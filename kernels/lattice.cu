@@ -2,7 +2,8 @@
 //
 // One block per sample b in [b0, b1) (grid-stride). The sample's T_b x (U_b + 1) lattice
 // lives in rows offsets[b] + t * (U_b + 1) + u of the packed row space; the per-row arrays
-// hold rows [rbase, ...) (row r is element r - rbase); log_like is indexed by b.
+// hold rows [rbase, ...) (row r is element r - rbase; `values` and `coefs` hold W_in / W_out
+// values per row: blank at 0, emission at 1); log_like is indexed by b.
 // Anti-diagonal wavefront: cells of diagonal n = t + u depend only on diagonal n -+ 1, so
 // BLOCK threads loop over the cells of one diagonal, then __syncthreads. The previous
 // diagonal lives in shared memory (two buffers of `diag_cells` values, dynamic shared
@@ -21,23 +22,22 @@
 //   coef_blank[r] = exp(alpha + lp_blank + beta(t+1,u) - LL), beta(T_b, U_b) := 0;
 //   coef_emit[r] = exp(alpha + lp_emit + beta(t,u+1) - LL); out-of-lattice beta = -inf.
 // With need_grad, alpha is written for every cell (the beta sweep reads it); alpha without
-// need_grad, and beta, are workspace. coef_blank / coef_emit may alias lp_blank / lp_emit:
-// a cell's coefficients are written by the thread that reads that cell's log-probabilities,
-// after its last read of them. beta may alias alpha when need_grad == 0 (then untouched).
+// need_grad, and beta, are workspace. coefs may alias values (w_out == w_in): a cell's
+// coefficients are written by the thread that reads that cell's log-probabilities, after
+// its last read of them. beta may alias alpha when need_grad == 0 (then untouched).
 template <class C, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
 lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len,
-        const int* __restrict__ target_len, int b0, int b1, long long rbase, const C* lp_blank,
-        const C* lp_emit, C* alpha, C* beta, C* __restrict__ log_like, C* coef_blank,
-        C* coef_emit, int need_grad, int diag_cells) {
+        const int* __restrict__ target_len, int b0, int b1, long long rbase, const C* values,
+        int w_in, C* alpha, C* beta, C* __restrict__ log_like, C* coefs, int w_out,
+        int need_grad, int diag_cells) {
   CUTRANS_DYN_SHARED(C, smem);  // 2 * diag_cells values
   __shared__ C ll_shared;
   const C ninf = cutrans::neg_inf(C());
   for (int b = b0 + static_cast<int>(blockIdx.x); b < b1; b += gridDim.x) {
     const long long base = offsets[b] - rbase;
     const int T = logit_len[b], U = target_len[b], U1 = U + 1;
-    const C* pb = lp_blank + base;
-    const C* pe = lp_emit + base;
+    const C* vals = values + base * w_in;  // pb(c) = vals[c w_in], pe(c) = vals[c w_in + 1]
     C* al = alpha + base;
     const int D = T < U1 ? T : U1;  // cells of the longest diagonal
     // two diagonal buffers: shared memory, or 2 D of the sample's T U1 >= 2 D workspace rows
@@ -53,8 +53,8 @@ lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len
         const long long c = static_cast<long long>(t) * U1 + u;
         C a = C(0);
         if (n > 0) {
-          const C from_t = t > 0 ? prev[t - 1 - p_lo] + pb[c - U1] : ninf;
-          const C from_u = u > 0 ? prev[t - p_lo] + pe[c - 1] : ninf;
+          const C from_t = t > 0 ? prev[t - 1 - p_lo] + vals[(c - U1) * w_in] : ninf;
+          const C from_u = u > 0 ? prev[t - p_lo] + vals[(c - 1) * w_in + 1] : ninf;
           a = cutrans::log_add(from_t, from_u);
         }
         cur[t - t_lo] = a;
@@ -67,7 +67,7 @@ lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len
     }
     const long long last = static_cast<long long>(T - 1) * U1 + U;
     if (threadIdx.x == 0) {
-      const C ll = prev[0] + pb[last];  // the last diagonal is the one cell (T-1, U)
+      const C ll = prev[0] + vals[last * w_in];  // the last diagonal is the cell (T-1, U)
       log_like[b] = ll;
       ll_shared = ll;
     }
@@ -81,14 +81,14 @@ lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len
         for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
           const int u = n - t;
           const long long c = static_cast<long long>(t) * U1 + u;
-          const C lb = pb[c], le = pe[c];
+          const C lb = vals[c * w_in], le = vals[c * w_in + 1];
           // beta(t+1, u) and beta(t, u+1) are on diagonal n + 1 (the previous step)
           const C down = c == last ? C(0) : (t + 1 < T ? prev[t + 1 - q_lo] : ninf);
           const C right = u < U ? prev[t - q_lo] : ninf;
           cur[t - t_lo] = c == last ? lb : cutrans::log_add(down + lb, right + le);
           const C a = al[c];
-          coef_blank[base + c] = cutrans::c_exp(a + lb + down - ll);
-          coef_emit[base + c] = cutrans::c_exp(a + le + right - ll);
+          coefs[(base + c) * w_out] = cutrans::c_exp(a + lb + down - ll);
+          coefs[(base + c) * w_out + 1] = cutrans::c_exp(a + le + right - ll);
         }
         __syncthreads();
         C* swap = prev;
@@ -97,5 +97,112 @@ lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len
       }
     }
     __syncthreads();  // ll_shared and the buffers are free for the next sample
+  }
+}
+
+// The general lattice (cutrans._topology): n_arcs arc kinds, arcs[5 a ...] = (w1, w2, dt, du,
+// can_end): from (t, u) to (t + dt, u + du) with weight values[w1] (+ values[w2] if w2 >= 0)
+// of the source row (W values per row). alpha(0, 0) = 0; alpha(t, u) = log-sum over the
+// arcs into (t, u); log_like[b] = log-sum over the end arcs landing exactly on (T_b, U_b).
+// With need_grad: beta(t, u) = log-sum over the arcs out of (t, u) of weight + beta(dest)
+// (dest (T_b, U_b) of an end arc: 0; outside the lattice: -inf), then every row's W
+// coefficients coefs[w] = sum over its arcs that use values[w] of
+// exp(alpha + weight + beta(dest) - log_like) (coefs may alias values). One block per
+// sample, anti-diagonal wavefront over global alpha and beta (dt + du >= 1: a diagonal needs
+// only earlier ones for alpha, later ones for beta).
+constexpr int kMaxArcs = 64;  // cutrans._topology keeps TDT's durations below this / 2
+constexpr int kMaxWidth = 40;
+
+template <class C, int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+lattice_arcs(const long long* __restrict__ offsets, const int* __restrict__ logit_len,
+             const int* __restrict__ target_len, int b0, int b1, long long rbase,
+             const C* values, int W, const int* __restrict__ arcs, int n_arcs, C* alpha,
+             C* beta, C* __restrict__ log_like, C* coefs, int need_grad) {
+  __shared__ int arc[5 * kMaxArcs];
+  __shared__ C ll_shared;
+  for (int k = threadIdx.x; k < 5 * n_arcs; k += BLOCK) arc[k] = arcs[k];
+  __syncthreads();
+  const C ninf = cutrans::neg_inf(C());
+  for (int b = b0 + static_cast<int>(blockIdx.x); b < b1; b += gridDim.x) {
+    const long long base = offsets[b] - rbase;
+    const int T = logit_len[b], U = target_len[b], U1 = U + 1;
+    const C* vals = values + base * W;
+    C* al = alpha + base;
+    C* be = beta + base;
+    auto weight = [&](int a, long long c) {
+      const int w2 = arc[5 * a + 1];
+      return vals[c * W + arc[5 * a]] + (w2 >= 0 ? vals[c * W + w2] : C(0));
+    };
+    for (int n = 0; n <= T - 1 + U; ++n) {
+      const int t_lo = n - U > 0 ? n - U : 0;
+      const int t_hi = n < T - 1 ? n : T - 1;
+      for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
+        const int u = n - t;
+        C acc = n == 0 ? C(0) : ninf;
+        for (int a = 0; a < n_arcs; ++a) {
+          const int st = t - arc[5 * a + 2], su = u - arc[5 * a + 3];
+          if (n > 0 && st >= 0 && su >= 0) {
+            const long long src = static_cast<long long>(st) * U1 + su;
+            acc = cutrans::log_add(acc, al[src] + weight(a, src));
+          }
+        }
+        al[static_cast<long long>(t) * U1 + u] = acc;
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      C ll = ninf;
+      for (int a = 0; a < n_arcs; ++a) {
+        const int st = T - arc[5 * a + 2], su = U - arc[5 * a + 3];
+        if (arc[5 * a + 4] && st >= 0 && su >= 0) {
+          const long long src = static_cast<long long>(st) * U1 + su;
+          ll = cutrans::log_add(ll, al[src] + weight(a, src));
+        }
+      }
+      log_like[b] = ll;
+      ll_shared = ll;
+    }
+    __syncthreads();
+    if (need_grad) {
+      const C ll = ll_shared;
+      for (int n = T - 1 + U; n >= 0; --n) {
+        const int t_lo = n - U > 0 ? n - U : 0;
+        const int t_hi = n < T - 1 ? n : T - 1;
+        for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
+          const int u = n - t;
+          const long long c = static_cast<long long>(t) * U1 + u;
+          C acc = ninf;
+          for (int a = 0; a < n_arcs; ++a) {
+            const int dt = t + arc[5 * a + 2], du = u + arc[5 * a + 3];
+            C dest = ninf;
+            if (arc[5 * a + 4] && dt == T && du == U) dest = C(0);
+            else if (dt < T && du <= U) dest = be[static_cast<long long>(dt) * U1 + du];
+            acc = cutrans::log_add(acc, weight(a, c) + dest);
+          }
+          be[c] = acc;
+        }
+        __syncthreads();
+      }
+      const unsigned cells = static_cast<unsigned>(T) * static_cast<unsigned>(U1);  // < 2^31
+      for (unsigned c = threadIdx.x; c < cells; c += BLOCK) {
+        const int t = static_cast<int>(c / static_cast<unsigned>(U1));
+        const int u = static_cast<int>(c - static_cast<unsigned>(t) * static_cast<unsigned>(U1));
+        C out[kMaxWidth];
+        for (int w = 0; w < W; ++w) out[w] = C(0);
+        const C a0 = al[c] - ll;
+        for (int a = 0; a < n_arcs; ++a) {
+          const int dt = t + arc[5 * a + 2], du = u + arc[5 * a + 3];
+          C dest = ninf;
+          if (arc[5 * a + 4] && dt == T && du == U) dest = C(0);
+          else if (dt < T && du <= U) dest = be[static_cast<long long>(dt) * U1 + du];
+          const C post = cutrans::c_exp(a0 + weight(a, c) + dest);
+          out[arc[5 * a]] += post;
+          if (arc[5 * a + 1] >= 0) out[arc[5 * a + 1]] += post;
+        }
+        for (int w = 0; w < W; ++w) coefs[(base + c) * W + w] = out[w];
+      }
+    }
+    __syncthreads();  // ll_shared free for the next sample
   }
 }

@@ -3,7 +3,8 @@
 Run under compute-sanitizer (memcheck, racecheck, synccheck) by scripts/gpu-suite:
     compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/sanitizer_case.py
 Covers block sizes 32/128/256 (small and large V, H, lattices), packed and padded logits,
-float16/bfloat16/float32/float64 logits, the fused op with chunks that split samples.
+float16/bfloat16/float32/float64 logits, the fused op with chunks that split samples, and
+the transducer variants (general row kernels, arc-table lattice).
 Exits non-zero if a result disagrees with the NumPy backend.
 """
 from __future__ import annotations
@@ -77,6 +78,25 @@ def main() -> int:
                 if not np.allclose(g.get(), r, rtol=1e-4, atol=1e-5):
                     print("MISMATCH fused grad", H, act, dt)
                     bad += 1
+    # the variants: general row kernels (several blanks, duration logits, a warp and a block
+    # per row) and the arc-table lattice (TDT with omega runs both lattices)
+    variants = (dict(variant="multiblank", blank=-1, big_blank_durations=(2, 3), sigma=0.05),
+                dict(variant="tdt", durations=(0, 1, 2, 4), sigma=0.05, omega=0.3),
+                dict(variant="modified", delay_penalty=0.1))
+    for spec in variants:
+        for V, T, U in ((9, 40, 35), (9000, 3, 2)):
+            n = V + len(spec.get("durations", ()))
+            z, _, tl, ul = logits_case(rng, 3, T, U, n, np.float32)
+            ul = np.minimum(ul, tl)  # "modified": U_b <= T_b
+            tg = rng.integers(1, 4, (3, U)).astype(np.int32)
+            ref = cutrans.rnnt_loss(z, tg, tl, ul, clamp=0.5, return_grad=True,
+                                    backend="numpy", **spec)
+            got = cutrans.rnnt_loss(*(cupy.asarray(a) for a in (z, tg, tl, ul)), clamp=0.5,
+                                    return_grad=True, **spec)
+            if not (np.allclose(float(got[0]), float(ref[0]), rtol=1e-5) and
+                    np.allclose(got[1].get(), ref[1], rtol=1e-5, atol=1e-5)):
+                print("MISMATCH variant", spec["variant"], V)
+                bad += 1
     cupy.cuda.Device().synchronize()
     print("sanitizer_case:", "OK" if not bad else f"{bad} mismatches")
     return 1 if bad else 0

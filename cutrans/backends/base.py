@@ -10,10 +10,11 @@ backend's namespace ``xp`` (numpy or cupy). Notation, for sample ``b``:
 * ``R = plan.offsets[B]`` rows in total; a *chunk* is a contiguous row range
   ``[row0, row0 + n_rows)`` (it may split samples or span several).
 
-Per-row arrays (``lp_blank``, ``lp_emit``, ``lse``, ``coef_blank``, ``coef_emit``,
-``alpha``, ``beta``) have the compute dtype (float32, or float64 for float64 inputs) and
-hold a contiguous range of rows starting at ``rbase`` (row ``r`` is element
-``r - rbase``). Kernel-side row lookup: ``b`` = largest index with ``offsets[b] <= r``.
+Per-row arrays (``values`` and ``coefs`` (S, W), ``lse`` (S, G), ``alpha``, ``beta``
+(S,)) have the compute dtype (float32, or float64 for float64 inputs) and hold a
+contiguous range of rows starting at ``rbase`` (row ``r`` is row ``r - rbase``); ``W``
+values per row (``Topology.width``: the blanks, the emission, TDT's durations; 2 for the
+standard RNN-T), ``G`` logsumexps (2 for TDT, else 1). Kernel-side row lookup: ``b`` = largest index with ``offsets[b] <= r``.
 
 Precision: logits and joint activations are stored in the storage dtype (the inputs'
 dtype); all math (logsumexp, lattice, gradient, GEMM accumulation) runs in the compute
@@ -62,48 +63,59 @@ class Backend(Protocol):
     name: str
 
     def row_stats(self, z, layout: RowLayout, row0: int, n_rows: int, plan: DevicePlan,
-                  blank: int, lp_blank, lp_emit, rbase: int = 0, lse=None) -> None:
-        """Log-probabilities of blank and of the next label, one read of each logit.
+                  topo, values, rbase: int = 0, lse=None) -> None:
+        """The per-row values of topology ``topo`` (``cutrans._topology.Topology``), one read
+        of each logit.
 
         ``z``: logits holding rows ``[row0, row0+n_rows)`` addressed by ``layout``
-        (any storage dtype: float16, bfloat16, float32, float64).
-        Writes, for those rows (element ``r - rbase`` of each per-row array):
-        ``lp_blank[r] = z[r, blank] - lse(r)`` and ``lp_emit[r] = z[r, y_b[u]] - lse(r)``
-        for ``u < U_b`` (``-inf`` at ``u = U_b``), and ``lse[r]`` if ``lse`` is given,
-        where ``lse(r) = logsumexp_k z[r, k]`` computed in the compute dtype.
+        (any storage dtype: float16, bfloat16, float32, float64); ``n_logits`` per row
+        (``layout.vocab`` or z's last dimension), of which the first ``V = topo.vocab(
+        n_logits)`` are tokens and the rest TDT duration logits. With
+        ``m(r) = logsumexp_{k < V} z[r, k]`` and ``md(r)`` that of the duration logits,
+        writes row ``e = r - rbase`` of ``values`` (S, W), ``W = topo.width``:
+        ``values[e, i] = z[r, blanks[i]] - m - sigma`` for each blank id ``i``;
+        ``values[e, nb] = z[r, y_b[u]] - m - sigma (+ delay_penalty ((T_b-1)/2 - t))`` for
+        ``u < U_b`` (``-inf`` at ``u = U_b``); ``values[e, nb+1+n] = z[r, V+n] - md`` (TDT);
+        and ``lse[e] = (m[, md])`` (S, G) if ``lse`` is given. Compute dtype throughout.
         """
 
-    def check_targets(self, plan: DevicePlan, vocab: int, blank: int, status) -> None:
+    def check_targets(self, plan: DevicePlan, vocab: int, topo, status) -> None:
         """``status |= BAD_LABEL`` if a label within ``target_len`` lies outside
-        ``[0, vocab)``, ``|= BLANK_LABEL`` if one is ``blank`` (``cutrans._status``);
-        ``status``: int32 array of shape (). Row ops never read a label outside
-        ``[0, vocab)`` (its row has no emission)."""
+        ``[0, vocab)``, ``|= BLANK_LABEL`` if one is a blank id of ``topo``
+        (``cutrans._status``); ``status``: int32 array of shape (). Row ops never read a
+        label outside ``[0, vocab)`` (its row has no emission)."""
 
-    def lattice(self, plan: DevicePlan, b0: int, b1: int, rbase: int, lp_blank, lp_emit,
-                alpha, beta, log_like, coef_blank, coef_emit, need_grad: bool) -> None:
-        """Alpha/beta recursions for samples ``[b0, b1)`` and the gradient coefficients.
+    def lattice(self, plan: DevicePlan, topo, b0: int, b1: int, rbase: int, values, alpha,
+                beta, log_like, coefs, need_grad: bool) -> None:
+        """Forward (and backward) recursions of ``topo``'s lattice for samples ``[b0, b1)``
+        and the gradient coefficients.
 
         Per-row arrays hold rows ``[rbase, ...)`` (row ``r`` is element ``r - rbase``):
-        inputs ``lp_blank, lp_emit``, workspace ``alpha, beta``. Writes
-        ``log_like[b] = alpha(T_b-1, U_b) + lp_blank(T_b-1, U_b)`` (``log_like`` is (B,)).
-        If ``need_grad``, also computes beta and, for every row,
-        ``coef_blank[r] = exp(alpha + lp_blank + beta(t+1, u) - LL)`` and
-        ``coef_emit[r] = exp(alpha + lp_emit + beta(t, u+1) - LL)`` (0 at ``u = U_b``),
-        with ``beta(T_b, U_b) := 0`` and other out-of-lattice betas ``-inf``.
-        ``coef_blank``/``coef_emit`` may alias ``lp_blank``/``lp_emit`` (each row's
-        coefficients depend on its own lp values only).
+        input ``values`` (S, W) (``row_stats``; the first ``topo.width`` columns are read:
+        TDT's mixed-in RNN-T reads columns 0, 1 of wider rows), workspace ``alpha``,
+        ``beta`` (S,). Writes ``log_like[b]`` (``log_like`` is (B,)), the log-sum of the
+        weights of every complete path (``cutrans._topology``; standard RNN-T:
+        ``alpha(T_b-1, U_b) + values(T_b-1, U_b, blank)``). If ``need_grad``, also writes
+        ``coefs`` (S, >= W): column ``w`` of row ``r`` is the posterior mass of the arcs
+        leaving ``r`` whose weight uses value ``w`` (0 where none can lead to the end).
+        ``coefs`` may alias ``values`` (each row's coefficients depend on its own values).
         """
 
     def row_grad(self, z, grad, layout: RowLayout, row0: int, n_rows: int, plan: DevicePlan,
-                 blank: int, coef_blank, coef_emit, scale, fastemit_lambda: float,
-                 clamp: float, rbase: int = 0, lse=None) -> None:
+                 topo, coefs, scale, fastemit_lambda: float, clamp: float, rbase: int = 0,
+                 lse=None, coefs2=None) -> None:
         """Gradient of the per-sample losses w.r.t. the logits of a chunk.
 
         ``z`` as in ``row_stats``; ``grad`` has z's dtype and layout and may be ``z``
         itself (in place). ``scale`` (B,) compute dtype: upstream gradient per sample.
-        With ``p = softmax(z[r])`` (``lse[r - rbase]`` if given: one read of the row),
-        ``cb = coef_blank[r]``, ``ce = (1+lambda) coef_emit[r]``:
-        ``g[k] = (cb + ce) p[k] - cb [k == blank] - ce [k == y_b[u]]``;
+        With ``p = softmax(z[r, :V])`` (``lse[r - rbase]`` if given: one read of the row),
+        ``c = coefs[r - rbase]``, ``omega = topo.omega`` when ``coefs2`` (TDT's mixed-in
+        RNN-T's coefficients (S, 2)) is given, else 0, ``k = 1 - omega``:
+        ``cb_i = k c[i] (+ omega coefs2[0] for i = 0)``,
+        ``ce = (1 + lambda)(k c[nb] + omega coefs2[1])``;
+        ``g[j] = (sum_i cb_i + ce) p[j] - sum_i cb_i [j == blanks[i]] - ce [j == y_b[u]]``
+        for the tokens, and for TDT's duration logits
+        ``g[V+n] = (sum_m k c[nb+1+m]) pd[n] - k c[nb+1+n]`` (``pd``: their softmax);
         if ``clamp > 0``: ``g = clip(g, -clamp, clamp)``; then ``grad[r] = scale[b] * g``.
         """
 

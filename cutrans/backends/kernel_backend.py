@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import _kernels
 from .._dtypes import dtype_name
+from .._plan import device_ints
 
 _i32, _i64 = np.int32, np.int64
 MAX_ROWS = 2**31 - 1  # kernels index a sample's lattice with 32-bit arithmetic
@@ -46,11 +47,12 @@ class KernelBackend:
     def __init__(self, provider, xp, name: str, gemm):
         self.provider, self.xp, self.name, self._gemm = provider, xp, name, gemm
 
-    def _launch_rows(self, template, dtype, width, n_rows, args):
-        """A row-wise kernel: ``pick_row_threads(width)`` threads per row."""
+    def _launch_rows(self, template, dtype, width, n_rows, args, general=None):
+        """A row-wise kernel: ``pick_row_threads(width)`` threads per row; ``general``: the
+        row kernels' GENERAL template argument (None for kernels without it)."""
         tpr = _kernels.pick_row_threads(width)
         self.provider.launch(template, dtype, tpr, _kernels.row_grid(n_rows, tpr), args,
-                             threads=_kernels.ROW_BLOCK)
+                             threads=_kernels.ROW_BLOCK, general=general)
 
     def _plan_args(self, plan):
         _check_rows(plan)
@@ -58,48 +60,69 @@ class KernelBackend:
                 _i32(plan.batch))
 
     # ---------------------------------------------------------------- row ops
-    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit, rbase=0,
-                  lse=None):
+    def _topo_args(self, topo):
+        return (device_ints(self.xp, topo.blanks), _i32(len(topo.blanks)))
+
+    def row_stats(self, z, layout, row0, n_rows, plan, topo, values, rbase=0, lse=None):
         if n_rows <= 0:
             return
-        V = layout.vocab or int(z.shape[-1])
-        args = (_ptr(z, self.xp), _i64(row0), _i64(n_rows), _i32(V), *_layout_args(layout),
-                *self._plan_args(plan), _i32(blank), _i64(rbase), lp_blank, lp_emit,
-                lp_blank if lse is None else lse, _i32(lse is not None))
-        self._launch_rows("row_stats", dtype_name(z.dtype), V, n_rows, args)
+        n_logits = layout.vocab or int(z.shape[-1])
+        cdt = values.dtype.type
+        args = (_ptr(z, self.xp), _i64(row0), _i64(n_rows), _i32(n_logits),
+                _i32(topo.vocab(n_logits)), *_layout_args(layout), plan.offsets,
+                plan.target_len, plan.logit_len, plan.targets, _i64(plan.targets.shape[1]),
+                _i32(plan.batch), *self._topo_args(topo), cdt(topo.sigma),
+                cdt(topo.delay_penalty), _i64(rbase), values,
+                values if lse is None else lse, _i32(lse is not None))
+        _check_rows(plan)
+        self._launch_rows("row_stats", dtype_name(z.dtype), n_logits, n_rows, args,
+                          not topo.lean_rows)
 
-    def row_grad(self, z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
-                 scale, fastemit_lambda, clamp, rbase=0, lse=None):
+    def row_grad(self, z, grad, layout, row0, n_rows, plan, topo, coefs, scale,
+                 fastemit_lambda, clamp, rbase=0, lse=None, coefs2=None):
         if n_rows <= 0:
             return
-        V = layout.vocab or int(z.shape[-1])
-        cdt = coef_blank.dtype.type
-        args = (_ptr(z, self.xp), _ptr(grad, self.xp), _i64(row0), _i64(n_rows), _i32(V),
-                *_layout_args(layout), *self._plan_args(plan), _i32(blank), _i64(rbase),
-                coef_blank, coef_emit, coef_blank if lse is None else lse,
-                _i32(lse is not None), scale, cdt(fastemit_lambda), cdt(clamp))
-        self._launch_rows("row_grad", dtype_name(z.dtype), V, n_rows, args)
+        n_logits = layout.vocab or int(z.shape[-1])
+        cdt = coefs.dtype.type
+        args = (_ptr(z, self.xp), _ptr(grad, self.xp), _i64(row0), _i64(n_rows),
+                _i32(n_logits), _i32(topo.vocab(n_logits)), *_layout_args(layout),
+                plan.offsets, plan.target_len, plan.targets, _i64(plan.targets.shape[1]),
+                _i32(plan.batch), *self._topo_args(topo), _i64(rbase), coefs,
+                coefs if coefs2 is None else coefs2, cdt(topo.omega if coefs2 is not None else 0),
+                coefs if lse is None else lse, _i32(lse is not None), scale,
+                cdt(fastemit_lambda), cdt(clamp))
+        _check_rows(plan)
+        self._launch_rows("row_grad", dtype_name(z.dtype), n_logits, n_rows, args,
+                          not topo.lean_rows)
 
-    def check_targets(self, plan, vocab, blank, status):
+    def check_targets(self, plan, vocab, topo, status):
         width = int(plan.targets.shape[1])
         self.provider.launch("check_targets", (), _kernels.pick_block(width), plan.batch,
                              (plan.targets, _i64(width), plan.target_len, _i32(plan.batch),
-                              _i32(vocab), _i32(blank), status))
+                              _i32(vocab), *self._topo_args(topo), status))
 
     # ---------------------------------------------------------------- lattice
-    def lattice(self, plan, b0, b1, rbase, lp_blank, lp_emit, alpha, beta, log_like,
-                coef_blank, coef_emit, need_grad):
+    def lattice(self, plan, topo, b0, b1, rbase, values, alpha, beta, log_like, coefs,
+                need_grad):
         # threads of a block share one anti-diagonal (longest: plan.max_diag cells)
         _check_rows(plan)
         if b1 <= b0:
             return
         block = _kernels.pick_block(plan.max_diag)
-        cells = _kernels.lattice_diag_cells(plan.max_diag, lp_blank.dtype.itemsize)
-        args = (plan.offsets, plan.logit_len, plan.target_len, _i32(b0), _i32(b1), _i64(rbase),
-                lp_blank, lp_emit, alpha, beta, log_like, coef_blank, coef_emit,
-                _i32(bool(need_grad)), _i32(cells))
-        self.provider.launch("lattice", dtype_name(lp_blank.dtype), block, b1 - b0, args,
-                             shared_mem=2 * cells * lp_blank.dtype.itemsize)
+        dt = dtype_name(values.dtype)
+        common = (plan.offsets, plan.logit_len, plan.target_len, _i32(b0), _i32(b1),
+                  _i64(rbase))
+        if topo.variant == "rnnt":  # the specialised kernel (diagonals in shared memory)
+            cells = _kernels.lattice_diag_cells(plan.max_diag, values.dtype.itemsize)
+            args = (*common, values, _i32(values.shape[1]), alpha, beta, log_like, coefs,
+                    _i32(coefs.shape[1]), _i32(bool(need_grad)), _i32(cells))
+            self.provider.launch("lattice", dt, block, b1 - b0, args,
+                                 shared_mem=2 * cells * values.dtype.itemsize)
+            return
+        arcs = topo.arc_table()
+        args = (*common, values, _i32(values.shape[1]), device_ints(self.xp, arcs),
+                _i32(len(arcs) // 5), alpha, beta, log_like, coefs, _i32(bool(need_grad)))
+        self.provider.launch("lattice_arcs", dt, block, b1 - b0, args)
 
     # ---------------------------------------------------------------- joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import _status
 from .base import RowLayout
+from .numpy_arcs import arc_lattice
 
 _BLOCK_ELEMS = 1 << 18  # elements per internal block: bounds every temporary (~1-2 MB)
 
@@ -84,59 +85,85 @@ class NumpyBackend:
     xp = np
 
     # ---------------------------------------------------------------- row ops
-    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit, rbase=0,
-                  lse=None):
-        cdt = lp_blank.dtype
-        V = layout.vocab or z.shape[-1]
+    def row_stats(self, z, layout, row0, n_rows, plan, topo, values, rbase=0, lse=None):
+        cdt = values.dtype
+        n_logits = layout.vocab or z.shape[-1]
+        V = topo.vocab(n_logits)
+        nb = len(topo.blanks)
         b, t, u = row_index(plan, row0, n_rows)
-        for i0, i1 in _blocks(n_rows, V):
-            x = _gather(z, layout, b, t, u, i0, i1, V)
-            m = _lse(x, cdt)
+        for i0, i1 in _blocks(n_rows, n_logits):
+            x = _gather(z, layout, b, t, u, i0, i1, n_logits)
+            m = _lse(x[:, :V], cdt)
             rows = np.arange(i1 - i0)
             emits, label = _labels(plan, b[i0:i1], u[i0:i1], V)
             out = slice(row0 + i0 - rbase, row0 + i1 - rbase)
-            lp_blank[out] = x[rows, blank].astype(cdt) - m
-            lp_emit[out] = np.where(emits, x[rows, label].astype(cdt) - m, -np.inf)
+            for i, blank in enumerate(topo.blanks):
+                values[out, i] = x[:, blank].astype(cdt) - m - topo.sigma
+            emit = x[rows, label].astype(cdt) - m - topo.sigma
+            if topo.delay_penalty:
+                T = plan.logit_len[b[i0:i1]].astype(cdt)
+                emit += topo.delay_penalty * (0.5 * (T - 1) - t[i0:i1])
+            values[out, nb] = np.where(emits, emit, -np.inf)
+            if topo.durations:
+                md = _lse(x[:, V:], cdt)
+                values[out, nb + 1:] = x[:, V:].astype(cdt) - md[:, None]
             if lse is not None:
-                lse[out] = m
+                lse[out, 0] = m
+                if topo.durations:
+                    lse[out, 1] = md
 
-    def row_grad(self, z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
-                 scale, fastemit_lambda, clamp, rbase=0, lse=None):
-        cdt = coef_blank.dtype
-        V = layout.vocab or z.shape[-1]
+    def row_grad(self, z, grad, layout, row0, n_rows, plan, topo, coefs, scale,
+                 fastemit_lambda, clamp, rbase=0, lse=None, coefs2=None):
+        cdt = coefs.dtype
+        n_logits = layout.vocab or z.shape[-1]
+        V = topo.vocab(n_logits)
+        nb = len(topo.blanks)
+        omega = topo.omega if coefs2 is not None else 0.0
         b, t, u = row_index(plan, row0, n_rows)
-        for i0, i1 in _blocks(n_rows, V):
-            x = _gather(z, layout, b, t, u, i0, i1, V)
+        for i0, i1 in _blocks(n_rows, n_logits):
+            x = _gather(z, layout, b, t, u, i0, i1, n_logits)
             g = x if x.dtype == cdt else x.astype(cdt)
             if g is x and not np.shares_memory(g, grad):
                 g = x.copy()  # never write into the caller's logits
             st = slice(row0 + i0 - rbase, row0 + i1 - rbase)
-            m = _lse(g, cdt) if lse is None else lse[st]
-            np.subtract(g, m[:, None], out=g)
-            np.exp(g, out=g)
+            c = coefs[st]
+            c2 = coefs2[st] if coefs2 is not None else c[:, :2]
+            cb = (1.0 - omega) * c[:, :nb]
+            cb[:, 0] += omega * c2[:, 0]
+            ce = (1.0 + fastemit_lambda) * ((1.0 - omega) * c[:, nb] + omega * c2[:, 1])
+            tok = g[:, :V]
+            m = _lse(tok, cdt) if lse is None else lse[st, 0]
+            np.subtract(tok, m[:, None], out=tok)
+            np.exp(tok, out=tok)
+            tok *= (cb.sum(axis=1) + ce)[:, None]
             rows = np.arange(i1 - i0)
-            bb = b[i0:i1]
-            cb = coef_blank[st]
-            ce = (1.0 + fastemit_lambda) * coef_emit[st]
-            g *= (cb + ce)[:, None]
-            g[rows, blank] -= cb
-            emits, label = _labels(plan, bb, u[i0:i1], V)
-            g[rows[emits], label[emits]] -= ce[emits]
+            for i, blank in enumerate(topo.blanks):
+                tok[rows, blank] -= cb[:, i]
+            emits, label = _labels(plan, b[i0:i1], u[i0:i1], V)
+            tok[rows[emits], label[emits]] -= ce[emits]
+            if topo.durations:
+                dur = g[:, V:]
+                md = _lse(dur, cdt) if lse is None else lse[st, 1]
+                cd = (1.0 - omega) * c[:, nb + 1:]
+                np.subtract(dur, md[:, None], out=dur)
+                np.exp(dur, out=dur)
+                dur *= cd.sum(axis=1)[:, None]
+                dur -= cd
             if clamp > 0:
                 np.clip(g, -clamp, clamp, out=g)
-            g *= scale[bb][:, None]
-            _scatter(grad, layout, b, t, u, i0, i1, V, g.astype(grad.dtype, copy=False))
+            g *= scale[b[i0:i1]][:, None]
+            _scatter(grad, layout, b, t, u, i0, i1, n_logits, g.astype(grad.dtype, copy=False))
 
-    def check_targets(self, plan, vocab, blank, status):
+    def check_targets(self, plan, vocab, topo, status):
         valid = np.arange(plan.targets.shape[1])[None, :] < plan.target_len[:, None]
         bad = valid & ((plan.targets < 0) | (plan.targets >= vocab))
-        flags = (_status.BAD_LABEL if bad.any() else 0) | \
-            (_status.BLANK_LABEL if (valid & ~bad & (plan.targets == blank)).any() else 0)
-        status |= np.int32(flags)
+        blank = valid & ~bad & np.isin(plan.targets, topo.blanks)
+        status |= np.int32((_status.BAD_LABEL if bad.any() else 0) |
+                           (_status.BLANK_LABEL if blank.any() else 0))
 
     # ---------------------------------------------------------------- lattice
-    def lattice(self, plan, b0, b1, rbase, lp_blank, lp_emit, alpha, beta, log_like,
-                coef_blank, coef_emit, need_grad):
+    def lattice(self, plan, topo, b0, b1, rbase, values, alpha, beta, log_like, coefs,
+                need_grad):
         # vectorised over the samples of a group, on padded grids; groups of similar
         # lattice shapes keep the grids O(rows) for skewed lengths
         for samples in _lattice_groups(plan.logit_len[b0:b1], plan.target_len[b0:b1]):
@@ -144,8 +171,12 @@ class NumpyBackend:
             rows = np.concatenate([np.arange(plan.offsets[s], plan.offsets[s + 1])
                                    for s in samples])
             with np.errstate(invalid="ignore"):  # NaN inputs: reported by the caller
-                _lattice_group(plan, samples, rows, rbase, lp_blank, lp_emit, alpha, beta,
-                               log_like, coef_blank, coef_emit, need_grad)
+                if topo.variant == "rnnt":
+                    _lattice_group(plan, samples, rows, rbase, values, alpha, beta, log_like,
+                                   coefs, need_grad)
+                else:
+                    arc_lattice(plan, topo, samples, rows, rbase, values, alpha, log_like,
+                                coefs, need_grad)
 
     # ---------------------------------------------------------------- joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):
@@ -264,11 +295,12 @@ def _lattice_groups(T, U, slack: int = 4, floor: int = 1 << 16):
     return groups
 
 
-def _lattice_group(plan, samples, rows, rbase, lp_blank, lp_emit, alpha, beta, log_like,
-                   coef_blank, coef_emit, need_grad):
-    """Backend.lattice for the samples ``samples`` whose packed rows are ``rows`` (element
-    ``rows - rbase`` of the per-row arrays)."""
-    cdt = lp_blank.dtype
+def _lattice_group(plan, samples, rows, rbase, values, alpha, beta, log_like, coefs,
+                   need_grad):
+    """The standard RNN-T ``Backend.lattice`` for the samples ``samples`` whose packed rows
+    are ``rows`` (element ``rows - rbase`` of the per-row arrays; values/coefs: blank at 0,
+    emission at 1)."""
+    cdt = values.dtype
     G = len(samples)
     T = plan.logit_len[samples].astype(np.int64)
     U = plan.target_len[samples].astype(np.int64)
@@ -280,8 +312,8 @@ def _lattice_group(plan, samples, rows, rbase, lp_blank, lp_emit, alpha, beta, l
     # padded (G, Tm + 1, Um + 2) grids, -inf outside each sample's lattice
     pb = np.full((G, Tm + 1, Um + 2), -np.inf, dtype=cdt)
     pe = np.full_like(pb, -np.inf)
-    pb[b, t, u] = lp_blank[rows]
-    pe[b, t, u] = lp_emit[rows]
+    pb[b, t, u] = values[rows, 0]
+    pe[b, t, u] = values[rows, 1]
     a = np.full_like(pb, -np.inf)
     a[:, 0, 0] = 0.0
     for n in range(1, Tm + Um):
@@ -309,5 +341,7 @@ def _lattice_group(plan, samples, rows, rbase, lp_blank, lp_emit, alpha, beta, l
     beta[rows] = bt[b, t, u]
     llr = ll[b]
     with np.errstate(invalid="ignore"):  # -inf - -inf for impossible samples (reported later)
-        coef_blank[rows] = np.exp(a[b, t, u] + pb[b, t, u] + down[b, t, u] - llr)
-        coef_emit[rows] = np.exp(a[b, t, u] + pe[b, t, u] + bt[b, t, u + 1] - llr)
+        cb = np.exp(a[b, t, u] + pb[b, t, u] + down[b, t, u] - llr)
+        ce = np.exp(a[b, t, u] + pe[b, t, u] + bt[b, t, u + 1] - llr)
+        coefs[rows, 0] = cb
+        coefs[rows, 1] = ce

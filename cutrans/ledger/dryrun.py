@@ -33,6 +33,7 @@ import numpy as np
 from .. import _fused, _orchestrate
 from .._dtypes import DTYPES
 from .._plan import make_plan
+from .._topology import Topology
 from ..api import DEFAULT_WORKSPACE_BYTES
 from ..bench.workloads import WORKLOADS, draw_lengths
 from .record import RecordingBackend
@@ -104,8 +105,8 @@ def _inputs(shape: Shape, dtype):
 def _schedule_summary(f, plan, budget, sample_wise, path) -> dict:
     if path == "logits" or not isinstance(f, _fused.FusedInputs):
         return {"groups": 1, "resident_groups": 1, "split_chunks": 0, "chunk_rows": plan.rows}
-    names = _fused.ONE_PASS_STATE if path == "one-pass" else _fused.TWO_PASS_STATE
-    sched = _fused.make_schedule(f, plan, budget, sample_wise, names,
+    state = _fused.one_pass_state(f.topo) if path == "one-pass" else _fused.TWO_PASS_STATE
+    sched = _fused.make_schedule(f, plan, budget, sample_wise, state,
                                  _fused.fixed_bytes(f, True, True))
     return {"groups": len(sched.groups),
             "resident_groups": sum(g.resident for g in sched.groups),
@@ -128,10 +129,10 @@ def _call(be, path, f, targets, plan, budget, sample_wise):
         be.record_input_checks(f.enc, f.pred, f.weight, f.bias)
         _, ctx = _fused.forward(be, f, targets, plan, need_grad=True,
                                 max_workspace_bytes=budget, sample_wise=sample_wise)
-        return _fused.backward(ctx, np.ones(B, dtype=ctx.coef_blank.dtype))
-    _, ctx = _orchestrate.logits_forward(be, f, targets, plan, packed=True, blank=0,
+        return _fused.backward(ctx, np.ones(B, dtype=ctx.coefs.dtype))
+    _, ctx = _orchestrate.logits_forward(be, f, targets, plan, Topology(), packed=True,
                                          fastemit_lambda=0.0, clamp=0.0, need_grad=True)
-    return (_orchestrate.logits_backward(ctx, np.ones(B, dtype=ctx.coef_blank.dtype)),)
+    return (_orchestrate.logits_backward(ctx, np.ones(B, dtype=ctx.coefs.dtype)),)
 
 
 def dry_run(shape: Shape, dtype: str = "float32", *, budget: int = DEFAULT_BUDGET,
@@ -143,7 +144,7 @@ def dry_run(shape: Shape, dtype: str = "float32", *, budget: int = DEFAULT_BUDGE
     plan = make_plan(shape.t_len, shape.u_len)
     B, U = shape.batch, shape.labels
     enc, pred, weight, bias, targets = _inputs(shape, dt)
-    f = _fused.FusedInputs(enc, pred, weight, bias, activation=0, blank=0,
+    f = _fused.FusedInputs(enc, pred, weight, bias, activation=0, topo=Topology(),
                            fastemit_lambda=0.0, clamp=0.0, tf32=tf32)
     inputs = [enc, pred, weight, bias, targets]
     if path == "logits":  # rnnt_loss(layout="packed") on (R, V) logits

@@ -9,7 +9,7 @@ move between HBM and the SMs and, for GEMMs, the FLOPs. Nothing is computed; the
 writes are placeholders where the orchestration later reads values:
 
 * ``lattice``: ``log_like[b0:b1] = -1`` (the final finiteness check passes);
-* ``row_stats`` with ``fill_log_probs``: ``lp_blank`` rows ``= -1`` (the loss-on-logits
+* ``row_stats`` with ``fill_log_probs``: the first value (blank) of each row ``= -1`` (the loss-on-logits
   path checks them).
 
 Array allocations through ``xp`` (``zeros``/``zeros_like``/``full``: device memsets and
@@ -19,12 +19,14 @@ fills on a GPU) are recorded too (``RecordingXP``). Element assignments into wor
 Bytes per launch (``s``: storage itemsize, ``c``: compute itemsize, ``o``: the joint
 backward's output itemsize; ``n`` rows, ``F`` frames and ``L`` label slots of the chunk)::
 
-    row_stats         read n*V*s + 4n (label)           write n*c*(2 + [lse])
-    row_grad          read n*V*s*(1 + [no lse]) + n*c*(2 + [lse]) + 4n     write n*V*s
+    row_stats         read n*V*s + 4n (label)           write n*c*(W + [G lse])
+    row_grad          read n*V*s*(1 + [no lse]) + n*c*(W + [G] + [2 omega]) + 4n
+                      write n*V*s
     joint_forward     read (F + L)*H*s                   write n*H*s
     joint_backward_enc   read n*H*s + (F + L)*H*s + [acc] F*H*o    write F*H*o
     joint_backward_pred  read n*H*s + (F + L)*H*s + [acc] L*H*o    write L*H*o
-    lattice (rows R)  need_grad: read 8*R*c, write 4*R*c (+ B*c); else read 2*R*c, write R*c
+    lattice (rows R)  need_grad: read (2W+4)*R*c, write (W+2)*R*c (+ B*c); else read W*R*c,
+                      write R*c   (W values per row: 2 for the standard RNN-T)
     gemm (m,k)@(k,n)  read m*k*s_a + k*n*s_b (+ m*n*s_out if accumulate)   write m*n*s_out
                       FLOPs 2*m*n*k
 
@@ -90,14 +92,16 @@ class RecordingProvider:
         self.enabled = True
 
     def launch(self, template: str, types, block: int, grid: int, args: tuple, *,
-               threads: int | None = None, shared_mem: int = 0) -> None:
+               threads: int | None = None, shared_mem: int = 0,
+               general: bool | None = None) -> None:
         spec = _kernels.KERNELS[template]
         key = (types,) if isinstance(types, str) else tuple(types)
-        if key not in spec.types or block not in spec.blocks:
-            raise ValueError(f"no compiled instantiation {spec.name(key, block)}")
+        if key not in spec.types or block not in spec.blocks or \
+                (general is not None) != bool(spec.general):
+            raise ValueError(f"no compiled instantiation {spec.name(key, block, general)}")
         if self.enabled:
             grid = max(1, min(int(grid), _kernels.MAX_GRID))
-            self.launches.append(Launch("lattice" if template == "lattice" else "kernel",
+            self.launches.append(Launch("lattice" if template.startswith("lattice") else "kernel",
                                         template, _types_str(types), grid,
                                         int(block if threads is None else threads),
                                         label=template))
@@ -177,47 +181,49 @@ class RecordingBackend(KernelBackend):
         return hit[1], hit[2]
 
     # ------------------------------------------------------------ row ops
-    def row_stats(self, z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit, rbase=0,
-                  lse=None):
+    def row_stats(self, z, layout, row0, n_rows, plan, topo, values, rbase=0, lse=None):
         start = len(self.launches)
-        super().row_stats(z, layout, row0, n_rows, plan, blank, lp_blank, lp_emit, rbase, lse)
+        super().row_stats(z, layout, row0, n_rows, plan, topo, values, rbase, lse)
         if self.fill_log_probs and n_rows > 0:
-            lp_blank[row0 - rbase:row0 - rbase + n_rows] = -1.0
+            values[row0 - rbase:row0 - rbase + n_rows, 0] = -1.0
         rec = self._new(start)
         if rec is not None:
             V, s = layout.vocab or int(z.shape[-1]), z.itemsize
-            c = lp_blank.itemsize
+            c = values.itemsize
             rec.read = n_rows * (V * s + 4)
-            rec.written = n_rows * c * (3 if lse is not None else 2)
+            rec.written = n_rows * c * (values.shape[1] + (lse.shape[1] if lse is not None
+                                                           else 0))
 
-    def row_grad(self, z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
-                 scale, fastemit_lambda, clamp, rbase=0, lse=None):
+    def row_grad(self, z, grad, layout, row0, n_rows, plan, topo, coefs, scale,
+                 fastemit_lambda, clamp, rbase=0, lse=None, coefs2=None):
         start = len(self.launches)
-        super().row_grad(z, grad, layout, row0, n_rows, plan, blank, coef_blank, coef_emit,
-                         scale, fastemit_lambda, clamp, rbase, lse)
+        super().row_grad(z, grad, layout, row0, n_rows, plan, topo, coefs, scale,
+                         fastemit_lambda, clamp, rbase, lse, coefs2)
         rec = self._new(start)
         if rec is not None:
-            V, s, c = layout.vocab or int(z.shape[-1]), z.itemsize, coef_blank.itemsize
+            V, s, c = layout.vocab or int(z.shape[-1]), z.itemsize, coefs.itemsize
             reads = 1 if lse is not None else 2  # without lse the row is read twice
-            rec.read = n_rows * (reads * V * s + c * (3 if lse is not None else 2) + 4)
+            per_row = coefs.shape[1] + (lse.shape[1] if lse is not None else 0) + \
+                (2 if coefs2 is not None else 0)
+            rec.read = n_rows * (reads * V * s + c * per_row + 4)
             rec.written = n_rows * V * s
 
-    def lattice(self, plan, b0, b1, rbase, lp_blank, lp_emit, alpha, beta, log_like,
-                coef_blank, coef_emit, need_grad):
+    def lattice(self, plan, topo, b0, b1, rbase, values, alpha, beta, log_like, coefs,
+                need_grad):
         start = len(self.launches)
-        super().lattice(plan, b0, b1, rbase, lp_blank, lp_emit, alpha, beta, log_like,
-                        coef_blank, coef_emit, need_grad)
+        super().lattice(plan, topo, b0, b1, rbase, values, alpha, beta, log_like, coefs,
+                        need_grad)
         if b1 > b0:
             log_like[b0:b1] = -1.0  # placeholder: the orchestration checks finiteness
         rec = self._new(start)
         if rec is not None:
             lens = self._plan(plan)[1]
             rows = int(plan.offsets[b1]) - int(plan.offsets[b0])
-            c = lp_blank.itemsize
+            c, W = values.itemsize, topo.width
             longest = int(lens[b0:b1].max())  # diagonals T_b + U_b of its longest sample
             rec.steps = longest * (2 if need_grad else 1)
-            rec.read = rows * c * (8 if need_grad else 2)
-            rec.written = rows * c * (4 if need_grad else 1) + (b1 - b0) * c
+            rec.read = rows * c * ((2 * W + 4) if need_grad else W)
+            rec.written = rows * c * ((W + 2) if need_grad else 1) + (b1 - b0) * c
 
     # ------------------------------------------------------------ joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):

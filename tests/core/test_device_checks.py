@@ -113,3 +113,13 @@ def test_torch_status_word_is_written_in_place():
     out = cutrans.transducer_loss(*map(torch.from_numpy, floats), targets, t_len, u_len,
                                   checks="device", status=status)
     assert out.status is status and int(status) == _status.BLANK_LABEL
+
+
+def test_jax_arrays_cannot_take_device_checks():
+    """JAX arrays are immutable: no status word to OR flags into -- a TypeError, not a
+    crash or silently lost flags."""
+    jnp = pytest.importorskip("jax.numpy")
+    floats, targets, t_len, u_len = fused_case()
+    xs = [jnp.asarray(x, dtype=jnp.float32) for x in floats]
+    with pytest.raises(TypeError, match="checks: 'device' .* JAX arrays are immutable"):
+        cutrans.transducer_loss(*xs, targets, t_len, u_len, checks="device")

@@ -9,7 +9,7 @@ from cutrans.emulation import EmulatedModule, EmulationError, _build
 from cutrans.emulation._elf import Elf
 from cutrans.emulation._static_shared import SharedRange
 
-LIBRARY_OWNERS = ("row_stats", "row_grad", "lattice", "joint_forward", "joint_backward_enc",
+LIBRARY_OWNERS = ("row_stats", "row_grad", "lattice", "lattice_arcs", "joint_forward", "joint_backward_enc",
                   "joint_backward_pred")
 
 

@@ -42,7 +42,8 @@ assert any(w.category is ToolchainWarning and "links libstdc++ statically" in st
     [str(w.message) for w in seen]
 provider = _kernels.EmulatedProvider()
 for src in _kernels.sources():
-    assert_ranges_writable(provider._build(src), ("row_stats", "row_grad", "lattice"))
+    assert_ranges_writable(provider._build(src),
+                           ("row_stats", "row_grad", "lattice", "lattice_arcs"))
 assert_ranges_writable(kinds, ("poison_kinds", "template_helper"))
 try:
     sanitizer_env("address")

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not cupy.is_available(), reason="no CUDA GPU for CuPy")]
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernels"))
-from kcases import COMPUTE, STORAGE, Case  # noqa: E402
+from kcases import COMPUTE, STORAGE, TOPOLOGIES, Case  # noqa: E402
 from kops import (check_joint_backward, check_joint_forward, check_lattice,  # noqa: E402
                   check_row_grad, check_row_stats)
 from kpipeline import (bits, check_rnnt_loss, check_transducer_loss, fused_inputs,  # noqa: E402
@@ -20,7 +20,8 @@ from kpipeline import (bits, check_rnnt_loss, check_transducer_loss, fused_input
 
 import cutrans  # noqa: E402
 
-ROW_CASES = [(0, 4, 5, 3, 5), (1, 3, 4, 4, 150), (2, 2, 3, 2, 600), (3, 8, 20, 10, 2048)]
+ROW_CASES = [(0, 4, 5, 3, 5), (1, 3, 4, 4, 150), (2, 2, 3, 2, 600), (3, 8, 20, 10, 2048),
+             (4, 3, 4, 3, 8500)]  # the last: a block per row (more than 8192 logits)
 _STATS = {}
 
 
@@ -53,10 +54,23 @@ def test_row_grad(be, dtype, layout, in_place, opts):
 
 @pytest.mark.parametrize("need_grad,alias", [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("dtype", COMPUTE)
-@pytest.mark.parametrize("shape", [(0, 5, 6, 4, 6), (1, 3, 80, 40, 5), (2, 1, 1, 0, 3),
-                                   (3, 16, 300, 120, 4)])
-def test_lattice(be, shape, dtype, need_grad, alias):
-    check_lattice(be, Case(*shape), dtype, need_grad, alias, _STATS)
+@pytest.mark.parametrize("shape", [(0, 5, 6, 4, 6), (1, 3, 80, 40, 5), (2, 1, 1, 0, 5),
+                                   (3, 16, 300, 120, 5)])
+@pytest.mark.parametrize("topo", list(TOPOLOGIES))
+def test_lattice(be, topo, shape, dtype, need_grad, alias):
+    check_lattice(be, Case(*shape, topo=topo), dtype, need_grad, alias, _STATS)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("dtype", STORAGE)
+@pytest.mark.parametrize("topo", [t for t in TOPOLOGIES if t != "rnnt"])
+def test_row_ops_variants(be, topo, dtype, layout):
+    for shape in ROW_CASES:
+        case = Case(*shape, topo=topo)
+        for chunks in case.chunkings()[1:3]:
+            check_row_stats(be, case, dtype, layout, chunks, _STATS)
+            check_row_grad(be, case, dtype, layout, chunks, in_place=True, fastemit=0.0,
+                           clamp=0.05, stats=_STATS, with_lse=True)
 
 
 @pytest.mark.parametrize("dtype", STORAGE)
@@ -143,7 +157,7 @@ def test_debug_reports_registers(monkeypatch, capfd):
     monkeypatch.setenv("CUTRANS_KERNEL_DEBUG", "1")
     check_rnnt_loss("cupy", cupy, 0, "float32", "packed")
     err = capfd.readouterr().err
-    assert "cutrans[cupy] row_stats<float, 32>" in err and "registers=" in err
+    assert "cutrans[cupy] row_stats<float, 32, false>" in err and "registers=" in err
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -155,3 +169,33 @@ def _error_report():
         with open(path, "w") as f:
             for k, (a, r) in sorted(_STATS.items()):
                 f.write(f"{k}: max_abs={a:.3g} max_rel={r:.3g}\n")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("topo", [t for t in TOPOLOGIES if t != "rnnt"])
+def test_variants_end_to_end(topo, dtype):
+    """rnnt_loss and the fused op (split samples) with each variant: CUDA = NumPy."""
+    import numpy as np
+    spec = dict(TOPOLOGIES[topo])
+    case = Case(6, 4, 30, 12, 40, topo=topo)
+    spec["blank"] = case.blank
+    z = case.logits(dtype, "padded", pad_value=0.0)
+    args = (z, case.targets, case.T, case.U)
+    ref = cutrans.rnnt_loss(*args, reduction="none", return_grad=True, backend="numpy", **spec)
+    got = cutrans.rnnt_loss(*(cupy.asarray(a) for a in args), reduction="none",
+                            return_grad=True, **spec)
+    rtol = 1e-10 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(got[0].get(), ref[0], rtol=rtol)
+    np.testing.assert_allclose(got[1].get(), ref[1], rtol=rtol, atol=rtol)
+    rng = np.random.default_rng(7)
+    H = 32
+    fl = [rng.standard_normal(s).astype(dtype) for s in (
+        (case.B, case.T_max, H), (case.B, case.U_max + 1, H), (case.n_logits, H),
+        (case.n_logits,))]
+    kw = dict(spec, max_workspace_bytes=200_000)
+    ref = cutrans.transducer_loss(*fl, case.targets, case.T, case.U, backend="numpy", **kw)
+    got = cutrans.transducer_loss(*(cupy.asarray(a) for a in fl), case.targets, case.T,
+                                  case.U, **kw)
+    np.testing.assert_allclose(float(got.loss), float(ref.loss), rtol=rtol)
+    for g, r in zip(got.grads, ref.grads):
+        np.testing.assert_allclose(g.get(), r, rtol=max(rtol, 1e-4), atol=max(rtol, 1e-5))

@@ -12,9 +12,9 @@ def test_fused_context_rebuild_matches_core_forward():
     kw = dict(activation="tanh", blank=0, clamp=None, fastemit_lambda=0.0,
               max_workspace_bytes=1500, sample_wise=True)
     _, ctx = cutrans.transducer_forward(*case, **kw)
-    losses, cb, ce = _core.fused_forward(*case, **kw, need_grad=True)
+    losses, coefs = _core.fused_forward(*case, **kw, need_grad=True)
     up = np.array([1.0, 2.0, -1.0])
-    got = _core.fused_backward(up, *case, cb, ce, **kw)
+    got = _core.fused_backward(up, *case, coefs, **kw)
     want = cutrans.transducer_backward(ctx, up)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15)
@@ -25,7 +25,7 @@ def test_fused_context_rebuild_matches_core_forward():
     orig = fused.backward
     try:
         fused.backward = lambda c, g, **k: seen.setdefault("ctx", c) and orig(c, g, **k)
-        _core.fused_backward(up, *case, cb, ce, **kw)
+        _core.fused_backward(up, *case, coefs, **kw)
     finally:
         fused.backward = orig
     rebuilt = seen["ctx"]
@@ -43,8 +43,10 @@ def test_fused_context_rebuild_matches_core_forward():
 
 def test_padded_coefficients_are_zero_outside_the_lattice():
     logits, targets, t_len, u_len = logits_case(1)
-    _, cb, ce = _core.logits_forward(logits, targets, t_len, u_len, blank=0, clamp=None,
-                                     fastemit_lambda=0.0, need_grad=True)
+    _, coefs = _core.logits_forward(logits, targets, t_len, u_len, blank=0, clamp=None,
+                                    fastemit_lambda=0.0, need_grad=True)
+    assert coefs.shape == logits.shape[:3] + (2,)
+    cb, ce = coefs[..., 0], coefs[..., 1]
     for b in range(3):
         mask = np.zeros(cb.shape[1:], bool)
         mask[:t_len[b], :u_len[b] + 1] = True

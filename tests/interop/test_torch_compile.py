@@ -64,6 +64,19 @@ def custom_op_calls():
                 transducer_loss(*fl, *case[4:], reduction=reduction).backward()
             status = torch.zeros((), dtype=torch.int32)
             transducer_loss(*fl, *case[4:], checks="device", status=status).backward()
+        # a variant: TDT with omega (3 duration logits after the tokens; coefficients
+        # (B, T, U+1, 6))
+        tdt = dict(variant="tdt", durations=[0, 1, 2], sigma=0.05, omega=0.25)
+        x = torch.randn(3, 3, 3, 7, dtype=torch.float64, requires_grad=True)
+        rnnt_loss(x, y, tl, ul, blank=0, **tdt).backward()
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(10, case[0].shape[-1], dtype=torch.float64, generator=g,
+                        requires_grad=True)
+        bias = torch.zeros(10, dtype=torch.float64, requires_grad=True)
+        enc, pred = (a.clone().requires_grad_() for a in case[:2])
+        for reduction in ("none", "mean"):
+            transducer_loss(enc, pred, w, bias, *case[4:], reduction=reduction,
+                            **tdt).sum().backward()
     return rec.calls
 
 

@@ -58,15 +58,40 @@ def random_lengths(rng, B, T_max, U_max, *, force_edges=True):
     return T.astype(np.int64), U.astype(np.int64)
 
 
-class Case:
-    """A random batch: host plan, targets, device plan (for ``xp``), blank."""
+#: Topologies of the kernel tests (``Case(..., topo=name)``): every code path of the row
+#: kernels (lean / general) and of the lattices (specialised RNN-T / arc table).
+TOPOLOGIES = {
+    "rnnt": {},
+    "delay": dict(delay_penalty=0.25),
+    "modified": dict(variant="modified"),
+    "multiblank": dict(variant="multiblank", big_blank_durations=(2, 3), sigma=0.05),
+    "tdt": dict(variant="tdt", durations=(0, 1, 2, 4)),
+    "tdt-omega": dict(variant="tdt", durations=(0, 1, 3), sigma=0.05, omega=0.3),
+}
 
-    def __init__(self, seed, B, T_max, U_max, V, blank=None):
+
+class Case:
+    """A random batch: host plan, targets, device plan (for ``xp``), topology.
+
+    ``V``: token logits per row (TDT rows have ``n_logits = V + D``); ``topo``: a key of
+    ``TOPOLOGIES``; ``blank``: the standard blank's id (random if None; multi-blank: the
+    largest id, its big blanks just below)."""
+
+    def __init__(self, seed, B, T_max, U_max, V, blank=None, topo="rnnt"):
+        from cutrans._topology import make_topology
         rng = self.rng = np.random.default_rng(seed)
         self.T, self.U = random_lengths(rng, B, T_max, U_max)
+        args = dict(TOPOLOGIES[topo])
+        if args.get("variant") == "modified":
+            self.U = np.minimum(self.U, self.T)  # one label per frame at most
+        n_dur = len(args.get("durations", ()))
+        if blank is None:
+            blank = V - 1 if args.get("variant") == "multiblank" else int(rng.integers(0, V))
+        self.topo = make_topology(args.pop("variant", "rnnt"), V + n_dur, blank, **args)
         self.B, self.T_max, self.U_max, self.V = B, T_max, U_max, V
-        self.blank = int(rng.integers(0, V)) if blank is None else blank
-        labels = [k for k in range(V) if k != self.blank]
+        self.n_logits = V + n_dur
+        self.blank = self.topo.blanks[0]
+        labels = [k for k in range(V) if k not in self.topo.blanks]
         self.targets = rng.choice(labels, size=(B, max(U_max, 0))).astype(np.int32)
         self.plan = make_plan(self.T, self.U)
         self.R = self.plan.rows
@@ -88,20 +113,21 @@ class Case:
         return out
 
     def logits(self, dtype, layout="packed", scale=3.0, pad_value=np.nan):
-        """Logits in ``dtype``: packed (R, V) or padded (B, T_max, U_max+1, V), NaN padding."""
-        rng = self.rng
+        """Logits in ``dtype``: packed (R, n_logits) or padded (B, T_max, U_max+1, n_logits),
+        NaN padding."""
+        rng, n = self.rng, self.n_logits
         if layout == "packed":
-            z = rng.standard_normal((self.R, self.V)) * scale
+            z = rng.standard_normal((self.R, n)) * scale
         else:
-            z = np.full((self.B, self.T_max, self.U_max + 1, self.V), pad_value)
+            z = np.full((self.B, self.T_max, self.U_max + 1, n), pad_value)
             for b in range(self.B):
                 T, U = self.T[b], self.U[b]
-                z[b, :T, :U + 1] = rng.standard_normal((T, U + 1, self.V)) * scale
+                z[b, :T, :U + 1] = rng.standard_normal((T, U + 1, n)) * scale
         return z.astype(np_dtype(dtype))
 
     def layout(self, z, layout, row0):
         if layout == "packed":
-            return RowLayout(packed=True, ld=self.V)
+            return RowLayout(packed=True, ld=self.n_logits)
         _, T, U1, V = z.shape
         return RowLayout(packed=False, sb=T * U1 * V, st=U1 * V, su=V)
 

@@ -12,66 +12,74 @@ import numpy as np
 from kcases import REF, assert_close, cdt, np_dtype, to_np, to_xp
 
 
-def lp_arrays(case, dtype):
-    """Reference (lp_blank, lp_emit) (R,) from random logits, via the NumPy backend."""
+def value_arrays(case, dtype):
+    """Reference per-row values (R, W) of the case's topology from random logits, via the
+    NumPy backend."""
     c = cdt(dtype)
     z = case.logits("float64").astype(c)
-    lpb, lpe = np.empty(case.R, c), np.empty(case.R, c)
-    REF.row_stats(z, case.layout(z, "packed", 0), 0, case.R, case.dplan(), case.blank, lpb, lpe)
-    return lpb, lpe
+    values = np.empty((case.R, case.topo.width), c)
+    REF.row_stats(z, case.layout(z, "packed", 0), 0, case.R, case.dplan(), case.topo, values)
+    return values
+
+
+def _lse_columns(topo):
+    return 2 if topo.durations else 1
 
 
 def check_row_stats(be, case, dtype, layout, chunks, stats=None, rbase=0):
-    """row_stats with the per-row arrays (lp_blank, lp_emit, lse) holding rows [rbase, R)."""
-    xp, c = be.xp, cdt(dtype)
+    """row_stats with the per-row arrays (values (S, W), lse (S, G)) holding rows [rbase, R)."""
+    xp, c, topo = be.xp, cdt(dtype), case.topo
     z = case.logits(dtype, layout)
     zx, dp, dpx = to_xp(z, xp), case.dplan(), case.dplan(xp)
     n_state = case.R - rbase
-    out = [np.full(n_state, 7.0, c) for _ in range(3)]
-    outx = [xp.full(n_state, 7.0, dtype=c) for _ in range(3)]
+    shapes = ((n_state, topo.width), (n_state, _lse_columns(topo)))
+    out = [np.full(sh, 7.0, c) for sh in shapes]
+    outx = [xp.full(sh, 7.0, dtype=c) for sh in shapes]
     for row0, n in chunks:
         if row0 < rbase:
             continue
         lay = case.layout(z, layout, row0)
-        REF.row_stats(case.chunk_view(z, layout, row0, n), lay, row0, n, dp, case.blank,
-                      out[0], out[1], rbase, out[2])
-        be.row_stats(case.chunk_view(zx, layout, row0, n), lay, row0, n, dpx, case.blank,
-                     outx[0], outx[1], rbase, outx[2])
-    for name, a, e in zip(("lp_blank", "lp_emit", "lse"), outx, out):
+        REF.row_stats(case.chunk_view(z, layout, row0, n), lay, row0, n, dp, topo, out[0],
+                      rbase, out[1])
+        be.row_stats(case.chunk_view(zx, layout, row0, n), lay, row0, n, dpx, topo, outx[0],
+                     rbase, outx[1])
+    for name, a, e in zip(("values", "lse"), outx, out):
         assert_close(to_np(a), e, np.dtype(c).name, f"row_stats {name}", stats,
                      f"row_stats {dtype}")
 
 
 def check_row_grad(be, case, dtype, layout, chunks, *, in_place, fastemit=0.0, clamp=0.0,
                    stats=None, with_lse=False):
-    """row_grad; ``with_lse``: the rows' logsumexp is given (one read of each row)."""
-    xp, c = be.xp, cdt(dtype)
+    """row_grad; ``with_lse``: the rows' logsumexps are given (one read of each row)."""
+    xp, c, topo = be.xp, cdt(dtype), case.topo
     rng = np.random.default_rng(5)
     z = case.logits(dtype, layout)
-    cb = rng.uniform(0, 1, case.R).astype(c)
-    ce = rng.uniform(0, 1, case.R).astype(c)
-    ce[case.plan.offsets[1:] - 1] = 0  # last row of each sample is u = U_b: no emission
+    coefs = rng.uniform(0, 1, (case.R, topo.width)).astype(c)
+    coefs[case.plan.offsets[1:] - 1, topo.emit] = 0  # u = U_b (last row): no emission
+    coefs2 = rng.uniform(0, 1, (case.R, 2)).astype(c) if topo.omega else None
+    if coefs2 is not None:
+        coefs2[case.plan.offsets[1:] - 1, 1] = 0
     scale = rng.uniform(0.5, 2, case.B).astype(c)
     dp, dpx = case.dplan(), case.dplan(xp)
     lse = None
-    if with_lse:  # the reference logsumexp of every row, from the NumPy backend
-        lse = np.empty(case.R, c)
-        REF.row_stats(z, case.layout(z, layout, 0), 0, case.R, dp, case.blank,
-                      np.empty(case.R, c), np.empty(case.R, c), 0, lse)
+    if with_lse:  # the reference logsumexps of every row, from the NumPy backend
+        lse = np.empty((case.R, _lse_columns(topo)), c)
+        REF.row_stats(z, case.layout(z, layout, 0), 0, case.R, dp, topo,
+                      np.empty((case.R, topo.width), c), 0, lse)
     pad = np.nan if layout == "padded" else 0
     ref = z.copy() if in_place else np.full_like(z, pad)
     zx = to_xp(z, xp)
     got = zx if in_place else to_xp(np.full_like(z, pad), xp)
-    args = (cb, ce, scale)
-    argsx = tuple(to_xp(a, xp) for a in args)
     lsex = None if lse is None else to_xp(lse, xp)
+    c2x = None if coefs2 is None else to_xp(coefs2, xp)
     for row0, n in chunks:
         lay = case.layout(z, layout, row0)
         zin = case.chunk_view(ref if in_place else z, layout, row0, n)
-        REF.row_grad(zin, case.chunk_view(ref, layout, row0, n), lay, row0, n, dp, case.blank,
-                     *args, fastemit, clamp, 0, lse)
+        REF.row_grad(zin, case.chunk_view(ref, layout, row0, n), lay, row0, n, dp, topo,
+                     coefs, scale, fastemit, clamp, 0, lse, coefs2)
         be.row_grad(case.chunk_view(zx, layout, row0, n), case.chunk_view(got, layout, row0, n),
-                    lay, row0, n, dpx, case.blank, *argsx, fastemit, clamp, 0, lsex)
+                    lay, row0, n, dpx, topo, to_xp(coefs, xp), to_xp(scale, xp), fastemit,
+                    clamp, 0, lsex, c2x)
     g = to_np(got, dtype)
     assert g.dtype == np_dtype(dtype)
     assert_close(g, ref, dtype, "row_grad", stats, f"row_grad {dtype}")
@@ -80,24 +88,22 @@ def check_row_grad(be, case, dtype, layout, chunks, *, in_place, fastemit=0.0, c
     return g
 
 
-def run_lattice(be, case, lpb, lpe, need_grad, alias, b0=0, b1=None):
+def run_lattice(be, case, values, need_grad, alias, b0=0, b1=None, topo=None):
     """Run ``be.lattice`` on samples [b0, b1) with per-row arrays of their rows only;
-    returns host (alpha, beta, ll, coef_blank, coef_emit) (ll is (B,), 9.0 elsewhere)."""
-    xp = be.xp
+    returns host (alpha, ll, coefs) (ll is (B,), 9.0 elsewhere)."""
+    xp, topo = be.xp, topo or case.topo
     b1 = case.B if b1 is None else b1
     r0, r1 = int(case.plan.offsets[b0]), int(case.plan.offsets[b1])
-    c = lpb.dtype
+    c = values.dtype
     dpx = case.dplan(xp) if be is not REF else case.dplan()
-    lb, le = to_xp(lpb[r0:r1].copy(), xp), to_xp(lpe[r0:r1].copy(), xp)
+    vals = to_xp(values[r0:r1].copy(), xp)
     alpha = xp.full(r1 - r0, 9.0, dtype=c)
     beta = xp.full(r1 - r0, 9.0, dtype=c) if need_grad else alpha
     ll = xp.full(case.B, 9.0, dtype=c)
-    if alias:
-        cb, ce = lb, le
-    else:
-        cb, ce = xp.full(r1 - r0, 9.0, dtype=c), xp.full(r1 - r0, 9.0, dtype=c)
-    be.lattice(dpx, b0, b1, r0, lb, le, alpha, beta, ll, cb, ce, need_grad)
-    return tuple(to_np(x) for x in (alpha, beta, ll, cb, ce))
+    coefs = vals if alias else xp.full((r1 - r0, topo.width), 9.0, dtype=c)
+    be.lattice(dpx, topo, b0, b1, r0, vals, alpha, beta, ll, coefs, need_grad)
+    # TDT's mixed-in RNN-T (aliased) writes the first two of the W columns only
+    return to_np(alpha), to_np(ll), to_np(coefs)[:, :topo.width]
 
 
 #: float32 lattice: the backend's error against a float64 run may be at most this many times
@@ -133,30 +139,38 @@ def assert_float32_lattice(got, ref32, ref64, magnitude, what, stats=None, key=N
 
 
 def check_lattice(be, case, dtype, need_grad=True, alias=True, stats=None):
-    """alpha (with need_grad), log_like and the coefficients; beta is workspace."""
-    lpb, lpe = lp_arrays(case, dtype)
+    """alpha (with need_grad), log_like and the coefficients; beta is workspace. TDT with
+    omega also runs its mixed-in RNN-T lattice (token values, columns 0 and 1)."""
+    values = value_arrays(case, dtype)
     spans = [(0, case.B)] + ([(1, case.B)] if case.B > 1 else [])  # all, and a subset
-    for b0, b1 in spans:
-        exp = run_lattice(REF, case, lpb, lpe, need_grad, False, b0, b1)
-        got = run_lattice(be, case, lpb, lpe, need_grad, alias, b0, b1)
-        checked = [("log_like", 2)] + ([("alpha", 0), ("coef_blank", 3), ("coef_emit", 4)]
-                                       if need_grad else [])
-        if dtype == "float32":  # tolerance derived from a float64 run of the same inputs
-            exp64 = run_lattice(REF, case, lpb.astype(np.float64), lpe.astype(np.float64),
-                                need_grad, False, b0, b1)
-            mag = max(float(np.abs(x[np.isfinite(x)]).max(initial=0.0))
-                      for x in (exp64[0], exp64[2]))
-            for name, k in checked:
-                assert_float32_lattice(got[k], exp[k], exp64[k], mag,
-                                       f"lattice {name} [{b0}:{b1}]", stats,
-                                       "lattice float32 (abs err, ratio to NumPy fp32)")
-        else:
-            for name, k in checked:
-                assert_close(got[k], exp[k], dtype, f"lattice {name} [{b0}:{b1}]", stats,
-                             f"lattice {dtype}")
-        assert np.all(got[2][:b0] == 9.0), "log_like written outside [b0, b1)"
-        if not need_grad and not alias:
-            assert np.all(got[3] == 9.0), "coefs written without need_grad"
+    topos = [case.topo] + ([case.topo.rnnt_part()] if case.topo.omega else [])
+    for topo in topos:
+        for b0, b1 in spans:
+            got = _compare_lattice(be, case, dtype, values, need_grad, alias, b0, b1, topo,
+                                   stats)
+    return got
+
+
+def _compare_lattice(be, case, dtype, values, need_grad, alias, b0, b1, topo, stats):
+    exp = run_lattice(REF, case, values, need_grad, False, b0, b1, topo)
+    got = run_lattice(be, case, values, need_grad, alias, b0, b1, topo)
+    checked = [("log_like", 1)] + ([("alpha", 0), ("coefs", 2)] if need_grad else [])
+    what = f"lattice[{topo.variant}]"
+    if dtype == "float32":  # tolerance derived from a float64 run of the same inputs
+        exp64 = run_lattice(REF, case, values.astype(np.float64), need_grad, False, b0, b1,
+                            topo)
+        mag = max(float(np.abs(x[np.isfinite(x)]).max(initial=0.0))
+                  for x in (exp64[0], exp64[1]))
+        for name, k in checked:
+            assert_float32_lattice(got[k], exp[k], exp64[k], mag, f"{what} {name} [{b0}:{b1}]",
+                                   stats, "lattice float32 (abs err, ratio to NumPy fp32)")
+    else:
+        for name, k in checked:
+            assert_close(got[k], exp[k], dtype, f"{what} {name} [{b0}:{b1}]", stats,
+                         f"lattice {dtype}")
+    assert np.all(got[1][:b0] == 9.0), "log_like written outside [b0, b1)"
+    if not need_grad and not alias:
+        assert np.all(got[2] == 9.0), "coefs written without need_grad"
     return got
 
 

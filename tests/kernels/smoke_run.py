@@ -18,7 +18,7 @@ def main(sanitizer: str | None) -> int:
     mode = "thread" if sanitizer == "thread" else "fiber"
     be = emulated_backend(mode, "forward", sanitizer)
     rng = np.random.default_rng(0)
-    for V in (5, 150):  # 32 and 128 threads per row (warp-only and cross-warp reductions)
+    for V in (5, 9000):  # a warp per row, a block per row (cross-warp reductions)
         z = rng.standard_normal((2, 3, 3, V)).astype(np.float32)
         args = (z, np.array([[1, 2], [3, 1]], np.int32), np.array([3, 2], np.int32),
                 np.array([2, 1], np.int32))
@@ -34,6 +34,23 @@ def main(sanitizer: str | None) -> int:
     got = cutrans.rnnt_loss(*args, return_grad=True, backend=be)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12)
+    # the general row kernels (several blanks; duration logits: two block reductions per
+    # row) with a warp and with a block per row, and the arc-table lattice (TDT with omega
+    # runs both lattices; __syncthreads between diagonals, no warp-synchronous code). Small
+    # row counts: under ThreadSanitizer every CUDA thread is an OS thread (a 40 x 40 TDT
+    # lattice alone takes ~2.5 min there).
+    multiblank = dict(variant="multiblank", blank=-1, big_blank_durations=(2, 3), sigma=0.05)
+    tdt = dict(variant="tdt", durations=(0, 1, 2), sigma=0.05, omega=0.3)
+    for (T, U, V), spec in (((3, 2, 9000), multiblank), ((2, 1, 9000), tdt),
+                            ((12, 11, 5), tdt)):
+        n = V + len(spec.get("durations", ()))
+        args = (rng.standard_normal((1, T, U + 1, n)),
+                rng.integers(1, 4, size=(1, U)).astype(np.int32), np.array([T], np.int32),
+                np.array([U], np.int32))
+        ref = cutrans.rnnt_loss(*args, return_grad=True, backend="numpy", clamp=0.5, **spec)
+        got = cutrans.rnnt_loss(*args, return_grad=True, backend=be, clamp=0.5, **spec)
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
+        np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12)
     H, V = 40, 6
     fused = (rng.standard_normal((2, 3, H)), rng.standard_normal((2, 3, H)),
              rng.standard_normal((V, H)), rng.standard_normal(V),

@@ -10,6 +10,7 @@ import pytest
 
 from cutrans import _kernels
 from cutrans._dtypes import DTYPES
+from cutrans._topology import Topology
 
 
 def test_registry_matches_sources():
@@ -23,7 +24,9 @@ def test_registry_matches_sources():
     assert len(names) == len(set(names))
     assert sorted(n for s in _kernels.sources() for n in _kernels.name_expressions(s)) == \
         sorted(names)
-    assert "row_stats<__nv_bfloat16, 256>" in names
+    assert "row_stats<__nv_bfloat16, 256, false>" in names
+    assert "row_grad<float, 32, true>" in names
+    assert "lattice_arcs<double, 32>" in names
     assert "lattice<double, 32>" in names
     assert "joint_backward_enc<__half, float, 128>" in names
 
@@ -91,14 +94,15 @@ class _FakeProvider(_kernels._Provider):
 def test_provider_caches_per_device_and_source():
     p = _FakeProvider()
     _FakeModule.builds = 0
-    k1 = p.function("row_stats", "float32", 32)
-    assert p.function("row_stats", "float32", 32) is k1
-    p.function("row_grad", "float16", 128)  # same source: no new module
+    k1 = p.function("row_stats", "float32", 32, False)
+    assert p.function("row_stats", "float32", 32, False) is k1
+    assert p.function("row_stats", "float32", 32, True) is not k1
+    p.function("row_grad", "float16", 128, True)  # same source: no new module
     assert _FakeModule.builds == 1
     p.function("lattice", "float64", 32)
     assert _FakeModule.builds == 2
     p.device = 1
-    assert p.function("row_stats", "float32", 32) is not k1
+    assert p.function("row_stats", "float32", 32, False) is not k1
     assert _FakeModule.builds == 3
 
 
@@ -110,7 +114,7 @@ def test_debug_prints_launches(monkeypatch, capfd, emu):
                       np.array([1], np.int32), backend="emulated")
     err = capfd.readouterr().err
     # a warp per row, 8 rows per block of 256 threads: 4 rows take one block
-    assert "cutrans[emulated] row_stats<float, 32> grid=(1,) block=(256,)" in err
+    assert "cutrans[emulated] row_stats<float, 32, false> grid=(1,) block=(256,)" in err
     assert "cutrans[emulated] lattice<float, 32> grid=(1,) block=(32,)" in err
 
 
@@ -128,4 +132,4 @@ def test_row_limit_is_checked(emu):
     big = DevicePlan(offsets=None, frame_offsets=None, label_offsets=None, logit_len=None,
                      target_len=None, targets=None, batch=1, rows=2**31)
     with pytest.raises(ValueError, match="at most 2147483647 lattice rows"):
-        emu.lattice(big, 0, 1, 0, None, None, None, None, None, None, None, True)
+        emu.lattice(big, Topology(), 0, 1, 0, None, None, None, None, None, True)

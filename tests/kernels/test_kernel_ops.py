@@ -1,32 +1,46 @@
 """Emulated kernels vs the NumPy backend, op by op (see kops.py for what each check does)."""
 import pytest
 
-from kcases import COMPUTE, STORAGE, Case
+from kcases import COMPUTE, STORAGE, TOPOLOGIES, Case
 from kops import (check_joint_backward, check_joint_forward, check_lattice, check_row_grad,
                   check_row_stats)
 
 # (seed, B, T_max, U_max, V): V picks the block size (32 / 128 / 256 threads per row)
 ROW_CASES = [(0, 4, 5, 3, 5), (1, 3, 4, 4, 150), (2, 2, 3, 2, 600)]
+#: (shape, topology): every shape with the standard RNN-T (lean row kernels), the first two
+#: with every other topology (the general row kernels: several blanks, duration logits,
+#: sigma, delay penalty)
+#: rows of more than 8192 logits take a whole block each (cross-warp reductions)
+BLOCK_ROWS = (3, 2, 3, 2, 8500)
+ROW_TOPO = [(s, "rnnt") for s in ROW_CASES] + [(s, t) for s in ROW_CASES[:2] for t in TOPOLOGIES
+                                               if t != "rnnt"] + [
+    (BLOCK_ROWS, t) for t in ("rnnt", "multiblank", "tdt-omega")]
 
 
 @pytest.mark.parametrize("layout", ["packed", "padded"])
 @pytest.mark.parametrize("dtype", STORAGE)
-@pytest.mark.parametrize("shape", ROW_CASES)
-def test_row_stats(emu, err_stats, shape, dtype, layout):
-    case = Case(*shape)
+@pytest.mark.parametrize("shape,topo", ROW_TOPO)
+def test_row_stats(emu, err_stats, shape, topo, dtype, layout):
+    case = Case(*shape, topo=topo)
     for chunks in case.chunkings():
         check_row_stats(emu, case, dtype, layout, chunks, err_stats)
     chunks = case.chunkings()[-1]
     check_row_stats(emu, case, dtype, layout, chunks, err_stats, rbase=chunks[-1][0])
 
 
-@pytest.mark.parametrize("opts", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.05), (0.2, 0.1)])
+#: (topology, (fastemit_lambda, clamp)): the options alone with the standard topology, off
+#: and together with every other one
+GRAD_OPTS = [("rnnt", o) for o in [(0.0, 0.0), (0.3, 0.0), (0.0, 0.05), (0.2, 0.1)]] + [
+    (t, o) for t in TOPOLOGIES if t != "rnnt" for o in [(0.0, 0.0), (0.2, 0.1)]]
+
+
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("layout", ["packed", "padded"])
 @pytest.mark.parametrize("dtype", STORAGE)
-def test_row_grad(emu, err_stats, dtype, layout, in_place, opts):
-    for shape in ROW_CASES[:2]:
-        case = Case(*shape)
+@pytest.mark.parametrize("topo,opts", GRAD_OPTS)
+def test_row_grad(emu, err_stats, topo, opts, dtype, layout, in_place):
+    for shape in ROW_CASES[:2] + [BLOCK_ROWS]:
+        case = Case(*shape, topo=topo)
         for i, chunks in enumerate(case.chunkings()[1:3]):
             check_row_grad(emu, case, dtype, layout, chunks, in_place=in_place,
                            fastemit=opts[0], clamp=opts[1], stats=err_stats, with_lse=i == 1)
@@ -34,9 +48,10 @@ def test_row_grad(emu, err_stats, dtype, layout, in_place, opts):
 
 @pytest.mark.parametrize("need_grad,alias", [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("dtype", COMPUTE)
-@pytest.mark.parametrize("shape", [(0, 5, 6, 4, 6), (1, 3, 80, 40, 5), (2, 1, 1, 0, 3)])
-def test_lattice(emu, err_stats, shape, dtype, need_grad, alias):
-    check_lattice(emu, Case(*shape), dtype, need_grad, alias, err_stats)
+@pytest.mark.parametrize("shape", [(0, 5, 6, 4, 6), (1, 3, 80, 40, 5), (2, 1, 1, 0, 5)])
+@pytest.mark.parametrize("topo", list(TOPOLOGIES))
+def test_lattice(emu, err_stats, topo, shape, dtype, need_grad, alias):
+    check_lattice(emu, Case(*shape, topo=topo), dtype, need_grad, alias, err_stats)
 
 
 @pytest.mark.parametrize("need_grad", [True, False])
@@ -88,9 +103,9 @@ def test_lattice_long(emu, dtype):
     case.plan = make_plan(case.T, case.U)
     case.R = case.plan.rows
     lp = np.log(np.random.default_rng(0).dirichlet(np.ones(3), case.R)).astype(cdt(dtype))
-    lpb, lpe = lp[:, 0].copy(), lp[:, 1].copy()
-    lpe[U::U + 1] = -np.inf
-    exp = run_lattice(REF, case, lpb, lpe, True, False)
-    got = run_lattice(emu, case, lpb, lpe, True, True)
-    for name, k in (("alpha", 0), ("log_like", 2), ("coef_blank", 3), ("coef_emit", 4)):
+    values = np.ascontiguousarray(lp[:, :2])
+    values[U::U + 1, 1] = -np.inf
+    exp = run_lattice(REF, case, values, True, False)
+    got = run_lattice(emu, case, values, True, True)
+    for name, k in (("alpha", 0), ("log_like", 1), ("coefs", 2)):
         assert_close(got[k], exp[k], dtype, f"lattice {name}")

@@ -5,6 +5,7 @@ import pytest
 import cutrans
 from cutrans import _fused, _kernels
 from cutrans._plan import make_plan, to_device
+from cutrans._topology import Topology
 from cutrans.backends.kernel_backend import KernelBackend
 from cutrans.backends.numpy_backend import NumpyBackend
 from cutrans.ledger import dryrun as dr
@@ -25,10 +26,10 @@ def _budget(dtype, rows_per_chunk=30):
     """A budget whose chunks hold ``rows_per_chunk`` rows: samples of 12 x 6 and 9 x 5 rows
     are split, the others resident."""
     f = _fused.FusedInputs(np.empty((6, 12, H), dtype), np.empty((6, 6, H), dtype),
-                           np.empty((V, H), dtype), np.empty(V, dtype), 0, 0, 0.0, 0.0)
+                           np.empty((V, H), dtype), np.empty(V, dtype), 0, Topology(), 0.0, 0.0)
     _, _, Hp, Vp = f.sizes
     s, c = np.dtype(dtype).itemsize, 4
-    per_row = (Hp + Vp) * s + len(_fused.ONE_PASS_STATE) * c
+    per_row = (Hp + Vp) * s + _fused._floats(_fused.one_pass_state(Topology())) * c
     fixed = V * Hp * s + _fused.fixed_bytes(f, True, True)
     # split groups get 3/4 of the budget for chunks: size it so they hold rows_per_chunk
     return (fixed + rows_per_chunk * per_row) * 4 // 3 + 8
@@ -40,7 +41,8 @@ class SpyProvider:
     def __init__(self):
         self.launches = []
 
-    def launch(self, template, types, block, grid, args, *, threads=None, shared_mem=0):
+    def launch(self, template, types, block, grid, args, *, threads=None, shared_mem=0,
+               general=None):
         types = types if isinstance(types, str) else ",".join(types)
         self.launches.append((template, types, max(1, min(int(grid), _kernels.MAX_GRID)),
                               block if threads is None else threads))
@@ -104,8 +106,8 @@ def test_one_pass_sequence_per_group(dtype):
     run = dr.dry_run(_shape(), dtype, budget=budget)
     plan = make_plan(T_LEN, U_LEN)
     enc, pred, w, b, targets = dr._inputs(_shape(), dt)
-    f = _fused.FusedInputs(enc, pred, w, b, 0, 0, 0.0, 0.0)
-    sched = _fused.make_schedule(f, plan, budget, False, _fused.ONE_PASS_STATE,
+    f = _fused.FusedInputs(enc, pred, w, b, 0, Topology(), 0.0, 0.0)
+    sched = _fused.make_schedule(f, plan, budget, False, _fused.one_pass_state(Topology()),
                                  _fused.fixed_bytes(f, True, True))
     hb = _kernels.pick_block(H)
     lb = _kernels.pick_block(to_device(plan, targets, np).max_diag)
@@ -192,7 +194,8 @@ def test_recording_backend_writes_only_placeholders():
     dplan = to_device(plan, np.ones((6, 5), np.int32), np)
     ll = np.full(6, np.nan, np.float32)
     st = np.full(plan.rows, 7.0, np.float32)
-    be.lattice(dplan, 1, 4, int(plan.offsets[1]), st, st, st, st, ll, st, st, True)
+    vals = np.full((plan.rows, 2), 7.0, np.float32)
+    be.lattice(dplan, Topology(), 1, 4, int(plan.offsets[1]), vals, st, st, ll, vals, True)
     assert np.isnan(ll[[0, 4, 5]]).all() and (ll[1:4] == -1).all()
-    assert (st == 7).all()  # nothing computed
+    assert (st == 7).all() and (vals == 7).all()  # nothing computed
     assert [r.name for r in be.launches] == ["lattice"]
