@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -10,12 +11,23 @@ try:  # bfloat16 for NumPy arrays comes from ml_dtypes (a dependency of JAX)
 except ImportError:  # pragma: no cover - optional
     _bfloat16 = None
 
-#: name -> (numpy dtype or None, C++ storage type, numpy compute dtype)
-DTYPES: dict[str, tuple[object, str, type]] = {
-    "float16": (np.dtype(np.float16), "__half", np.float32),
-    "bfloat16": (np.dtype(_bfloat16) if _bfloat16 is not None else None, "__nv_bfloat16", np.float32),
-    "float32": (np.dtype(np.float32), "float", np.float32),
-    "float64": (np.dtype(np.float64), "double", np.float64),
+class DType(NamedTuple):
+    """One storage dtype: its NumPy dtype (None: bfloat16 without ml_dtypes), the kernels'
+    C++ type, the NumPy compute dtype, and bytes per element."""
+
+    numpy: object
+    cpp: str
+    compute: type
+    itemsize: int
+
+
+#: name -> DType (indexable as a tuple: [0] numpy dtype, [1] C++ type, [2] compute dtype)
+DTYPES: dict[str, DType] = {
+    "float16": DType(np.dtype(np.float16), "__half", np.float32, 2),
+    "bfloat16": DType(np.dtype(_bfloat16) if _bfloat16 is not None else None, "__nv_bfloat16",
+                      np.float32, 2),
+    "float32": DType(np.dtype(np.float32), "float", np.float32, 4),
+    "float64": DType(np.dtype(np.float64), "double", np.float64, 8),
 }
 
 INDEX_DTYPES = ("int32", "int64")

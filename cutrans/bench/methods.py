@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._dtypes import DTYPES
+
 FAMILIES = ("fused", "fused-tf32", "gemm-roof", "baseline", "baseline-autocast",
             "cutrans-logits", "torchaudio", "warprnnt")
 HALF = ("float16", "bfloat16")
 BATCHED = ("baseline", "baseline-autocast")
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 SLACK = 8 << 20  # interpreter-side temporaries, blocks of the NumPy backend
 
 
@@ -179,7 +180,7 @@ def estimate_bytes(method: Method, sizes: dict, dtype: str, device: str = "cpu")
     The autocast baseline adds the half copies of h and the logits to the float32 baseline's
     (GPU-FINDINGS: 14.0 GiB vs 12.7 GiB on libri); the roof's row buffers are set-up.
     """
-    s = DTYPE_BYTES[dtype]
+    s = DTYPES[dtype].itemsize
     c = 8 if dtype == "float64" else 4
     B, T, U, V, H = (sizes[k] for k in ("batch", "frames", "labels", "vocab", "hidden"))
     P, R = sizes["padded_rows"], sizes["packed_rows"]
@@ -187,7 +188,7 @@ def estimate_bytes(method: Method, sizes: dict, dtype: str, device: str = "cpu")
     if method.family == "gemm-roof":
         from .steps import roof_chunk_rows, roof_precision
 
-        st = DTYPE_BYTES[roof_precision(dtype, device, False)[0]]
+        st = DTYPES[roof_precision(dtype, device, False)[0]].itemsize
         n = roof_chunk_rows(sizes, dtype, device)
         call, setup = SLACK, inputs + (n * (2 * H + V) + 2 * V * H) * st
     elif method.family == "fused":

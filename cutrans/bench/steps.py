@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from .._dtypes import DTYPES
 from .accuracy import np_dtype
 from .methods import Method, joint_logits_numpy, valid_mask
 
@@ -301,7 +302,7 @@ def roof_chunk_rows(sizes: dict, dtype: str, device: str) -> int:
     """Rows per chunk of the roof: all packed rows if h, z, dh fit ROOF_CHUNK_BYTES."""
     H, V, R = sizes["hidden"], sizes["vocab"], sizes["packed_rows"]
     st, _ = roof_precision(dtype, device, False)
-    per_row = (2 * H + V) * np.dtype(np_dtype(st)).itemsize
+    per_row = (2 * H + V) * DTYPES[st].itemsize
     return int(max(1, min(R, ROOF_CHUNK_BYTES[device] // per_row)))
 
 

@@ -12,6 +12,7 @@ from cutrans.bench import cli, steps
 from cutrans.bench.methods import Method
 from cutrans.bench.runner import Settings, run_benchmark
 from cutrans.bench.workloads import custom_workload
+from optional_deps import dtype_params, needs
 
 TINY = ["--batch", "3", "--frames", "6", "--labels", "3", "--vocab", "8", "--hidden", "5",
         "--repeat", "2", "--warmup", "1", "--quiet", "--budgets", "2K", "sample"]
@@ -30,6 +31,7 @@ def tiny_json(tmp_path_factory):
     return json.loads(path.read_text())
 
 
+@needs("torch")  # the batched baseline rows
 def test_json_schema(tiny_json):
     doc = tiny_json
     assert doc["schema"] == "cutrans-bench/2"
@@ -79,6 +81,7 @@ def test_json_schema(tiny_json):
     assert c["rule"]["cap_grad"] == 8 * c["rule"]["floor_grad"]
 
 
+@needs("torch")  # the batched baseline rows
 def test_tables_show_roof_agreement_and_errors(capsys):
     argv = TINY + ["--no-isolate", "--methods", "fused", "gemm-roof", "baseline",
                    "cutrans-logits"]
@@ -109,6 +112,7 @@ def _skew_fused_weight(monkeypatch, factor):
     monkeypatch.setattr(steps, "prepare", skewed)
 
 
+@needs("torch")  # the batched baseline rows
 def test_a_less_exact_method_is_flagged(monkeypatch, capsys):
     _skew_fused_weight(monkeypatch, 1.01)
     assert cli.main(TINY + ["--no-isolate", "--methods", "fused", "baseline"]) == 1
@@ -125,6 +129,7 @@ def test_a_less_exact_method_is_flagged(monkeypatch, capsys):
     assert fused["accuracy"]["enc"] <= fused["accuracy_allowed"]["enc"]
 
 
+@needs("torch")  # the batched baseline rows
 def test_a_method_as_exact_as_the_floor_passes(monkeypatch):
     from cutrans.bench import accuracy
 
@@ -137,6 +142,7 @@ def test_a_method_as_exact_as_the_floor_passes(monkeypatch):
     assert run["all_agree"] and run["results"][0]["error_vs_baseline"]["weight"] > 4
 
 
+@needs("torch")  # the batched baseline rows
 def test_does_not_fit_is_reported_not_run(capsys, monkeypatch):
     import cutrans.bench.runner as runner
 
@@ -151,6 +157,7 @@ def test_does_not_fit_is_reported_not_run(capsys, monkeypatch):
     assert out.count("does not fit: needs ~") >= 4 and "torch batched (slice only)" in out
 
 
+@needs("torch")  # the batched baseline rows
 def test_does_not_fit_only_the_batched_rows():
     w = custom_workload(2, 60, 20, 2000, 16)
     s = Settings(repeat=1, warmup=0, memory_limit=32 << 20, isolate=False, progress=False,
@@ -165,7 +172,8 @@ def test_does_not_fit_only_the_batched_rows():
     assert run["check"]["lengths_scaled"] and fused["error_vs_baseline"]["enc"] is not None
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@needs("torch")  # the batched and autocast baseline rows
+@pytest.mark.parametrize("dtype", dtype_params("bfloat16", "float16"))
 def test_half_precision_rows_on_the_cpu(dtype, capsys, tmp_path):
     path = tmp_path / "half.json"
     argv = TINY + ["--no-isolate", "--dtype", dtype, "--methods", "fused", "gemm-roof",
@@ -202,6 +210,7 @@ def test_tf32_rows_on_the_cpu_are_marked(capsys):
     assert "cutrans fused (2 KiB, tf32)" in out and "3 GEMMs alone (roof, tf32)" in out
 
 
+@needs("torch")  # the batched baseline rows
 def test_accuracy_only_and_no_check(capsys):
     assert cli.main(TINY + ["--no-isolate", "--methods", "fused", "baseline",
                             "--accuracy-only"]) == 0

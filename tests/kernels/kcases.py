@@ -6,21 +6,13 @@ the backend under test and runs the NumPy reference backend on the same (host) i
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from cutrans._plan import make_plan, to_device
 from cutrans.backends import NumpyBackend, RowLayout
 from cutrans._dtypes import DTYPES
+from optional_deps import dtype_params
 
 BF16 = DTYPES["bfloat16"][0]
-
-
-def dtype_params(*names):
-    """pytest parameters of storage dtypes; bfloat16 skips (that case only) without
-    ml_dtypes, which NumPy needs for it."""
-    return [pytest.param(n, marks=pytest.mark.skipif(
-        BF16 is None, reason="bfloat16 NumPy arrays need ml_dtypes")) if n == "bfloat16" else n
-        for n in names]
 
 
 STORAGE = dtype_params("float16", "bfloat16", "float32", "float64")

@@ -2,8 +2,10 @@
 import json
 
 from cutrans.__main__ import main
+from optional_deps import needs
 
 
+@needs("ml_dtypes")  # bfloat16
 def test_one_configuration(tmp_path, capsys):
     out = tmp_path / "l.json"
     assert main(["ledger", "--workload", "librispeech-profiled", "--dtype", "bfloat16",

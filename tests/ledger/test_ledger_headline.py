@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from optional_deps import dtype_params, installed, needs
+
 GB = 1e9
 OWN_PER_POSITION = 8  # bytes per B (T + U): report.OWN_PER_POSITION
 
@@ -15,7 +17,7 @@ from cutrans.ledger import dry_run, get_shape
 from cutrans.ledger.report import evaluate
 shape = get_shape("paper-headline")
 out = {}
-for dt in ("float32", "bfloat16"):
+for dt in DTYPES:
     ev = evaluate(dry_run(shape, dt))
     out[dt] = {"memory": ev["memory"], "x_roof": ev["x_roof"], "config": ev["config"],
                "schedule": ev["schedule"]}
@@ -27,8 +29,9 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def headline():
-    res = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
-                         check=True, timeout=300)
+    dtypes = ["float32"] + (["bfloat16"] if installed("ml_dtypes") else [])
+    res = subprocess.run([sys.executable, "-c", f"DTYPES = {dtypes!r}\n" + CODE],
+                         capture_output=True, text=True, check=True, timeout=300)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -38,7 +41,8 @@ def test_dry_run_touches_no_gigabytes(headline):
     assert headline["vm_hwm_bytes"] < 1.5 * GB
 
 
-@pytest.mark.parametrize("dtype, limit_gb", [("float32", 6.0), ("bfloat16", 3.5)])
+@pytest.mark.parametrize("dtype, limit_gb", [
+    ("float32", 6.0), pytest.param("bfloat16", 3.5, marks=needs("ml_dtypes"))])
 def test_headline_total_peak_modelled(headline, dtype, limit_gb):
     mem, cfg = headline[dtype]["memory"], headline[dtype]["config"]
     assert (cfg["batch"], cfg["frames"], cfg["labels"], cfg["vocab"], cfg["hidden"]) == \
@@ -47,7 +51,7 @@ def test_headline_total_peak_modelled(headline, dtype, limit_gb):
     assert mem["total"] <= limit_gb * GB
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", dtype_params("float32", "bfloat16"))
 def test_headline_own_allocation_within_budget(headline, dtype):
     """One-pass path: own allocation <= max_workspace_bytes + 8 B (T + U) bytes."""
     mem, cfg = headline[dtype]["memory"], headline[dtype]["config"]

@@ -10,6 +10,7 @@ from cutrans.backends.kernel_backend import KernelBackend
 from cutrans.backends.numpy_backend import NumpyBackend
 from cutrans.ledger import dryrun as dr
 from cutrans.ledger import model
+from optional_deps import dtype_params
 from cutrans.ledger.record import RecordingBackend
 
 V, H = 40, 24
@@ -80,7 +81,7 @@ def _inputs(dtype, seed=0):
             T_LEN.astype(np.int32), U_LEN.astype(np.int32))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", dtype_params("float32", "bfloat16"))
 def test_launches_are_those_of_a_real_run(dtype):
     """The dry run's kernel launches (name, types, grid, block) equal, in order, those
     KernelBackend issues during a real (NumPy-computed) transducer_loss call."""
@@ -96,7 +97,7 @@ def test_launches_are_those_of_a_real_run(dtype):
     assert run.schedule["resident_groups"] > 0 and run.schedule["split_chunks"] > 0
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", dtype_params("float32", "bfloat16"))
 def test_one_pass_sequence_per_group(dtype):
     """Exactly: per resident group 3 GEMMs, per split chunk 4, and no other ops; grids are
     rows (per block: 256 // threads per row) / frames / label slots / samples, blocks

@@ -2,8 +2,7 @@
 
 Per test module it records: items collected, items skipped by their skip/skipif marks,
 whether collection skipped or failed the module (a module-level ``importorskip``), and, if
-the tests run, their outcomes. Once a module has a passing test, its remaining tests are
-skipped ("guard: ...") to keep the run short: one passing test per module is the proof.
+the tests run, their outcomes.
 Writes JSON to ``$CUTRANS_NUMPY_ONLY_REPORT`` at the end of the session.
 """
 import importlib.util
@@ -13,7 +12,6 @@ import os
 import pytest
 
 _MODULES: dict = {}
-GUARD_SKIP = "numpy-only guard: this module already has a passing test"
 
 
 def _entry(path):
@@ -60,11 +58,6 @@ def pytest_collection_modifyitems(session, config, items):
         e["mark_skipped"] += bool(_skipped_by_marks(item))
 
 
-def pytest_runtest_setup(item):
-    if _entry(_module_path(item.nodeid))["passed"]:
-        pytest.skip(GUARD_SKIP)
-
-
 def pytest_runtest_logreport(report):
     e = _entry(_module_path(report.nodeid))
     if report.failed:
@@ -74,8 +67,7 @@ def pytest_runtest_logreport(report):
         e["passed"] += 1
     elif report.skipped and report.when in ("setup", "call"):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else ""
-        if reason != f"Skipped: {GUARD_SKIP}":
-            e["skipped"].append(f"{report.nodeid}: {reason}")
+        e["skipped"].append(f"{report.nodeid}: {reason}")
 
 
 def pytest_sessionfinish(session, exitstatus):
