@@ -77,6 +77,7 @@ def sanitizer_env(sanitizer: str, env: dict | None = None) -> dict:
         libs.append(p)
     env = dict(os.environ if env is None else env)
     env["LD_PRELOAD"] = " ".join(libs + ([env["LD_PRELOAD"]] if env.get("LD_PRELOAD") else []))
+    env[_PRELOADED] = " ".join(libs)  # for compiler_env: g++ runs without them
     env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
     env.setdefault("TSAN_OPTIONS", "halt_on_error=0")
     return env
@@ -94,7 +95,7 @@ def compiler() -> tuple[str, str]:
     cxx = os.environ.get("CXX") or shutil.which("g++")
     if not cxx:
         raise BuildError("g++ not found: the CPU emulation needs a C++20 compiler (set $CXX)")
-    ver = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    ver = subprocess.run([cxx, "--version"], capture_output=True, text=True, env=compiler_env()).stdout.splitlines()[:1]
     return cxx, (ver[0] if ver else "?")
 
 
@@ -111,7 +112,8 @@ def libstdcxx_linkage() -> str:
     with tempfile.TemporaryDirectory(prefix="cutrans-probe-") as tmp:
         src, lib = Path(tmp) / "probe.cpp", Path(tmp) / "probe.so"
         src.write_text('#include <stdexcept>\nvoid cutrans_probe() { throw std::runtime_error("probe"); }\n')
-        r = subprocess.run([cxx, "-fPIC", "-shared", str(src), "-o", str(lib)], capture_output=True, text=True)
+        r = subprocess.run([cxx, "-fPIC", "-shared", str(src), "-o", str(lib)], capture_output=True, text=True,
+                           env=compiler_env())
         if r.returncode != 0:
             raise BuildError(f"{cxx} cannot link a C++ shared library:\n{r.stderr[-4000:]}")
         return "static" if links_libstdcxx_statically(Elf(lib)) else "dynamic"
@@ -199,8 +201,26 @@ def _read_sidecar(meta: Path) -> tuple[list[SharedRange], bool] | None:
         return None  # missing, partial or another layout: rebuild
 
 
+_PRELOADED = "CUTRANS_EMU_SANITIZER_PRELOAD"
+
+
+def compiler_env() -> dict:
+    """This process's environment without the sanitizer runtime that ``sanitizer_env``
+    preloaded: g++ (and cc1plus) under a preloaded ThreadSanitizer runtime build many times
+    slower."""
+    env = dict(os.environ)
+    ours = set(env.pop(_PRELOADED, "").split())
+    if ours and "LD_PRELOAD" in env:
+        rest = [p for p in env["LD_PRELOAD"].split() if p not in ours]
+        if rest:
+            env["LD_PRELOAD"] = " ".join(rest)
+        else:
+            del env["LD_PRELOAD"]
+    return env
+
+
 def _run(cmd: list[str], what: str) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=compiler_env())
     if r.returncode != 0:
         raise BuildError(f"g++ failed to {what} the emulated module:\n{r.stderr[-8000:]}")
 

@@ -146,3 +146,26 @@ def test_sanitizer_env_names_what_the_toolchain_lacks(tmp_path, monkeypatch):
     with pytest.raises(EmulationError, match=r"sanitizer='thread' needs libtsan\.so, which `.*g\+\+ "
                                              r"-print-file-name=libtsan\.so` does not find \(got 'libtsan\.so'\)"):
         sanitizer_env("thread")
+
+
+def test_the_compiler_runs_without_the_preloaded_sanitizer(monkeypatch):
+    """A sanitizer child builds its modules with g++: not under the runtime it preloads
+    (cc1plus under a preloaded ThreadSanitizer runtime builds many times slower), keeping
+    whatever else the user preloads."""
+    tsan, cxxlib, user = "/x/libtsan.so", "/x/libstdc++.so", "/user/libmine.so"
+    monkeypatch.setenv("LD_PRELOAD", user)
+    try:
+        env = sanitizer_env("thread")
+    except EmulationError as e:
+        pytest.skip(f"no ThreadSanitizer with this toolchain: {e}")
+    ours = env[_build._PRELOADED].split()
+    assert len(ours) == 2 and env["LD_PRELOAD"].split() == ours + [user]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert _build.compiler_env()["LD_PRELOAD"] == user
+    assert _build._PRELOADED not in _build.compiler_env()
+    monkeypatch.setenv("LD_PRELOAD", f"{tsan} {cxxlib}")
+    monkeypatch.setenv(_build._PRELOADED, f"{tsan} {cxxlib}")
+    assert "LD_PRELOAD" not in _build.compiler_env()
+    monkeypatch.delenv(_build._PRELOADED)  # preloaded by the user, not by cutrans: kept
+    assert _build.compiler_env()["LD_PRELOAD"] == f"{tsan} {cxxlib}"
