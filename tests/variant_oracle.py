@@ -47,24 +47,32 @@ def log_probs(z, spec: dict, blank: int):
     return torch.log_softmax(z, -1) - sigma, None
 
 
-def _rnnt_ll(tok, y, T, U, blank, delay=0.0, big=()):
-    """Standard RNN-T (``big=()``), or multi-blank with big blanks of durations ``big``."""
-    alpha = {}
+def _forward(T, U, dtype, incoming):
+    """alpha over ``0 <= t < T``, ``0 <= u <= U`` from ``alpha(0, 0) = 0``: ``alpha(t, u)``
+    is the logsumexp of ``incoming(alpha, t, u)`` (the arcs into the point)."""
+    alpha = {(0, 0): torch.zeros((), dtype=dtype)}
     for t in range(T):
         for u in range(U + 1):
-            if t == 0 and u == 0:
-                alpha[0, 0] = torch.zeros((), dtype=tok.dtype)
-                continue
-            terms = []
-            if t > 0:
-                terms.append(alpha[t - 1, u] + tok[t - 1, u, blank])
-            for i, d in enumerate(big):
-                if t - d >= 0:
-                    terms.append(alpha[t - d, u] + tok[t - d, u, blank - 1 - i])
-            if u > 0:
-                terms.append(alpha[t, u - 1] + tok[t, u - 1, y[u - 1]]
-                             + delay * ((T - 1) / 2 - t))
-            alpha[t, u] = _lse(terms)
+            if t or u:
+                alpha[t, u] = _lse(incoming(alpha, t, u))
+    return alpha
+
+
+def _rnnt_ll(tok, y, T, U, blank, delay=0.0, big=()):
+    """Standard RNN-T (``big=()``), or multi-blank with big blanks of durations ``big``."""
+    def incoming(alpha, t, u):
+        terms = []
+        if t > 0:
+            terms.append(alpha[t - 1, u] + tok[t - 1, u, blank])
+        for i, d in enumerate(big):
+            if t - d >= 0:
+                terms.append(alpha[t - d, u] + tok[t - d, u, blank - 1 - i])
+        if u > 0:
+            terms.append(alpha[t, u - 1] + tok[t, u - 1, y[u - 1]]
+                         + delay * ((T - 1) / 2 - t))
+        return terms
+
+    alpha = _forward(T, U, tok.dtype, incoming)
     ends = [alpha[T - 1, U] + tok[T - 1, U, blank]]
     ends += [alpha[T - d, U] + tok[T - d, U, blank - 1 - i] for i, d in enumerate(big)
              if T - d >= 0]
@@ -86,20 +94,17 @@ def _modified_ll(tok, y, T, U, blank, delay=0.0):
 
 
 def _tdt_ll(tok, dur, y, T, U, blank, durations):
-    alpha = {}
-    for t in range(T):
-        for u in range(U + 1):
-            if t == 0 and u == 0:
-                alpha[0, 0] = torch.zeros((), dtype=tok.dtype)
-                continue
-            terms = []
-            for n, d in enumerate(durations):
-                if d >= 1 and t - d >= 0:
-                    terms.append(alpha[t - d, u] + tok[t - d, u, blank] + dur[t - d, u, n])
-                if u > 0 and t - d >= 0:
-                    terms.append(alpha[t - d, u - 1] + tok[t - d, u - 1, y[u - 1]]
-                                 + dur[t - d, u - 1, n])
-            alpha[t, u] = _lse(terms)
+    def incoming(alpha, t, u):
+        terms = []
+        for n, d in enumerate(durations):
+            if d >= 1 and t - d >= 0:
+                terms.append(alpha[t - d, u] + tok[t - d, u, blank] + dur[t - d, u, n])
+            if u > 0 and t - d >= 0:
+                terms.append(alpha[t - d, u - 1] + tok[t - d, u - 1, y[u - 1]]
+                             + dur[t - d, u - 1, n])
+        return terms
+
+    alpha = _forward(T, U, tok.dtype, incoming)
     ends = [alpha[T - d, U] + tok[T - d, U, blank] + dur[T - d, U, n]
             for n, d in enumerate(durations) if d >= 1 and T - d >= 0]
     return _lse(ends)
