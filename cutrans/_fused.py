@@ -53,7 +53,7 @@ from .backends.base import RowLayout
 
 def one_pass_state(topo) -> dict:
     """Per-row state of a one-pass group: name -> columns (0: a vector)."""
-    state = {"values": topo.width, "lse": 2 if topo.durations else 1, "alpha": 0, "beta": 0}
+    state = {"values": topo.width, "lse": topo.lse_width, "alpha": 0, "beta": 0}
     if topo.omega:
         state["coefs2"] = 2  # TDT's mixed-in RNN-T
     return state
@@ -382,16 +382,16 @@ def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
     log_like2 = xp.empty(plan.batch, dtype=cdt) if two else None
     for g in sched.groups:
         if need_grad:  # the coefficients overwrite the values, kept per row
-            values, rbase = ctx.coefs[g.row0:g.row1], g.row0
+            values = ctx.coefs[g.row0:g.row1]
             coefs2 = ctx.coefs2[g.row0:g.row1] if two else None
         else:
-            values, rbase, coefs2 = ws.state["values"], g.row0, ws.state.get("coefs2")
+            values, coefs2 = ws.state["values"], ws.state.get("coefs2")
         for c in g.chunks:
             chunk_logits(be, f, ws, dplan, c)
-            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, topo, values, rbase)
+            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, topo, values, g.row0)
         alpha = ws.state["alpha"]
         beta = ws.state["beta"] if need_grad else alpha
-        run_lattices(be, topo, dplan, g.b0, g.b1, rbase, values, alpha, beta, need_grad,
+        run_lattices(be, topo, dplan, g.b0, g.b1, g.row0, values, alpha, beta, need_grad,
                      coefs2, log_like, log_like2)
     check_fused_log_likelihood(log_like, xp, status)
     if need_grad and len(sched.groups) == 1 and sched.groups[0].resident:

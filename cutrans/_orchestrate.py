@@ -60,20 +60,21 @@ def logits_forward(backend, logits, targets, plan: RowPlan, topo: Topology, *, p
     dplan = to_device(plan, targets, xp)
     R = dplan.rows
     values = xp.empty((R, topo.width), dtype=cdt)
-    lse = xp.empty((R, 2 if topo.durations else 1), dtype=cdt) if need_grad else None
+    lse = xp.empty((R, topo.lse_width), dtype=cdt) if need_grad else None
     backend.row_stats(logits, logits_layout(logits, packed), 0, R, dplan, topo, values, 0, lse)
     v.check_log_probs(values[:, 0], xp)  # NaN/inf in the logits, in O(rows) memory
     alpha = xp.empty(R, dtype=cdt)
     beta = xp.empty_like(alpha) if need_grad else alpha
-    lls = run_lattices(backend, topo, dplan, 0, dplan.batch, 0, values, alpha, beta,
-                       need_grad, xp.empty((R, 2), dtype=cdt) if topo.omega else None)
+    log_like, coefs2, log_like2 = run_lattices(
+        backend, topo, dplan, 0, dplan.batch, 0, values, alpha, beta, need_grad,
+        xp.empty((R, 2), dtype=cdt) if topo.omega else None)
     del alpha, beta
-    for ll in (lls[0], lls[2]):
+    for ll in (log_like, log_like2):
         if ll is not None:
             v.check_log_likelihood(ll, xp)
-    ctx = LogitsContext(backend, plan, dplan, topo, values, lls[1], lse, fastemit_lambda,
+    ctx = LogitsContext(backend, plan, dplan, topo, values, coefs2, lse, fastemit_lambda,
                         clamp, logits=logits, packed=packed) if need_grad else None
-    return losses_from(lls[0], fastemit_lambda, topo, lls[2]), ctx
+    return losses_from(log_like, fastemit_lambda, topo, log_like2), ctx
 
 
 def logits_context(backend, logits, targets, plan: RowPlan, topo: Topology, coefs, coefs2,

@@ -88,6 +88,11 @@ class Topology:
         return len(self.blanks)
 
     @property
+    def lse_width(self) -> int:
+        """Logsumexps kept per row: the tokens', and TDT's durations'."""
+        return 2 if self.durations else 1
+
+    @property
     def n_durations(self) -> int:
         return len(self.durations)
 
@@ -156,7 +161,8 @@ def make_topology(variant: str, n_logits: int, blank, *, delay_penalty=0.0, dura
                              f"{', '.join(allowed)})")
     if variant == "tdt":
         if durations is None:
-            raise ValueError("durations: variant='tdt' needs the duration set, e.g. [0, 1, 2, 3, 4]")
+            raise ValueError("durations: variant='tdt' needs the duration set, "
+                             "e.g. [0, 1, 2, 3, 4]")
         durs = _int_tuple("durations", durations)
         if len(set(durs)) != len(durs) or min(durs, default=-1) < 0 or not {0, 1} <= set(durs) \
                 or len(durs) > MAX_DURATIONS:

@@ -14,7 +14,8 @@ Per-row arrays (``values`` and ``coefs`` (S, W), ``lse`` (S, G), ``alpha``, ``be
 (S,)) have the compute dtype (float32, or float64 for float64 inputs) and hold a
 contiguous range of rows starting at ``rbase`` (row ``r`` is row ``r - rbase``); ``W``
 values per row (``Topology.width``: the blanks, the emission, TDT's durations; 2 for the
-standard RNN-T), ``G`` logsumexps (2 for TDT, else 1). Kernel-side row lookup: ``b`` = largest index with ``offsets[b] <= r``.
+standard RNN-T), ``G`` logsumexps (``Topology.lse_width``: 2 for TDT, else 1).
+Kernel-side row lookup: ``b`` = largest index with ``offsets[b] <= r``.
 
 Precision: logits and joint activations are stored in the storage dtype (the inputs'
 dtype); all math (logsumexp, lattice, gradient, GEMM accumulation) runs in the compute

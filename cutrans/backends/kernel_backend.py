@@ -54,10 +54,11 @@ class KernelBackend:
         self.provider.launch(template, dtype, tpr, _kernels.row_grid(n_rows, tpr), args,
                              threads=_kernels.ROW_BLOCK, general=general)
 
-    def _plan_args(self, plan):
+    def _plan_args(self, plan, frames: bool = False):
+        """The row kernels' plan arguments (``frames``: with the frame counts)."""
         _check_rows(plan)
-        return (plan.offsets, plan.target_len, plan.targets, _i64(plan.targets.shape[1]),
-                _i32(plan.batch))
+        return (plan.offsets, plan.target_len, *((plan.logit_len,) if frames else ()),
+                plan.targets, _i64(plan.targets.shape[1]), _i32(plan.batch))
 
     # ---------------------------------------------------------------- row ops
     def _topo_args(self, topo):
@@ -69,12 +70,10 @@ class KernelBackend:
         n_logits = layout.vocab or int(z.shape[-1])
         cdt = values.dtype.type
         args = (_ptr(z, self.xp), _i64(row0), _i64(n_rows), _i32(n_logits),
-                _i32(topo.vocab(n_logits)), *_layout_args(layout), plan.offsets,
-                plan.target_len, plan.logit_len, plan.targets, _i64(plan.targets.shape[1]),
-                _i32(plan.batch), *self._topo_args(topo), cdt(topo.sigma),
+                _i32(topo.vocab(n_logits)), *_layout_args(layout),
+                *self._plan_args(plan, frames=True), *self._topo_args(topo), cdt(topo.sigma),
                 cdt(topo.delay_penalty), _i64(rbase), values,
                 values if lse is None else lse, _i32(lse is not None))
-        _check_rows(plan)
         self._launch_rows("row_stats", dtype_name(z.dtype), n_logits, n_rows, args,
                           not topo.lean_rows)
 
@@ -86,12 +85,10 @@ class KernelBackend:
         cdt = coefs.dtype.type
         args = (_ptr(z, self.xp), _ptr(grad, self.xp), _i64(row0), _i64(n_rows),
                 _i32(n_logits), _i32(topo.vocab(n_logits)), *_layout_args(layout),
-                plan.offsets, plan.target_len, plan.targets, _i64(plan.targets.shape[1]),
-                _i32(plan.batch), *self._topo_args(topo), _i64(rbase), coefs,
+                *self._plan_args(plan), *self._topo_args(topo), _i64(rbase), coefs,
                 coefs if coefs2 is None else coefs2, cdt(topo.omega if coefs2 is not None else 0),
                 coefs if lse is None else lse, _i32(lse is not None), scale,
                 cdt(fastemit_lambda), cdt(clamp))
-        _check_rows(plan)
         self._launch_rows("row_grad", dtype_name(z.dtype), n_logits, n_rows, args,
                           not topo.lean_rows)
 

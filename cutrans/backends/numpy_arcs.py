@@ -1,13 +1,16 @@
 """The NumPy reference of the general lattice (``cutrans._topology``): any arc set.
 
 Samples are grouped (``numpy_backend._lattice_groups``) and worked on padded grids
-``(G, T_max + pad, U_max + 2)``, one anti-diagonal ``n = t + u`` at a time: every arc
-moves to a later diagonal (``dt + du >= 1``), so a diagonal needs only earlier ones (alpha)
-or later ones (beta), and its cells are independent -- vectorised over cells and samples.
+``(G, T_max + pad, U_max + 2)`` (``numpy_grid``), one anti-diagonal ``n = t + u`` at a
+time: every arc moves to a later diagonal (``dt + du >= 1``), so a diagonal needs only
+earlier ones (alpha) or later ones (beta), and its cells are independent -- vectorised over
+cells and samples.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .numpy_grid import diagonal, group_cells
 
 
 def arc_lattice(plan, topo, samples, rows, rbase, values, alpha, log_like, coefs,
@@ -21,12 +24,8 @@ def arc_lattice(plan, topo, samples, rows, rbase, values, alpha, log_like, coefs
     arcs = topo.arcs()
     pad = topo.max_dt
     G = len(samples)
-    T = plan.logit_len[samples].astype(np.int64)
-    U = plan.target_len[samples].astype(np.int64)
+    T, U, g, t, u = group_cells(plan, samples, rows)
     Tm, Um = int(T.max()), int(U.max())
-    local = np.repeat(np.arange(G), T * (U + 1))
-    off = rows - plan.offsets[samples][local]
-    g, t, u = local, off // (U[local] + 1), off % (U[local] + 1)
     rel = rows - rbase
     W = values.shape[1]
     # value grids, -inf outside the lattices; alpha stored at (t + pad, u + 1) so that the
@@ -41,8 +40,7 @@ def arc_lattice(plan, topo, samples, rows, rbase, values, alpha, log_like, coefs
         return w + val[arc.w2][:, ts, us] if arc.w2 >= 0 else w
 
     for n in range(1, Tm + Um):
-        ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
-        us = n - ts
+        ts, us = diagonal(n, Tm, Um)
         acc = np.full((G, ts.size), -np.inf, dtype=cdt)
         for arc in arcs:
             st, su = ts - arc.dt + pad, us - arc.du + 1
@@ -62,8 +60,7 @@ def arc_lattice(plan, topo, samples, rows, rbase, values, alpha, log_like, coefs
     bt = np.full((G, Tm + pad + 1, Um + 2), -np.inf, dtype=cdt)
     post = {}
     for n in range(Tm + Um - 1, -1, -1):
-        ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
-        us = n - ts
+        ts, us = diagonal(n, Tm, Um)
         inside = (ts[None, :] < T[:, None]) & (us[None, :] <= U[:, None])
         acc = np.full((G, ts.size), -np.inf, dtype=cdt)
         for k, arc in enumerate(arcs):
@@ -80,8 +77,7 @@ def arc_lattice(plan, topo, samples, rows, rbase, values, alpha, log_like, coefs
     llg = ll[:, None]
     with np.errstate(invalid="ignore", over="ignore"):
         for n in range(Tm + Um):
-            ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
-            us = n - ts
+            ts, us = diagonal(n, Tm, Um)
             base = a[:, ts + pad, us + 1] - llg
             for k, arc in enumerate(arcs):
                 p = np.exp(base + post[k, n])

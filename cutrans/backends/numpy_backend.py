@@ -11,6 +11,7 @@ import numpy as np
 from .. import _status
 from .base import RowLayout
 from .numpy_arcs import arc_lattice
+from .numpy_grid import diagonal, group_cells
 
 _BLOCK_ELEMS = 1 << 18  # elements per internal block: bounds every temporary (~1-2 MB)
 
@@ -302,12 +303,8 @@ def _lattice_group(plan, samples, rows, rbase, values, alpha, beta, log_like, co
     emission at 1)."""
     cdt = values.dtype
     G = len(samples)
-    T = plan.logit_len[samples].astype(np.int64)
-    U = plan.target_len[samples].astype(np.int64)
+    T, U, b, t, u = group_cells(plan, samples, rows)
     Tm, Um = int(T.max()), int(U.max())
-    local = np.repeat(np.arange(G), T * (U + 1))  # group-local sample of each row
-    off = rows - plan.offsets[samples][local]
-    b, t, u = local, off // (U[local] + 1), off % (U[local] + 1)
     rows = rows - rbase
     # padded (G, Tm + 1, Um + 2) grids, -inf outside each sample's lattice
     pb = np.full((G, Tm + 1, Um + 2), -np.inf, dtype=cdt)
@@ -317,8 +314,7 @@ def _lattice_group(plan, samples, rows, rbase, values, alpha, beta, log_like, co
     a = np.full_like(pb, -np.inf)
     a[:, 0, 0] = 0.0
     for n in range(1, Tm + Um):
-        ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
-        us = n - ts
+        ts, us = diagonal(n, Tm, Um)
         from_t = np.where(ts >= 1, a[:, ts - 1, us] + pb[:, ts - 1, us], -np.inf)
         from_u = np.where(us >= 1, a[:, ts, us - 1] + pe[:, ts, us - 1], -np.inf)
         a[:, ts, us] = np.logaddexp(from_t, from_u)
@@ -333,8 +329,7 @@ def _lattice_group(plan, samples, rows, rbase, values, alpha, beta, log_like, co
     bt = np.full_like(pb, -np.inf)
     down = np.full_like(pb, -np.inf)  # beta(t+1, u), with beta(T_b, U_b) = 0
     for n in range(Tm + Um - 1, -1, -1):
-        ts = np.arange(max(0, n - Um), min(Tm - 1, n) + 1)
-        us = n - ts
+        ts, us = diagonal(n, Tm, Um)
         d = np.where(final[:, ts, us], 0.0, bt[:, ts + 1, us])
         down[:, ts, us] = d
         bt[:, ts, us] = np.logaddexp(d + pb[:, ts, us], bt[:, ts, us + 1] + pe[:, ts, us])

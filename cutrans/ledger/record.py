@@ -9,8 +9,8 @@ move between HBM and the SMs and, for GEMMs, the FLOPs. Nothing is computed; the
 writes are placeholders where the orchestration later reads values:
 
 * ``lattice``: ``log_like[b0:b1] = -1`` (the final finiteness check passes);
-* ``row_stats`` with ``fill_log_probs``: the first value (blank) of each row ``= -1`` (the loss-on-logits
-  path checks them).
+* ``row_stats`` with ``fill_log_probs``: the first value (blank) of each row ``= -1`` (the
+  loss-on-logits path checks them).
 
 Array allocations through ``xp`` (``zeros``/``zeros_like``/``full``: device memsets and
 fills on a GPU) are recorded too (``RecordingXP``). Element assignments into workspaces
