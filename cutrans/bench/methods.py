@@ -34,6 +34,7 @@ from .._dtypes import DTYPES
 
 FAMILIES = ("fused", "fused-tf32", "gemm-roof", "baseline", "baseline-autocast",
             "cutrans-logits", "torchaudio", "warprnnt")
+CUTRANS_FAMILIES = ("fused", "cutrans-logits")  # rows whose disagreement fails the bench
 HALF = ("float16", "bfloat16")
 BATCHED = ("baseline", "baseline-autocast")
 SLACK = 8 << 20  # interpreter-side temporaries, blocks of the NumPy backend
@@ -158,15 +159,32 @@ def missing_dependency(method: Method, device: str) -> str | None:
 
 
 # ------------------------------------------------------------------ estimates
-def fused_chunk(sizes: dict, method: Method, compute_bytes: int) -> tuple[int, int]:
-    """``(rows per chunk, budget)`` the fused op will use for this method."""
-    H, V, R = sizes["hidden"], sizes["vocab"], sizes["packed_rows"]
-    per_row, fixed = (2 * H + V) * compute_bytes, V * H * compute_bytes
+def _workspace_rule(sizes: dict, dtype: str) -> tuple[int, int]:
+    """``(bytes per chunk row, fixed bytes)`` of the fused op's workspace, from its own rule
+    (``cutrans._fused.workspace_bytes``: per-row h and z and the one-pass state; the (V, H)
+    weight copy and dW accumulator, 16-bit inputs' per-sample accumulators)."""
+    from types import SimpleNamespace
+
+    from .._fused import workspace_bytes
+
+    B, T, U, V, H = (sizes[k] for k in ("batch", "frames", "labels", "vocab", "hidden"))
+    dt = np.float16 if DTYPES[dtype].itemsize == 2 else DTYPES[dtype].numpy  # (bf16: = fp16)
+    enc, pred, weight = (SimpleNamespace(shape=sh, dtype=dt)
+                         for sh in ((B, T, H), (B, U + 1, H), (V, H)))
+    one = workspace_bytes(enc, pred, weight, 1)
+    per_row = workspace_bytes(enc, pred, weight, 2) - one
+    return per_row, one - per_row
+
+
+def fused_chunk(sizes: dict, method: Method, dtype: str) -> tuple[int, int]:
+    """``(rows of the largest chunk, max_workspace_bytes)`` of this method's fused call.
+    Sample-wise: a budget of exactly the longest sample, so every chunk is one sample."""
+    per_row, fixed = _workspace_rule(sizes, dtype)
     if method.sample_wise:
         rows = sizes["max_sample_rows"]
         return rows, fixed + rows * per_row
     rows = max(0, (method.budget - fixed) // per_row)
-    return int(min(rows, R)), int(method.budget)
+    return int(min(rows, sizes["packed_rows"])), int(method.budget)
 
 
 def estimate_bytes(method: Method, sizes: dict, dtype: str, device: str = "cpu") -> dict:
@@ -191,12 +209,12 @@ def estimate_bytes(method: Method, sizes: dict, dtype: str, device: str = "cpu")
         st = DTYPES[roof_precision(dtype, device, False)[0]].itemsize
         n = roof_chunk_rows(sizes, dtype, device)
         call, setup = SLACK, inputs + (n * (2 * H + V) + 2 * V * H) * st
-    elif method.family == "fused":
-        n, _ = fused_chunk(sizes, method, c)
-        work = n * (2 * H + V) * c + V * H * c + n * 48  # h, dh, z, dW buffer, row indices
-        grads = (B * T * H + B * (U + 1) * H + V * H + V) * c
-        # per lattice row: lp_blank, lp_emit, alpha, beta + the backend's int64 indices
-        call, setup = work + R * (4 * c + 40) + grads + SLACK, inputs
+    elif method.family == "fused":  # one pass: the workspace (<= the budget) + gradients
+        n, budget = fused_chunk(sizes, method, dtype)
+        per_row, fixed = _workspace_rule(sizes, dtype)
+        work = min(budget, fixed + n * per_row)
+        grads = (B * T * H + B * (U + 1) * H + V * H + V) * s
+        call, setup = work + grads + 64 * B + SLACK, inputs  # + the plan: O(B)
     elif method.family == "baseline":
         call, setup = P * 3 * (V * c + H * s) + SLACK, inputs
     elif method.family == "baseline-autocast":  # float32 h plus its half copy, half logits

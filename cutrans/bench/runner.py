@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import accuracy, measure
-from .methods import (HALF, Method, estimate_bytes, fits, fused_chunk,
+from .methods import (CUTRANS_FAMILIES, HALF, Method, estimate_bytes, fits, fused_chunk,
                       missing_dependency)
 from .worker import RESULT_TAG, run_spec
 
@@ -146,7 +146,9 @@ def run_benchmark(workload, methods: list[Method], settings: Settings) -> dict:
             "accuracy_only": settings.accuracy_only,
             "ratio_baseline": base_key, "reference": ref, "check": check_doc,
             "results": results,
-            "all_agree": all(r.get("agrees") is not False for r in results)}
+            "all_agree": all(r.get("agrees") is not False for r in results),
+            "cutrans_agree": all(r.get("agrees") is not False for r in results
+                                 if r["family"] in CUTRANS_FAMILIES)}
 
 
 def _run_method(i, m, methods, sizes, available, spec0, settings) -> dict:
@@ -155,8 +157,7 @@ def _run_method(i, m, methods, sizes, available, spec0, settings) -> dict:
     row = {"method": m.key, "label": m.label, "family": m.family, "kind": m.kind,
            "tf32": m.tf32, "estimate_bytes": est["call"], "needs_bytes": est["total"]}
     if m.family == "fused":
-        c = 8 if settings.dtype == "float64" else 4
-        row["chunk_rows"], row["budget_bytes"] = fused_chunk(sizes, m, c)
+        row["chunk_rows"], row["budget_bytes"] = fused_chunk(sizes, m, settings.dtype)
     if m.tf32 and settings.device == "cpu":
         row["note"] = ("no TF32 on the CPU: the NumPy backend emulates TF32 rounding "
                        "(accuracy as on a GPU; time is float32's)")

@@ -127,7 +127,7 @@ def _fused(method, x, dtype, device):
     dt = np_dtype(dtype)
     args = [xp.asarray(a.astype(dt)) for a in (x.enc, x.pred, x.weight, x.bias)]
     ints = [xp.asarray(a) for a in (x.targets, x.enc_lengths, x.target_lengths)]
-    _, budget = fused_chunk(_sizes(x), method, 8 if dtype == "float64" else 4)
+    _, budget = fused_chunk(_sizes(x), method, dtype)
 
     def step():
         o = cutrans.transducer_loss(*args, *ints, max_workspace_bytes=budget,

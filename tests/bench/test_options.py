@@ -16,7 +16,7 @@ def test_defaults_are_cpu_small_float32_all_methods():
     assert w.name == "cpu-small" and w == WORKLOADS["cpu-small"]
     assert (s.device, s.dtype, s.repeat, s.warmup, s.isolate) == ("cpu", "float32", 3, 1, True)
     assert (s.check_samples, s.check_size, s.accuracy_only) == (4, 8 << 20, False)
-    assert [m.key for m in methods] == ["fused:67108864", "fused:8388608", "fused:sample",
+    assert [m.key for m in methods] == ["fused:536870912", "fused:67108864", "fused:sample",
                                         "gemm-roof", "baseline", "cutrans-logits",
                                         "torchaudio", "warprnnt"]
 
@@ -24,7 +24,7 @@ def test_defaults_are_cpu_small_float32_all_methods():
 def test_default_rows_per_device_and_dtype():
     _, methods, s = resolve("--device", "cuda")  # resolving needs no GPU
     keys = [m.key for m in methods]
-    assert s.device == "cuda" and "fused:67108864:tf32" in keys
+    assert s.device == "cuda" and "fused:536870912:tf32" in keys
     assert keys.index("gemm-roof:tf32") == keys.index("gemm-roof") + 1
     assert "baseline-autocast" not in keys
     for dtype in ("bfloat16", "float16"):

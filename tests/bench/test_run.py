@@ -95,12 +95,12 @@ def test_tables_show_roof_agreement_and_errors(capsys):
     assert "rule (float32)" in out
 
 
-def _skew_fused_weight(monkeypatch, factor):
+def _skew_fused_weight(monkeypatch, factor, family="fused"):
     real = steps.prepare
 
     def skewed(method, *a, **k):
         p = real(method, *a, **k)
-        if method.family == "fused":
+        if method.family == family:
             fetch = p.fetch
 
             def fetch2(out):
@@ -127,6 +127,17 @@ def test_a_less_exact_method_is_flagged(monkeypatch, capsys):
     assert run["all_agree"] is False and fused["agrees"] is False and base["agrees"] is True
     assert fused["accuracy"]["weight"] > fused["accuracy_allowed"]["weight"]
     assert fused["accuracy"]["enc"] <= fused["accuracy_allowed"]["enc"]
+
+
+@needs("torch")  # the batched baseline rows
+def test_a_less_exact_third_party_row_is_shown_but_does_not_fail(monkeypatch, capsys):
+    _skew_fused_weight(monkeypatch, 1.01, family="baseline")
+    assert cli.main(TINY + ["--no-isolate", "--methods", "fused", "baseline"]) == 0
+    out = capsys.readouterr().out
+    flagged = [ln for ln in out.splitlines() if ln.rstrip().endswith("✗")]
+    assert flagged and all(ln.startswith("torch batched") for ln in flagged)
+    assert "cutrans agrees; a third-party method is less exact" in out
+    assert "MISMATCH" not in out
 
 
 @needs("torch")  # the batched baseline rows

@@ -19,6 +19,7 @@ from kpipeline import (bits, check_rnnt_loss, check_transducer_loss, fused_input
                        logits_inputs)
 
 import cutrans  # noqa: E402
+from cutrans._fused import workspace_bytes  # noqa: E402
 
 ROW_CASES = [(0, 4, 5, 3, 5), (1, 3, 4, 4, 150), (2, 2, 3, 2, 600), (3, 8, 20, 10, 2048),
              (4, 3, 4, 3, 8500)]  # the last: a block per row (more than 8192 logits)
@@ -138,12 +139,13 @@ def test_identical_calls_give_identical_bits(dtype):
     pxargs = [cupy.asarray(a) for a in pargs]
     fcase, fargs = fused_inputs(13, dtype, B=8, T=30, U=10, V=500, H=256)
     fxargs = [cupy.asarray(a) for a in fargs]
+    small = workspace_bytes(*fargs[:3], rows_per_chunk=64)  # chunks of 64 rows, any dtype
     runs = []
     for _ in range(2):
         out = _logits_bits(xargs, case.blank, fastemit_lambda=0.1, clamp=0.5)
         out += _logits_bits(pxargs, pcase.blank, layout="packed", reduction="sum")
-        for kw in (dict(), dict(max_workspace_bytes=1 << 20),
-                   dict(max_workspace_bytes=1 << 20, sample_wise=True, reduction="none",
+        for kw in (dict(), dict(max_workspace_bytes=small),
+                   dict(max_workspace_bytes=small, sample_wise=True, reduction="none",
                         fastemit_lambda=0.2, clamp=0.1)):
             out += _fused_bits(fxargs, fcase.blank, **kw)
         cupy.cuda.Device().synchronize()
