@@ -43,18 +43,40 @@ lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len
     // two diagonal buffers: shared memory, or 2 D of the sample's T U1 >= 2 D workspace rows
     C* prev = D <= diag_cells ? smem : (need_grad ? beta : alpha) + base;
     C* cur = prev + (D <= diag_cells ? diag_cells : D);
-    // alpha: diagonal n holds t in [t_lo(n), t_hi(n)] at index t - t_lo(n)
+    // alpha: diagonal n holds t in [t_lo(n), t_hi(n)] at index t - t_lo(n). The values a
+    // thread's first cell of diagonal n + 1 reads do not depend on the recursion: they are
+    // loaded before step n's work and barrier (in flight across them), so a step waits on
+    // shared memory only, not on a global load (the longest diagonals' other cells, when
+    // D > BLOCK, load in the step).
+    C pre_t, pre_u;  // lp_blank of (t-1, u), lp_emit of (t, u-1) for the thread's first cell
+    auto prefetch_alpha = [&](int n, C& from_t, C& from_u) {
+      const int t = (n - U > 0 ? n - U : 0) + static_cast<int>(threadIdx.x);
+      const int u = n - t;
+      from_t = ninf;
+      from_u = ninf;
+      if (n <= T - 1 + U && t <= (n < T - 1 ? n : T - 1)) {
+        const long long c = static_cast<long long>(t) * U1 + u;
+        if (t > 0) from_t = vals[(c - U1) * w_in];
+        if (u > 0) from_u = vals[(c - 1) * w_in + 1];
+      }
+    };
+    prefetch_alpha(0, pre_t, pre_u);
     for (int n = 0; n <= T - 1 + U; ++n) {
       const int t_lo = n - U > 0 ? n - U : 0;
       const int t_hi = n < T - 1 ? n : T - 1;
       const int p_lo = n - 1 - U > 0 ? n - 1 - U : 0;  // t_lo(n - 1)
+      const C first_t = pre_t, first_u = pre_u;
+      prefetch_alpha(n + 1, pre_t, pre_u);
       for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
         const int u = n - t;
         const long long c = static_cast<long long>(t) * U1 + u;
+        const bool first = t == t_lo + static_cast<int>(threadIdx.x);
         C a = C(0);
         if (n > 0) {
-          const C from_t = t > 0 ? prev[t - 1 - p_lo] + vals[(c - U1) * w_in] : ninf;
-          const C from_u = u > 0 ? prev[t - p_lo] + vals[(c - 1) * w_in + 1] : ninf;
+          const C lb = first ? first_t : (t > 0 ? vals[(c - U1) * w_in] : ninf);
+          const C le = first ? first_u : (u > 0 ? vals[(c - 1) * w_in + 1] : ninf);
+          const C from_t = t > 0 ? prev[t - 1 - p_lo] + lb : ninf;
+          const C from_u = u > 0 ? prev[t - p_lo] + le : ninf;
           a = cutrans::log_add(from_t, from_u);
         }
         cur[t - t_lo] = a;
@@ -74,19 +96,37 @@ lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len
     __syncthreads();  // ll_shared published; the buffers are free for beta
     if (need_grad) {
       const C ll = ll_shared;
+      // the thread's first cell of the next diagonal: its lp_blank, lp_emit and alpha,
+      // loaded a step ahead (as in the alpha sweep; coefs may alias values, but a cell's
+      // coefficients are written only at its own step, after these loads)
+      C pre_b = ninf, pre_e = ninf, pre_a = ninf;
+      auto prefetch_beta = [&](int n, C& lb, C& le, C& a) {
+        const int t = (n - U > 0 ? n - U : 0) + static_cast<int>(threadIdx.x);
+        if (n >= 0 && t <= (n < T - 1 ? n : T - 1)) {
+          const long long c = static_cast<long long>(t) * U1 + (n - t);
+          lb = vals[c * w_in];
+          le = vals[c * w_in + 1];
+          a = al[c];
+        }
+      };
+      prefetch_beta(T - 1 + U, pre_b, pre_e, pre_a);
       for (int n = T - 1 + U; n >= 0; --n) {
         const int t_lo = n - U > 0 ? n - U : 0;
         const int t_hi = n < T - 1 ? n : T - 1;
         const int q_lo = n + 1 - U > 0 ? n + 1 - U : 0;  // t_lo(n + 1)
+        const C first_b = pre_b, first_e = pre_e, first_a = pre_a;
+        prefetch_beta(n - 1, pre_b, pre_e, pre_a);
         for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
           const int u = n - t;
           const long long c = static_cast<long long>(t) * U1 + u;
-          const C lb = vals[c * w_in], le = vals[c * w_in + 1];
+          const bool first = t == t_lo + static_cast<int>(threadIdx.x);
+          const C lb = first ? first_b : vals[c * w_in];
+          const C le = first ? first_e : vals[c * w_in + 1];
           // beta(t+1, u) and beta(t, u+1) are on diagonal n + 1 (the previous step)
           const C down = c == last ? C(0) : (t + 1 < T ? prev[t + 1 - q_lo] : ninf);
           const C right = u < U ? prev[t - q_lo] : ninf;
           cur[t - t_lo] = c == last ? lb : cutrans::log_add(down + lb, right + le);
-          const C a = al[c];
+          const C a = first ? first_a : al[c];
           coefs[(base + c) * w_out] = cutrans::c_exp(a + lb + down - ll);
           coefs[(base + c) * w_out + 1] = cutrans::c_exp(a + le + right - ll);
         }
