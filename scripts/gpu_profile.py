@@ -1,0 +1,90 @@
+"""GPU time per kernel of one fused call (torch.profiler lists CuPy's kernels), for the ledger.
+
+    python scripts/gpu_profile.py [--dtype float32|bfloat16] [--budget 512M] [--sample-wise]
+
+Runs ``cutrans.transducer_loss`` (reduction "sum", the one-pass path) on the
+``librispeech-100`` workload (CuPy arrays), warms up, then profiles one call: prints the
+wall time (CUDA events), the summed GPU time of every kernel name (cuBLAS GEMMs under one
+class) and their sum, and the gap (wall - GPU: launch gaps and host overhead).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections import defaultdict
+
+import cupy
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import cutrans
+from cutrans.bench.measure import parse_bytes
+from cutrans.bench.workloads import WORKLOADS, draw_lengths
+
+
+def _class(name: str) -> str:
+    if re.search(r"gemm|sm90_|cutlass|xmma|ampere_|cublas", name, re.I):
+        return "cuBLAS GEMM"
+    return re.sub(r"<.*", "", name)  # template arguments off
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--budget", default="512M")
+    ap.add_argument("--sample-wise", action="store_true")
+    args = ap.parse_args()
+    w = WORKLOADS["librispeech-100"]
+    t, u, T, U = draw_lengths(w, 0)
+    rng = np.random.default_rng(0)
+    tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dev = "cuda"
+
+    def arr(a, dtype=None):
+        x = torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+        return x.to(dtype) if dtype is not None else x
+    xs = [arr(rng.standard_normal((w.batch, T, w.hidden)) * 0.5, tdt[args.dtype]),
+          arr(rng.standard_normal((w.batch, U + 1, w.hidden)) * 0.5, tdt[args.dtype]),
+          arr(rng.standard_normal((w.vocab, w.hidden)) / np.sqrt(w.hidden), tdt[args.dtype]),
+          arr(np.zeros(w.vocab), tdt[args.dtype])]
+    ints = [arr(a.astype(np.int32)) for a in
+            (rng.integers(1, w.vocab, (w.batch, U)), np.asarray(t), np.asarray(u))]
+    kw = dict(reduction="sum", max_workspace_bytes=parse_bytes(args.budget),
+              sample_wise=args.sample_wise)
+
+    def call():
+        out = cutrans.transducer_loss(*xs, *ints, **kw)
+        cupy.cuda.Device().synchronize()
+        torch.cuda.synchronize()
+        return out
+    for _ in range(3):
+        call()
+    walls = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        call()
+        walls.append((time.perf_counter() - t0) * 1e3)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        call()
+    per = defaultdict(lambda: [0.0, 0])
+    for e in prof.key_averages():
+        if str(getattr(e, "device_type", "")).endswith("CUDA"):
+            us = getattr(e, "self_device_time_total", None)
+            if us is None:
+                us = getattr(e, "self_cuda_time_total", 0.0)
+            k = per[_class(e.key)]
+            k[0] += us
+            k[1] += e.count
+    total = sum(v[0] for v in per.values()) / 1e3
+    print(f"librispeech-100 {args.dtype} budget {args.budget}"
+          f"{' sample-wise' if args.sample_wise else ''}: wall median "
+          f"{sorted(walls)[len(walls) // 2]:.2f} ms (5 calls, host clock + synchronize); "
+          f"GPU kernels {total:.2f} ms (profiled call)")
+    for name, (us, n) in sorted(per.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {name:<40} {us / 1e3:8.3f} ms  {n:5d} launches")
+
+
+if __name__ == "__main__":
+    main()
