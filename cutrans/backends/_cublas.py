@@ -15,6 +15,8 @@
   ``CUBLAS_DEFAULT_MATH`` for the call (so ``CUPY_TF32=1`` does not silently turn exact
   float32 into TF32) and restored afterwards; likewise the pointer mode (host scalars).
 * ``accumulate``: ``beta = 1`` -- the GEMM adds into ``out`` (dW over chunks), no extra pass.
+* no CUDA-graph capture: CuPy's cuBLAS wrapper raises during stream capture; ``gemm`` turns
+  that into a ``RuntimeError`` (``CAPTURE_UNSUPPORTED``) that says what cannot be captured.
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ _OP_N, _OP_T = 0, 1
 _GEMM_DEFAULT = -1
 _POINTER_MODE_HOST = 0
 _DEFAULT_MATH = 0
+
+CAPTURE_UNSUPPORTED = (
+    "cutrans: the fused op cannot be captured in a CUDA graph: its GEMMs run on cuBLAS "
+    "through CuPy, which refuses cuBLAS calls during stream capture; run it outside "
+    "torch.cuda.graph / stream capture")
 
 
 def _operand(x):
@@ -73,13 +80,15 @@ def gemm(a, b, out, accumulate: bool = False, tf32: bool = False) -> None:
     cublas.setPointerMode(handle, _POINTER_MODE_HOST)
     cublas.setMathMode(handle, _DEFAULT_MATH)
     try:
-        if k == 0:  # out = beta * out: cuBLAS handles k == 0 as a scaling
-            pass
         cublas.gemmEx(handle, op_b, op_a, n, m, k, alpha.ctypes.data,
                       b.data.ptr, _CUDA_TYPES[dtype_name(b.dtype)], ldb,
                       a.data.ptr, _CUDA_TYPES[in_t], lda,
                       beta.ctypes.data, out.data.ptr, _CUDA_TYPES[out_t], ldc,
-                      compute, _GEMM_DEFAULT)
+                      compute, _GEMM_DEFAULT)  # k == 0: out = beta * out
+    except NotImplementedError as exc:
+        if "capture" not in str(exc):
+            raise
+        raise RuntimeError(CAPTURE_UNSUPPORTED) from exc
     finally:
         cublas.setMathMode(handle, math)
         cublas.setPointerMode(handle, mode)

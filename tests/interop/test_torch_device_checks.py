@@ -78,47 +78,29 @@ def _cuda(torch):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_capture_replays_like_eager():
+def test_cuda_graph_capture_is_refused_with_a_clear_error():
+    """Capturing the fused op in a CUDA graph is not supported: its GEMMs go through CuPy's
+    cuBLAS, which raises during stream capture (H100, 2026-11-26). cutrans says so in a
+    RuntimeError. (When capture becomes possible, this test becomes: a replay on new data
+    gives the eager loss and gradients.)"""
     torch = pytest.importorskip("torch")
     _cuda(torch)
     from cutrans.interop.torch import transducer_loss
     floats, y, tl, ul = tensors(torch, device="cuda", dtype=torch.float32)
     static = [x.detach().clone().requires_grad_() for x in floats]
     status = torch.zeros((), dtype=torch.int32, device="cuda")
-
-    def step():
-        for x in static:
-            x.grad = None
-        loss = transducer_loss(*static, y, tl, ul, checks="device", status=status)
-        loss.backward()
-        return loss
-
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up: kernels compiled, plan cached on the device
-        for _ in range(2):
-            step()
+        transducer_loss(*static, y, tl, ul, checks="device", status=status).backward()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    for x in static:
-        x.grad = None
-    with torch.cuda.graph(graph):
-        static_loss = transducer_loss(*static, y, tl, ul, checks="device", status=status)
-        static_loss.backward()
-    rng = np.random.default_rng(5)
-    for _ in range(2):  # new data of the same shapes
-        with torch.no_grad():
-            for x in static:
-                x.copy_(torch.tensor(rng.standard_normal(tuple(x.shape)), dtype=x.dtype))
-        graph.replay()
-        torch.cuda.synchronize()
-        eager = [x.detach().clone().requires_grad_() for x in static]
-        want = transducer_loss(*eager, y, tl, ul)
-        want.backward()
-        torch.testing.assert_close(static_loss, want, rtol=1e-5, atol=1e-5)
-        for s, e in zip(static, eager):
-            torch.testing.assert_close(s.grad, e.grad, rtol=1e-4, atol=1e-6)
-    assert int(status) == 0
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(graph):
+            transducer_loss(*static, y, tl, ul, checks="device", status=status)
+    torch.cuda.synchronize()
+    eager = transducer_loss(*static, y, tl, ul)  # the device still works afterwards
+    assert torch.isfinite(eager).item()
 
 
 @pytest.mark.gpu
