@@ -5,9 +5,10 @@
 // (B, U_max + 1, H) are contiguous (enc_T = T_max, pred_U1 = U_max + 1). Math runs in the
 // compute type. Activation codes: 0 tanh, 1 relu, 2 identity.
 // The backward recomputes act'(x) from enc and pred (h is not kept) and reduces in a fixed
-// order with one thread per output element: deterministic, no atomics. Its outputs have type
-// O (T, or the compute type for the float32 accumulators of a sample split across chunks);
-// an output's row for sample b is (b - out_b0): out_b0 = 0 for whole (B, ...) gradients.
+// order (ordered_sum) with one thread per output element: deterministic, no atomics. Its
+// outputs have type O (T, or the compute type for the float32 accumulators of a sample
+// split across chunks); an output's row for sample b is (b - out_b0): out_b0 = 0 for whole
+// (B, ...) gradients.
 #include "common.cuh"
 
 using cutrans::Compute;
@@ -31,6 +32,33 @@ template <class O, class C>
 __device__ __forceinline__ void store_out(O* out, C acc, int accumulate) {
   if (accumulate) acc += static_cast<C>(cutrans::to_compute(*out));
   *out = cutrans::from_compute<O>(static_cast<typename Compute<O>::type>(acc));
+}
+
+// sum over i in [lo, hi) of term(i), in a fixed order: K partial sums (i = lo + j mod K),
+// added up 0..K-1 at the end. The K terms of a step are independent, so their global loads
+// are in flight together (a loop over hundreds of rows is otherwise bound by one load's
+// latency per row); deterministic like a sequential sum, rounded differently.
+template <int K, class C, class F>
+__device__ __forceinline__ C ordered_sum(long long lo, long long hi, F term) {
+  C p[K];
+#pragma unroll
+  for (int j = 0; j < K; ++j) p[j] = C(0);
+  long long i = lo;
+  for (; i + K <= hi; i += K) {
+    C x[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) x[j] = term(i + j);
+#pragma unroll
+    for (int j = 0; j < K; ++j) p[j] += x[j];
+  }
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    if (i + j < hi) p[j] += term(i + j);
+  }
+  C s = p[0];
+#pragma unroll
+  for (int j = 1; j < K; ++j) s += p[j];
+  return s;
 }
 
 // h[i, k] = act(enc + pred) as T: TPR threads per row (a warp per row, or a block per row
@@ -71,9 +99,9 @@ joint_forward(const T* __restrict__ enc, const T* __restrict__ pred,
 }
 
 // d_enc[b, t] (+)= sum over the chunk's rows of (b, t) of dh * act'(enc[b,t] + pred[b,u]),
-// in u order. One block per frame F = f0 + j, j in [0, n_frames) (grid-stride), F indexing
-// the frames of all samples (frame_offsets: exclusive cumsum of T_b); the chunk's frames are
-// consecutive, so every block has work.
+// in a fixed order (ordered_sum over u). One block per frame F = f0 + j, j in [0, n_frames)
+// (grid-stride), F indexing the frames of all samples (frame_offsets: exclusive cumsum of
+// T_b); the chunk's frames are consecutive, so every block has work.
 template <class T, class O, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
 joint_backward_enc(const T* __restrict__ dh, long long ldh, const T* __restrict__ enc,
@@ -97,21 +125,20 @@ joint_backward_enc(const T* __restrict__ dh, long long ldh, const T* __restrict_
     O* out = d_enc + ((b - out_b0) * out_T + t) * H;
     for (int k = threadIdx.x; k < H; k += BLOCK) {
       const C ek = cutrans::to_compute(e[k]);
-      C acc = C(0);
-      for (long long r = lo; r < hi; ++r) {
-        const int u = static_cast<int>(r - first);
+      const C acc = ordered_sum<4, C>(lo, hi, [&](long long r) {
+        const long long u = r - first;
         const C hv = activate(ek + cutrans::to_compute(q[u * H + k]), activation);
-        acc += cutrans::to_compute(dh[(r - row0) * ldh + k]) * activate_grad(hv, activation);
-      }
+        return cutrans::to_compute(dh[(r - row0) * ldh + k]) * activate_grad(hv, activation);
+      });
       store_out(out + k, acc, accumulate);
     }
   }
 }
 
 // d_pred[b, u] (+)= sum over the chunk's rows of (b, u) (stride U_b + 1 rows) of
-// dh * act'(enc[b,t] + pred[b,u]), in t order. One block per label slot L = l0 + j
-// (label_offsets: exclusive cumsum of U_b + 1); a slot with no row in the chunk (at most
-// U_b + 1 of them, at the chunk's two ends) exits at once.
+// dh * act'(enc[b,t] + pred[b,u]), in a fixed order (ordered_sum over t). One block per
+// label slot L = l0 + j (label_offsets: exclusive cumsum of U_b + 1); a slot with no row
+// in the chunk (at most U_b + 1 of them, at the chunk's two ends) exits at once.
 template <class T, class O, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
 joint_backward_pred(const T* __restrict__ dh, long long ldh, const T* __restrict__ enc,
@@ -142,12 +169,11 @@ joint_backward_pred(const T* __restrict__ dh, long long ldh, const T* __restrict
     const long long r0 = offsets[b] + t_lo * U1 + u - row0;  // chunk row of (b, t_lo, u)
     for (int k = threadIdx.x; k < H; k += BLOCK) {
       const C qk = cutrans::to_compute(q[k]);
-      C acc = C(0);
-      for (long long t = t_lo; t < t_hi; ++t) {
+      const C acc = ordered_sum<4, C>(t_lo, t_hi, [&](long long t) {
         const C hv = activate(cutrans::to_compute(e[t * H + k]) + qk, activation);
-        acc += cutrans::to_compute(dh[(r0 + (t - t_lo) * U1) * ldh + k]) *
+        return cutrans::to_compute(dh[(r0 + (t - t_lo) * U1) * ldh + k]) *
                activate_grad(hv, activation);
-      }
+      });
       store_out(out + k, acc, accumulate);
     }
   }
