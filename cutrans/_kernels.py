@@ -72,10 +72,12 @@ KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
     KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=96, max_shared_bytes=128,
                blocks=ROW_TPR, general=(False, True)),
     KernelSpec("check_targets", "row_ops.cu", ((),), max_registers=32, max_shared_bytes=0),
-    # lattice: one block per sample, latency-bound (the diagonals live in dynamic shared
+    # lattice: one block per (sample, sweep), latency-bound (the diagonals live in dynamic shared
     # memory); the double instantiation takes 66 registers on sm_80/90 with the strided
     # (AoS) per-row values
     KernelSpec("lattice", "lattice.cu", _ONE_COMPUTE, max_registers=72, max_shared_bytes=16),
+    KernelSpec("lattice_grad", "lattice.cu", _ONE_COMPUTE, max_registers=48,
+               max_shared_bytes=0, blocks=ROW_TPR),  # launched with ROW_BLOCK: a row a thread
     KernelSpec("lattice_arcs", "lattice.cu", _ONE_COMPUTE, max_registers=96,
                max_shared_bytes=5 * 64 * 4 + 32),
     KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0,

@@ -1,142 +1,167 @@
-// cutrans lattice kernel: RNN-T alpha/beta recursions and gradient coefficients.
+// cutrans lattice kernels: RNN-T alpha/beta recursions and gradient coefficients.
 //
-// One block per sample b in [b0, b1) (grid-stride). The sample's T_b x (U_b + 1) lattice
-// lives in rows offsets[b] + t * (U_b + 1) + u of the packed row space; the per-row arrays
-// hold rows [rbase, ...) (row r is element r - rbase; `values` and `coefs` hold W_in / W_out
-// values per row: blank at 0, emission at 1); log_like is indexed by b.
-// Anti-diagonal wavefront: cells of diagonal n = t + u depend only on diagonal n -+ 1, so
-// BLOCK threads loop over the cells of one diagonal, then __syncthreads. The previous
-// diagonal lives in shared memory (two buffers of `diag_cells` values, dynamic shared
-// memory), so a step reads no global memory that depends on the step before; a sample
-// whose diagonals are longer uses its own rows of a workspace as the two buffers instead
-// (beta's with need_grad, else alpha's; global-memory writes of a block are visible to the
-// block after the barrier).
+// The sample's T_b x (U_b + 1) lattice lives in rows offsets[b] + t * (U_b + 1) + u of the
+// packed row space; the per-row arrays hold rows [rbase, ...) (row r is element r - rbase;
+// `values` and `coefs` hold W_in / W_out values per row: blank at 0, emission at 1);
+// log_like is indexed by b.
+// `lattice`: one block per (sample, sweep): the alpha sweep of sample b, and with need_grad
+// also its beta sweep in another block at the same time (the two are independent), for b
+// in [b0, b1) (grid-stride over the jobs). Anti-diagonal wavefront: cells of diagonal
+// n = t + u depend only on diagonal n -+ 1, so BLOCK threads loop over the cells of one
+// diagonal, then __syncthreads. The previous diagonal lives in shared memory (two buffers of
+// `diag_cells` values, dynamic shared memory), so a step reads no global memory that
+// depends on the step before; a sample whose diagonals are longer reads its neighbours from
+// the per-cell alpha / beta rows instead (global-memory writes of a block are visible to
+// the block after the barrier). Each thread loads the log-probabilities of its next cell a
+// step ahead (in flight across the step's work and barrier).
+// `lattice_grad` (need_grad): one thread per row of samples [b0, b1), the coefficients
+// from alpha, beta and log_like.
 #include "common.cuh"
+
+template <class C> struct Pair {
+  C x, y;
+};
+
+// The two log-probabilities that the thread's first cell (t, u) of diagonal n reads (-inf
+// for none): the alpha sweep lp_blank(t-1, u), lp_emit(t, u-1); the beta sweep lp_blank(t, u),
+// lp_emit(t, u). Loaded a step ahead.
+template <class C>
+__device__ __forceinline__ Pair<C> first_cell_log_probs(const C* vals, int w_in, int T, int U,
+                                                        int n, bool back) {
+  const C ninf = cutrans::neg_inf(C());
+  Pair<C> p{ninf, ninf};
+  const int t = (n - U > 0 ? n - U : 0) + static_cast<int>(threadIdx.x);
+  if (n < 0 || n > T - 1 + U || t > (n < T - 1 ? n : T - 1)) return p;
+  const long long c = static_cast<long long>(t) * (U + 1) + (n - t);
+  if (back) {
+    p.x = vals[c * w_in];
+    p.y = vals[c * w_in + 1];
+  } else {
+    if (t > 0) p.x = vals[(c - U - 1) * w_in];
+    if (n - t > 0) p.y = vals[(c - 1) * w_in + 1];
+  }
+  return p;
+}
 
 // alpha(0,0) = 0;
 // alpha(t,u) = log_add(alpha(t-1,u) + lp_blank(t-1,u), alpha(t,u-1) + lp_emit(t,u-1))
 // log_like[b] = alpha(T_b-1, U_b) + lp_blank(T_b-1, U_b)
-// if need_grad (beta sweep, from the last cell back, with the coefficients on the way):
-//   beta(T_b-1, U_b) = lp_blank(T_b-1, U_b);
-//   beta(t,u) = log_add(beta(t+1,u) + lp_blank(t,u), beta(t,u+1) + lp_emit(t,u));
-//   coef_blank[r] = exp(alpha + lp_blank + beta(t+1,u) - LL), beta(T_b, U_b) := 0;
-//   coef_emit[r] = exp(alpha + lp_emit + beta(t,u+1) - LL); out-of-lattice beta = -inf.
-// With need_grad, alpha is written for every cell (the beta sweep reads it); alpha without
-// need_grad, and beta, are workspace. coefs may alias values (w_out == w_in): a cell's
-// coefficients are written by the thread that reads that cell's log-probabilities, after
-// its last read of them. beta may alias alpha when need_grad == 0 (then untouched).
+// beta(T_b-1, U_b) = lp_blank(T_b-1, U_b);
+// beta(t,u) = log_add(beta(t+1,u) + lp_blank(t,u), beta(t,u+1) + lp_emit(t,u)).
+// One sweep (BACK: beta) of one sample by the whole block; `out` gets every cell's value
+// when `keep`, the diagonals live in `smem` (2 x diag_cells) when `shared`, else they are
+// read back from `out`. Returns the last diagonal's value (alpha: the cell (T-1, U), to
+// thread 0; beta: unused).
+template <class C, int BLOCK, bool BACK>
+__device__ __forceinline__ C sweep(const C* vals, int w_in, int T, int U, C* out, C* smem,
+                                   int diag_cells, bool shared, bool keep) {
+  const C ninf = cutrans::neg_inf(C());
+  const int U1 = U + 1, n_last = T - 1 + U;
+  const long long last = static_cast<long long>(T - 1) * U1 + U;
+  C* prev = smem;
+  C* cur = smem + diag_cells;
+  constexpr int step = BACK ? -1 : 1;
+  int n = BACK ? n_last : 0;
+  Pair<C> pre = first_cell_log_probs(vals, w_in, T, U, n, BACK);
+  for (int k = 0; k <= n_last; ++k, n += step) {
+    const int t_lo = n - U > 0 ? n - U : 0;
+    const int t_hi = n < T - 1 ? n : T - 1;
+    const int m = n - step;  // the diagonal read: n - 1 (alpha) or n + 1 (beta)
+    const int q_lo = m - U > 0 ? m - U : 0;  // its t_lo
+    const Pair<C> f = pre;
+    pre = first_cell_log_probs(vals, w_in, T, U, n + step, BACK);
+    for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
+      const int u = n - t;
+      const long long c = static_cast<long long>(t) * U1 + u;
+      const bool first = t == t_lo + static_cast<int>(threadIdx.x);
+      C v;
+      if (!BACK) {
+        if (n == 0) {
+          v = C(0);
+        } else {
+          const C lb = first ? f.x : (t > 0 ? vals[(c - U1) * w_in] : ninf);
+          const C le = first ? f.y : (u > 0 ? vals[(c - 1) * w_in + 1] : ninf);
+          const C from_t = t > 0 ? (shared ? prev[t - 1 - q_lo] : out[c - U1]) + lb : ninf;
+          const C from_u = u > 0 ? (shared ? prev[t - q_lo] : out[c - 1]) + le : ninf;
+          v = cutrans::log_add(from_t, from_u);
+        }
+      } else {
+        const C lb = first ? f.x : vals[c * w_in];
+        const C le = first ? f.y : vals[c * w_in + 1];
+        if (c == last) {
+          v = lb;
+        } else {
+          const C down = t + 1 < T ? (shared ? prev[t + 1 - q_lo] : out[c + U1]) : ninf;
+          const C right = u < U ? (shared ? prev[t - q_lo] : out[c + 1]) : ninf;
+          v = cutrans::log_add(down + lb, right + le);
+        }
+      }
+      if (shared) cur[t - t_lo] = v;
+      if (keep) out[c] = v;
+    }
+    __syncthreads();
+    C* swap = prev;
+    prev = cur;
+    cur = swap;
+  }
+  return shared ? prev[0] : out[BACK ? 0 : last];
+}
+
+// alpha and beta are written for every cell with need_grad (lattice_grad reads them), else
+// alpha only where the diagonals exceed the shared buffers (then beta may alias alpha).
 template <class C, int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
 lattice(const long long* __restrict__ offsets, const int* __restrict__ logit_len,
-        const int* __restrict__ target_len, int b0, int b1, long long rbase, const C* values,
-        int w_in, C* alpha, C* beta, C* __restrict__ log_like, C* coefs, int w_out,
+        const int* __restrict__ target_len, int b0, int b1, long long rbase,
+        const C* __restrict__ values, int w_in, C* alpha, C* beta, C* __restrict__ log_like,
         int need_grad, int diag_cells) {
   CUTRANS_DYN_SHARED(C, smem);  // 2 * diag_cells values
-  __shared__ C ll_shared;
-  const C ninf = cutrans::neg_inf(C());
-  for (int b = b0 + static_cast<int>(blockIdx.x); b < b1; b += gridDim.x) {
+  const int sweeps = need_grad ? 2 : 1;
+  const long long jobs = static_cast<long long>(b1 - b0) * sweeps;
+  for (long long job = blockIdx.x; job < jobs; job += gridDim.x) {
+    const int b = b0 + static_cast<int>(job / sweeps);
     const long long base = offsets[b] - rbase;
-    const int T = logit_len[b], U = target_len[b], U1 = U + 1;
+    const int T = logit_len[b], U = target_len[b];
     const C* vals = values + base * w_in;  // pb(c) = vals[c w_in], pe(c) = vals[c w_in + 1]
-    C* al = alpha + base;
-    const int D = T < U1 ? T : U1;  // cells of the longest diagonal
-    // two diagonal buffers: shared memory, or 2 D of the sample's T U1 >= 2 D workspace rows
-    C* prev = D <= diag_cells ? smem : (need_grad ? beta : alpha) + base;
-    C* cur = prev + (D <= diag_cells ? diag_cells : D);
-    // alpha: diagonal n holds t in [t_lo(n), t_hi(n)] at index t - t_lo(n). The values a
-    // thread's first cell of diagonal n + 1 reads do not depend on the recursion: they are
-    // loaded before step n's work and barrier (in flight across them), so a step waits on
-    // shared memory only, not on a global load (the longest diagonals' other cells, when
-    // D > BLOCK, load in the step).
-    C pre_t, pre_u;  // lp_blank of (t-1, u), lp_emit of (t, u-1) for the thread's first cell
-    auto prefetch_alpha = [&](int n, C& from_t, C& from_u) {
-      const int t = (n - U > 0 ? n - U : 0) + static_cast<int>(threadIdx.x);
-      const int u = n - t;
-      from_t = ninf;
-      from_u = ninf;
-      if (n <= T - 1 + U && t <= (n < T - 1 ? n : T - 1)) {
-        const long long c = static_cast<long long>(t) * U1 + u;
-        if (t > 0) from_t = vals[(c - U1) * w_in];
-        if (u > 0) from_u = vals[(c - 1) * w_in + 1];
-      }
-    };
-    prefetch_alpha(0, pre_t, pre_u);
-    for (int n = 0; n <= T - 1 + U; ++n) {
-      const int t_lo = n - U > 0 ? n - U : 0;
-      const int t_hi = n < T - 1 ? n : T - 1;
-      const int p_lo = n - 1 - U > 0 ? n - 1 - U : 0;  // t_lo(n - 1)
-      const C first_t = pre_t, first_u = pre_u;
-      prefetch_alpha(n + 1, pre_t, pre_u);
-      for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
-        const int u = n - t;
-        const long long c = static_cast<long long>(t) * U1 + u;
-        const bool first = t == t_lo + static_cast<int>(threadIdx.x);
-        C a = C(0);
-        if (n > 0) {
-          const C lb = first ? first_t : (t > 0 ? vals[(c - U1) * w_in] : ninf);
-          const C le = first ? first_u : (u > 0 ? vals[(c - 1) * w_in + 1] : ninf);
-          const C from_t = t > 0 ? prev[t - 1 - p_lo] + lb : ninf;
-          const C from_u = u > 0 ? prev[t - p_lo] + le : ninf;
-          a = cutrans::log_add(from_t, from_u);
-        }
-        cur[t - t_lo] = a;
-        if (need_grad) al[c] = a;
-      }
-      __syncthreads();
-      C* swap = prev;
-      prev = cur;
-      cur = swap;
-    }
-    const long long last = static_cast<long long>(T - 1) * U1 + U;
-    if (threadIdx.x == 0) {
-      const C ll = prev[0] + vals[last * w_in];  // the last diagonal is the cell (T-1, U)
-      log_like[b] = ll;
-      ll_shared = ll;
-    }
-    __syncthreads();  // ll_shared published; the buffers are free for beta
-    if (need_grad) {
-      const C ll = ll_shared;
-      // the thread's first cell of the next diagonal: its lp_blank, lp_emit and alpha,
-      // loaded a step ahead (as in the alpha sweep; coefs may alias values, but a cell's
-      // coefficients are written only at its own step, after these loads)
-      C pre_b = ninf, pre_e = ninf, pre_a = ninf;
-      auto prefetch_beta = [&](int n, C& lb, C& le, C& a) {
-        const int t = (n - U > 0 ? n - U : 0) + static_cast<int>(threadIdx.x);
-        if (n >= 0 && t <= (n < T - 1 ? n : T - 1)) {
-          const long long c = static_cast<long long>(t) * U1 + (n - t);
-          lb = vals[c * w_in];
-          le = vals[c * w_in + 1];
-          a = al[c];
-        }
-      };
-      prefetch_beta(T - 1 + U, pre_b, pre_e, pre_a);
-      for (int n = T - 1 + U; n >= 0; --n) {
-        const int t_lo = n - U > 0 ? n - U : 0;
-        const int t_hi = n < T - 1 ? n : T - 1;
-        const int q_lo = n + 1 - U > 0 ? n + 1 - U : 0;  // t_lo(n + 1)
-        const C first_b = pre_b, first_e = pre_e, first_a = pre_a;
-        prefetch_beta(n - 1, pre_b, pre_e, pre_a);
-        for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
-          const int u = n - t;
-          const long long c = static_cast<long long>(t) * U1 + u;
-          const bool first = t == t_lo + static_cast<int>(threadIdx.x);
-          const C lb = first ? first_b : vals[c * w_in];
-          const C le = first ? first_e : vals[c * w_in + 1];
-          // beta(t+1, u) and beta(t, u+1) are on diagonal n + 1 (the previous step)
-          const C down = c == last ? C(0) : (t + 1 < T ? prev[t + 1 - q_lo] : ninf);
-          const C right = u < U ? prev[t - q_lo] : ninf;
-          cur[t - t_lo] = c == last ? lb : cutrans::log_add(down + lb, right + le);
-          const C a = first ? first_a : al[c];
-          coefs[(base + c) * w_out] = cutrans::c_exp(a + lb + down - ll);
-          coefs[(base + c) * w_out + 1] = cutrans::c_exp(a + le + right - ll);
-        }
-        __syncthreads();
-        C* swap = prev;
-        prev = cur;
-        cur = swap;
+    const bool shared = (T < U + 1 ? T : U + 1) <= diag_cells;  // the longest diagonal fits
+    const bool keep = need_grad || !shared;
+    if (job % sweeps == 1) {
+      sweep<C, BLOCK, true>(vals, w_in, T, U, beta + base, smem, diag_cells, shared, keep);
+    } else {
+      const C a = sweep<C, BLOCK, false>(vals, w_in, T, U, alpha + base, smem, diag_cells,
+                                         shared, keep);
+      if (threadIdx.x == 0) {  // the last diagonal is the cell (T-1, U): thread 0's
+        log_like[b] = a + vals[(static_cast<long long>(T - 1) * (U + 1) + U) * w_in];
       }
     }
-    __syncthreads();  // ll_shared and the buffers are free for the next sample
+    __syncthreads();  // the buffers are free for the next job
+  }
+}
+
+// coef_blank[r] = exp(alpha + lp_blank + beta(t+1,u) - LL), beta(T_b, U_b) := 0;
+// coef_emit[r] = exp(alpha + lp_emit + beta(t,u+1) - LL); out-of-lattice beta = -inf.
+// One thread per row of samples [b0, b1) (grid-stride); coefs may alias values (a row's
+// coefficients are written by the thread that read its values).
+template <class C, int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+lattice_grad(const long long* __restrict__ offsets, const int* __restrict__ logit_len,
+             const int* __restrict__ target_len, int b0, int b1, long long rbase,
+             const C* values, int w_in, const C* __restrict__ alpha,
+             const C* __restrict__ beta, const C* __restrict__ log_like, C* coefs, int w_out) {
+  const C ninf = cutrans::neg_inf(C());
+  const long long first = offsets[b0], n_rows = offsets[b1] - first;
+  const long long stride = static_cast<long long>(gridDim.x) * BLOCK;
+  for (long long i = blockIdx.x * static_cast<long long>(BLOCK) + threadIdx.x; i < n_rows;
+       i += stride) {
+    const cutrans::RowPos p = cutrans::row_pos(offsets, target_len, b1, first + i);
+    const int T = logit_len[p.b];
+    const long long e = first + i - rbase;  // the row's element of the per-row arrays
+    const C a = alpha[e], ll = log_like[p.b];
+    const C lb = values[e * w_in], le = values[e * w_in + 1];
+    const C down = p.t + 1 < T ? beta[e + p.U + 1] : (p.u == p.U ? C(0) : ninf);
+    const C right = p.u < p.U ? beta[e + 1] : ninf;
+    coefs[e * w_out] = cutrans::c_exp(a + lb + down - ll);
+    coefs[e * w_out + 1] = cutrans::c_exp(a + le + right - ll);
   }
 }
 

@@ -109,12 +109,18 @@ class KernelBackend:
         dt = dtype_name(values.dtype)
         common = (plan.offsets, plan.logit_len, plan.target_len, _i32(b0), _i32(b1),
                   _i64(rbase))
-        if topo.variant == "rnnt":  # the specialised kernel (diagonals in shared memory)
+        if topo.variant == "rnnt":  # the specialised kernels (diagonals in shared memory)
             cells = _kernels.lattice_diag_cells(plan.max_diag, values.dtype.itemsize)
-            args = (*common, values, _i32(values.shape[1]), alpha, beta, log_like, coefs,
-                    _i32(coefs.shape[1]), _i32(bool(need_grad)), _i32(cells))
-            self.provider.launch("lattice", dt, block, b1 - b0, args,
-                                 shared_mem=2 * cells * values.dtype.itemsize)
+            w_in = _i32(values.shape[1])
+            sweeps = 2 if need_grad else 1  # alpha and beta sweeps in parallel blocks
+            self.provider.launch("lattice", dt, block, (b1 - b0) * sweeps, (
+                *common, values, w_in, alpha, beta, log_like, _i32(bool(need_grad)),
+                _i32(cells)), shared_mem=2 * cells * values.dtype.itemsize)
+            if need_grad:  # the coefficients: a thread per row (alpha holds >= the rows)
+                self.provider.launch("lattice_grad", dt, _kernels.ROW_BLOCK,
+                                     -(-int(alpha.shape[0]) // _kernels.ROW_BLOCK), (
+                    *common, values, w_in, alpha, beta, log_like, coefs,
+                    _i32(coefs.shape[1])))
             return
         arcs = topo.arc_table()
         args = (*common, values, _i32(values.shape[1]), device_ints(self.xp, arcs),

@@ -25,8 +25,10 @@ backward's output itemsize; ``n`` rows, ``F`` frames and ``L`` label slots of th
     joint_forward     read (F + L)*H*s                   write n*H*s
     joint_backward_enc   read n*H*s + (F + L)*H*s + [acc] F*H*o    write F*H*o
     joint_backward_pred  read n*H*s + (F + L)*H*s + [acc] L*H*o    write L*H*o
-    lattice (rows R)  need_grad: read (2W+4)*R*c, write (W+2)*R*c (+ B*c); else read W*R*c,
-                      write R*c   (W values per row: 2 for the standard RNN-T)
+    lattice (rows R)  alpha (+ beta) sweep(s): read 2*R*c each, write R*c each (+ B*c)
+    lattice_grad      read R*(c*(W + 2) + 8), write W*R*c  (W = 2 values per row)
+    lattice_arcs      need_grad: read (2W+4)*R*c, write (W+2)*R*c (+ B*c); else read W*R*c,
+                      write R*c   (W values per row of the topology)
     gemm (m,k)@(k,n)  read m*k*s_a + k*n*s_b (+ m*n*s_out if accumulate)   write m*n*s_out
                       FLOPs 2*m*n*k
 
@@ -53,7 +55,9 @@ class Launch:
     ``column_sum`` (CuPy ``sum(axis=0)``), ``reduce`` (CuPy full reduction).
 
     ``label``: the class the ledger reports it under (``gemm logits``, ``row_stats``...).
-    ``steps``: lattice wavefront steps of its longest sample (2 (T_b + U_b) with beta).
+    ``steps``: lattice wavefront steps of its longest sample (``T_b + U_b``: the RNN-T
+    kernel sweeps alpha and beta in parallel blocks; the arc-table kernel 2 (T_b + U_b)
+    with beta).
     ``gemm``: (m, n, k, input dtype, output dtype, tf32) for GEMMs.
     """
 
@@ -101,7 +105,8 @@ class RecordingProvider:
             raise ValueError(f"no compiled instantiation {spec.name(key, block, general)}")
         if self.enabled:
             grid = max(1, min(int(grid), _kernels.MAX_GRID))
-            self.launches.append(Launch("lattice" if template.startswith("lattice") else "kernel",
+            kind = "lattice" if template in ("lattice", "lattice_arcs") else "kernel"
+            self.launches.append(Launch(kind,
                                         template, _types_str(types), grid,
                                         int(block if threads is None else threads),
                                         label=template))
@@ -221,9 +226,18 @@ class RecordingBackend(KernelBackend):
             rows = int(plan.offsets[b1]) - int(plan.offsets[b0])
             c, W = values.itemsize, topo.width
             longest = int(lens[b0:b1].max())  # diagonals T_b + U_b of its longest sample
-            rec.steps = longest * (2 if need_grad else 1)
-            rec.read = rows * c * ((2 * W + 4) if need_grad else W)
-            rec.written = rows * c * ((W + 2) if need_grad else 1) + (b1 - b0) * c
+            grad = self._new(start, "lattice_grad")
+            if rec.name == "lattice":  # alpha and beta sweeps in parallel blocks
+                rec.steps = longest
+                rec.read = rows * c * 2 * (2 if need_grad else 1)
+                rec.written = rows * c * (2 if need_grad else 1) + (b1 - b0) * c
+            else:  # lattice_arcs: alpha, then beta with the coefficients, in one block
+                rec.steps = longest * (2 if need_grad else 1)
+                rec.read = rows * c * ((2 * W + 4) if need_grad else W)
+                rec.written = rows * c * ((W + 2) if need_grad else 1) + (b1 - b0) * c
+            if grad is not None:  # values, alpha, beta (+ 2 neighbours, cached) -> coefs
+                grad.read = rows * (c * (W + 2) + 8)
+                grad.written = rows * c * W
 
     # ------------------------------------------------------------ joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):

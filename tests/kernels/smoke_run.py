@@ -62,7 +62,8 @@ def main(sanitizer: str | None) -> int:
     got = cutrans.rnnt_loss(*args, return_grad=True, backend=lat)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-9, atol=1e-12)
-    assert lat.provider.launches == [("lattice", 128)], lat.provider.launches
+    assert lat.provider.launches == [("lattice", 128), ("lattice_grad", 256)], \
+        lat.provider.launches
     # the general row kernels (several blanks; duration logits: two block reductions per
     # row) with a warp and with a block per row, and the arc-table lattice (TDT with omega
     # runs both lattices; __syncthreads between diagonals, no warp-synchronous code). Small

@@ -130,7 +130,8 @@ def test_one_pass_sequence_per_group(dtype):
     for g in sched.groups:
         for c in g.chunks:
             expected += fwd(c)
-        expected.append(("lattice", g.b1 - g.b0, lb))
+        expected.append(("lattice", 2 * (g.b1 - g.b0), lb))  # alpha and beta blocks
+        expected.append(("lattice_grad", -(-sched.state_rows // rb), rb))
         for c in g.chunks:
             expected += bwd(c, not g.resident)
     got = [(r.label, r.grid, r.block) for r in run.launches
@@ -164,8 +165,10 @@ def test_bytes_and_flops():
     (rg,) = by["row_grad"]
     assert (rg.read, rg.written) == (R * (V * s + 12 + 4), R * V * s)
     (lat,) = by["lattice"]
-    assert lat.steps == 2 * int((T_LEN + U_LEN).max())
-    assert lat.read == 8 * R * 4
+    assert lat.steps == int((T_LEN + U_LEN).max())  # alpha and beta sweeps in parallel
+    assert (lat.read, lat.written) == (4 * R * 4, 2 * R * 4 + 6 * 4)
+    (lg,) = by["lattice_grad"]
+    assert (lg.read, lg.written) == (R * (4 * 4 + 8), 2 * R * 4)
     F, L = int(T_LEN.sum()), int((U_LEN + 1).sum())
     (jf,) = by["joint_forward"]
     assert (jf.read, jf.written) == ((F + L) * H * s, R * H * s)
@@ -179,13 +182,13 @@ def test_bytes_and_flops():
 
 def test_other_paths_record():
     """Two passes (reduction none) recompute every chunk but a single resident one; the
-    loss on logits is row_stats, lattice, row_grad."""
+    loss on logits is row_stats, lattice (+ lattice_grad), row_grad."""
     two = dr.dry_run(_shape(), "float32", budget=64 << 20, path="two-pass")
     labels = [r.label for r in two.launches if r.kind != "memset" and r.kind != "fill"]
     assert labels.count("gemm logits") == 1 and labels.count("row_grad") == 1
     logits = dr.dry_run(_shape(), "float32", path="logits")
     assert [r.label for r in logits.launches if r.kind in KERNEL_KINDS] == \
-        ["row_stats", "lattice", "row_grad"]
+        ["row_stats", "lattice", "lattice_grad", "row_grad"]
     assert not any(r.kind == "gemm" for r in logits.launches)
 
 
@@ -199,4 +202,4 @@ def test_recording_backend_writes_only_placeholders():
     be.lattice(dplan, Topology(), 1, 4, int(plan.offsets[1]), vals, st, st, ll, vals, True)
     assert np.isnan(ll[[0, 4, 5]]).all() and (ll[1:4] == -1).all()
     assert (st == 7).all() and (vals == 7).all()  # nothing computed
-    assert [r.name for r in be.launches] == ["lattice"]
+    assert [r.name for r in be.launches] == ["lattice", "lattice_grad"]
