@@ -26,6 +26,7 @@ ROOT = os.path.dirname(TESTS)
 #: without it is right); everything else must run numpy-only
 FRAMEWORK_MODULES = {
     "tests/bench/test_baseline.py": "the torch + torchaudio batched baseline",
+    "tests/core/test_cublas_route.py": "CuPy's cuBLAS bindings (stand-ins for the library)",
     "tests/emulation/test_compile_check.py": "NVRTC through CuPy",
     "tests/examples/test_examples.py": "the PyTorch and JAX training examples (per test)",
     "tests/gpu/test_gpu_cupy.py": "CuPy and a GPU",

@@ -131,7 +131,7 @@ def _check_device(device: str) -> None:
 
 
 def main(argv=None) -> int:
-    """Entry point of ``bench``; returns the exit status (1 if a cutrans row disagrees, or a row fails)."""
+    """Entry point of ``bench``; exit status 1 if a cutrans row disagrees, or a row fails."""
     parser = make_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
