@@ -26,8 +26,8 @@ Measured against an H100 (BENCHMARKS.md, "Measured against the model"): 0.80x of
 wall time on librispeech fp32, 0.71x bf16; the one class it missed (0.18x) was the d_pred
 joint backward, bound by one thread's serial loop, which the model counts at full bandwidth.
 
-Not modelled: launch gaps and host (Python) overhead between launches (~25-30 us per launch
-measured on an H100 with small budgets), overlap of
+Host time: ``wall_seconds`` adds ``HOST_PER_LAUNCH`` (27 us, measured) per launch to the
+GPU time (the report's "wall" line). Not modelled: overlap of host and GPU work, overlap of
 launches (one stream: launches are serial), registers/shared memory limiting occupancy,
 L2 effects beyond "enc/pred rows are read once", cuBLAS shape effects (small or skinny
 GEMMs run at the rate measured on 824,755 x 512 x 500), clocks and power.
@@ -77,6 +77,20 @@ T_WAVE = 4.2e-6  # s per wave of resident blocks of a one-block-per-row kernel
 # T_STEP: the profile's "lattice | 0.7 ms" over 2 x 573 wavefront steps (one launch, 30
 #   samples, longest T_b + U_b = 451 + 122), less its bytes: 0.598 us.
 T_STEP = 0.60e-6  # s per anti-diagonal step of the lattice kernel
+
+
+# ------------------------------------------------------------------ host time
+# Measured (BENCHMARKS.md, "GPU", run A: H100, librispeech-100 fp32): wall time above this
+# model's GPU time per launch -- 64 MiB budget (1,000 launches): (82.1 - 50.9) ms / 1000 =
+# 31 us; 8 MiB (9,810 launches): (299.9 - 80.9) ms / 9810 = 22 us. Their mean: the Python,
+# CuPy launch and cuBLAS call cost of one launch, serial with the GPU work when kernels are
+# short (``wall_seconds``).
+HOST_PER_LAUNCH = 27e-6  # s
+
+
+def wall_seconds(gpu_seconds: float, n_launches: int) -> float:
+    """Modelled wall time of a call: its GPU time plus ``HOST_PER_LAUNCH`` per launch."""
+    return gpu_seconds + n_launches * HOST_PER_LAUNCH
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ def evaluate(run) -> dict:
     return {"config": cfg, "schedule": run.schedule, "classes": table,
             "modelled_ms": total_ms, "roof_ms": roof_ms,
             "x_roof": total_ms / roof_ms if roof_ms else None, "memory": mem,
-            "launches": len(run.launches)}
+            "launches": len(run.launches),
+            "wall_ms": model.wall_seconds(total_ms / 1e3, len(run.launches)) * 1e3}
 
 
 def _gb(n) -> str:
@@ -92,6 +93,9 @@ def format_config(ev: dict, launches=None, n_launches: int = 0) -> str:
         total += (f"; three-GEMM roof at {cfg['dtype']}{' TF32' if cfg['tf32'] else ''}: "
                   f"{ev['roof_ms']:.2f} ms modelled -> {ev['x_roof']:.2f}x roof (modelled)")
     lines.append(total)
+    lines.append(f"wall (modelled): {ev['wall_ms']:.2f} ms = GPU time + {ev['launches']:,} "
+                 f"launches x {model.HOST_PER_LAUNCH * 1e6:.0f} us of host time (measured "
+                 f"on an H100 with small budgets)")
     memory = (f"memory (modelled): inputs {_gb(mem['inputs'])} + gradients "
               f"{_gb(mem['gradients'])} + cutrans's own {_gb(mem['own'])} = total "
               f"{_gb(mem['total'])}")

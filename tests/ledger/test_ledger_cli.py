@@ -18,6 +18,9 @@ def test_one_configuration(tmp_path, capsys):
     doc = json.loads(out.read_text())
     ev = doc["evaluation"]
     assert ev["config"]["dtype"] == "bfloat16" and ev["modelled_ms"] > ev["roof_ms"] > 0
+    # wall = GPU time + a measured host cost per launch (27 us on an H100)
+    assert abs(ev["wall_ms"] - (ev["modelled_ms"] + ev["launches"] * 27e-3)) < 1e-6
+    assert "wall (modelled)" in text and ev["launches"] > 10
     assert "never replaces a measurement" in doc["caveat"]
 
 
