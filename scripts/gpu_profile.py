@@ -3,9 +3,10 @@
     python scripts/gpu_profile.py [--dtype float32|bfloat16] [--budget 512M] [--sample-wise]
 
 Runs ``cutrans.transducer_loss`` (reduction "sum", the one-pass path) on the
-``librispeech-100`` workload (CuPy arrays), warms up, then profiles one call: prints the
-wall time (CUDA events), the summed GPU time of every kernel name (cuBLAS GEMMs under one
-class) and their sum, and the gap (wall - GPU: launch gaps and host overhead).
+``librispeech-100`` workload (the bench's inputs, ``bench.workloads.make_inputs``, as torch
+CUDA tensors), warms up, then prints the median wall time of 5 calls (host clock around the
+call and a synchronize) and, from one profiled call, the GPU time and launches of every
+kernel class (cuBLAS GEMMs under one class) and their sum; wall - GPU is host time.
 """
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ import time
 from collections import defaultdict
 
 import cupy
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import cutrans
 from cutrans.bench.measure import parse_bytes
-from cutrans.bench.workloads import WORKLOADS, draw_lengths
+from cutrans.bench.workloads import WORKLOADS, make_inputs
 
 
 def _class(name: str) -> str:
@@ -32,25 +32,15 @@ def _class(name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--budget", default="512M")
     ap.add_argument("--sample-wise", action="store_true")
     args = ap.parse_args()
-    w = WORKLOADS["librispeech-100"]
-    t, u, T, U = draw_lengths(w, 0)
-    rng = np.random.default_rng(0)
-    tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    dev = "cuda"
-
-    def arr(a, dtype=None):
-        x = torch.from_numpy(np.ascontiguousarray(a)).to(dev)
-        return x.to(dtype) if dtype is not None else x
-    xs = [arr(rng.standard_normal((w.batch, T, w.hidden)) * 0.5, tdt[args.dtype]),
-          arr(rng.standard_normal((w.batch, U + 1, w.hidden)) * 0.5, tdt[args.dtype]),
-          arr(rng.standard_normal((w.vocab, w.hidden)) / np.sqrt(w.hidden), tdt[args.dtype]),
-          arr(np.zeros(w.vocab), tdt[args.dtype])]
-    ints = [arr(a.astype(np.int32)) for a in
-            (rng.integers(1, w.vocab, (w.batch, U)), np.asarray(t), np.asarray(u))]
+    x = make_inputs(WORKLOADS["librispeech-100"])
+    tdt = getattr(torch, args.dtype)
+    xs = [torch.from_numpy(a).to("cuda", tdt) for a in (x.enc, x.pred, x.weight, x.bias)]
+    ints = [torch.from_numpy(a).to("cuda") for a in
+            (x.targets, x.enc_lengths, x.target_lengths)]
     kw = dict(reduction="sum", max_workspace_bytes=parse_bytes(args.budget),
               sample_wise=args.sample_wise)
 

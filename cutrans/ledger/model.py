@@ -22,9 +22,10 @@ Formulas (times in seconds; ``BW`` = HBM bandwidth, ``SMS`` = 132 SMs)::
     CuPy sum(axis=0) (column reduction, the old schedule only)
                     t = bytes / COLUMN_SUM_RATE
 
-Measured against an H100 (BENCHMARKS.md, "Measured against the model"): 0.80x of the
-wall time on librispeech fp32, 0.71x bf16; the one class it missed (0.18x) was the d_pred
-joint backward, bound by one thread's serial loop, which the model counts at full bandwidth.
+Measured against an H100 (BENCHMARKS.md, "Measured against the model"): the GPU time was
+0.80x of the measured wall time on librispeech fp32, 0.71x bf16 (0.85x and 0.79x with the
+host term below); the one class it missed (0.18x) was the d_pred joint backward, bound by
+one thread's serial loop, which the model counts at full bandwidth.
 
 Host time: ``wall_seconds`` adds ``HOST_PER_LAUNCH`` (27 us, measured) per launch to the
 GPU time (the report's "wall" line). Not modelled: overlap of host and GPU work, overlap of
