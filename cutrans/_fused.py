@@ -301,7 +301,8 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
     xp = be.xp
     topo = f.topo
     dplan = to_device(plan, targets, xp)
-    if status is not None:
+    if status is not None:  # device checks: the call may be captured in a CUDA graph
+        be.prepare_capture()
         be.check_targets(dplan, topo.vocab(f.sizes[1]), topo, status)
     sink = GradSink(xp, f, needs)
     state = one_pass_state(topo)
@@ -375,7 +376,8 @@ def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
         ctx, dplan = None, to_device(plan, targets, xp)
         state = {"values": topo.width, "alpha": 0, **({"coefs2": 2} if two else {})}
         sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state, 0)
-    if status is not None:
+    if status is not None:  # device checks: the call may be captured in a CUDA graph
+        be.prepare_capture()
         be.check_targets(dplan, topo.vocab(f.sizes[1]), topo, status)
     ws = make_workspace(xp, f, sched, state)
     log_like = xp.empty(plan.batch, dtype=cdt)

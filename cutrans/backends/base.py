@@ -143,6 +143,12 @@ class Backend(Protocol):
         None (skipped). Deterministic: fixed summation order, no float atomics.
         """
 
+    def prepare_capture(self) -> None:
+        """Get ready for calls captured in a CUDA graph (``checks="device"`` calls run it
+        first, outside or inside a capture): CuPy makes the capture route's cuBLAS handle
+        when no capture is in progress (``_cublas.prepare_capture``); CPU backends do
+        nothing."""
+
     def gemm(self, a, b, out, accumulate: bool = False, tf32: bool = False) -> None:
         """``out = a @ b`` (``out += a @ b`` when ``accumulate``) for 2-D arrays.
 

@@ -41,11 +41,13 @@ def _layout_args(layout):
 class KernelBackend:
     """Backend running the CUDA kernels through ``provider`` on arrays of ``xp``.
 
-    ``gemm``: the GEMM route (cuBLAS for CuPy, the NumPy reference for the emulation).
+    ``gemm``: the GEMM route (cuBLAS for CuPy, the NumPy reference for the emulation);
+    ``prepare_capture``: its preparation for CUDA-graph capture (None: nothing to do).
     """
 
-    def __init__(self, provider, xp, name: str, gemm):
+    def __init__(self, provider, xp, name: str, gemm, prepare_capture=None):
         self.provider, self.xp, self.name, self._gemm = provider, xp, name, gemm
+        self._prepare_capture = prepare_capture
 
     def _launch_rows(self, template, dtype, width, n_rows, args, general=None):
         """A row-wise kernel: ``pick_row_threads(width)`` threads per row; ``general``: the
@@ -162,14 +164,18 @@ class KernelBackend:
     def gemm(self, a, b, out, accumulate=False, tf32=False):
         self._gemm(a, b, out, accumulate, tf32)
 
+    def prepare_capture(self):
+        if self._prepare_capture is not None:
+            self._prepare_capture()
+
 
 @functools.lru_cache(maxsize=None)
 def cupy_backend() -> KernelBackend:
     """The CuPy backend (kernels compiled lazily per device, on first use; cuBLAS GEMMs)."""
     import cupy
 
-    from ._cublas import gemm
-    return KernelBackend(_kernels.CupyProvider(), cupy, "cupy", gemm)
+    from ._cublas import gemm, prepare_capture
+    return KernelBackend(_kernels.CupyProvider(), cupy, "cupy", gemm, prepare_capture)
 
 
 @functools.lru_cache(maxsize=None)

@@ -206,6 +206,9 @@ class NumpyBackend:
             flat[keys] = acc
 
     # ---------------------------------------------------------------- GEMM
+    def prepare_capture(self):
+        pass  # no CUDA graphs on the CPU
+
     def gemm(self, a, b, out, accumulate=False, tf32=False):
         cdt = np.float64 if out.dtype == np.float64 else np.float32
         if a.dtype == b.dtype == out.dtype == cdt and not tf32:  # no rounding to emulate

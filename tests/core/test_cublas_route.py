@@ -1,5 +1,6 @@
 """The CuPy backend's GEMM route (``cutrans.backends._cublas``) on the CPU: the cuBLAS
-wrapper and the handle are stand-ins that record the calls (no GPU needed)."""
+wrapper and the handle are stand-ins that record the calls (no GPU needed). Its switch to
+the ctypes route during stream capture: tests/core/test_cublas_ctypes.py."""
 import types
 
 import numpy as np
@@ -52,18 +53,6 @@ def test_gemm_is_one_gemm_ex_call_with_the_modes_restored(monkeypatch):
     # column-major out^T = b^T a^T: (n, m, k) = (4, 5, 3), b's pointer first, then a's
     assert args[0] == 1234 and args[3:6] == (4, 5, 3)
     assert args[7] == 2 and args[10] == 1 and args[14] == 3
-
-
-def test_stream_capture_refusal_becomes_a_clear_runtime_error(monkeypatch):
-    from cutrans.backends._cublas import CAPTURE_UNSUPPORTED, gemm
-    calls = _fake_cublas(monkeypatch, NotImplementedError(
-        "calling cuBLAS API during stream capture is currently unsupported"))
-    a, b, out = _DeviceArray((5, 3)), _DeviceArray((3, 4)), _DeviceArray((5, 4))
-    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph") as info:
-        gemm(a, b, out)
-    assert str(info.value) == CAPTURE_UNSUPPORTED
-    assert isinstance(info.value.__cause__, NotImplementedError)
-    assert [c[0] for c in calls][-2:] == ["setMathMode", "setPointerMode"]  # restored
 
 
 def test_other_not_implemented_errors_pass_through(monkeypatch):

@@ -78,11 +78,10 @@ def _cuda(torch):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_capture_is_refused_with_a_clear_error():
-    """Capturing the fused op in a CUDA graph is not supported: its GEMMs go through CuPy's
-    cuBLAS, which raises during stream capture (H100, 2026-11-26). cutrans says so in a
-    RuntimeError. (When capture becomes possible, this test becomes: a replay on new data
-    gives the eager loss and gradients.)"""
+def test_cuda_graph_capture_replays_new_data_like_eager():
+    """The fused loss and its backward captured in one CUDA graph (checks="device", host
+    lengths; the GEMMs through the capture-safe cuBLAS route, whose handle the warm-up
+    makes): replays on new data of the same shapes give eager's loss and gradients."""
     torch = pytest.importorskip("torch")
     _cuda(torch)
     from cutrans.interop.torch import transducer_loss
@@ -91,16 +90,29 @@ def test_cuda_graph_capture_is_refused_with_a_clear_error():
     status = torch.zeros((), dtype=torch.int32, device="cuda")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up: kernels compiled, plan cached on the device
-        transducer_loss(*static, y, tl, ul, checks="device", status=status).backward()
+    with torch.cuda.stream(side):  # warm-up: kernels compiled, plan cached, cuBLAS handle
+        for _ in range(2):
+            transducer_loss(*static, y, tl, ul, checks="device", status=status).backward()
     torch.cuda.current_stream().wait_stream(side)
+    for x in static:
+        x.grad = None
     graph = torch.cuda.CUDAGraph()
-    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
-        with torch.cuda.graph(graph):
-            transducer_loss(*static, y, tl, ul, checks="device", status=status)
-    torch.cuda.synchronize()
-    eager = transducer_loss(*static, y, tl, ul)  # the device still works afterwards
-    assert torch.isfinite(eager).item()
+    with torch.cuda.graph(graph):
+        loss = transducer_loss(*static, y, tl, ul, checks="device", status=status)
+        loss.backward()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(2):
+        with torch.no_grad():
+            for x in static:
+                x.copy_(torch.randn(x.shape, generator=gen, device="cuda"))
+        graph.replay()
+        eager = [x.detach().clone().requires_grad_() for x in static]
+        want = transducer_loss(*eager, y, tl, ul)
+        want.backward()
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
+        for x, e in zip(static, eager):
+            torch.testing.assert_close(x.grad, e.grad, rtol=1e-5, atol=1e-6)
+    assert int(status) == 0
 
 
 @pytest.mark.gpu
