@@ -1,12 +1,15 @@
 """GPU time per kernel of one fused call (torch.profiler lists CuPy's kernels), for the ledger.
 
     python scripts/gpu_profile.py [--dtype float32|bfloat16] [--budget 512M] [--sample-wise]
+                                  [--checks host|device]
 
 Runs ``cutrans.transducer_loss`` (reduction "sum", the one-pass path) on the
 ``librispeech-100`` workload (the bench's inputs, ``bench.workloads.make_inputs``, as torch
 CUDA tensors), warms up, then prints the median wall time of 5 calls (host clock around the
 call and a synchronize) and, from one profiled call, the GPU time and launches of every
 kernel class (cuBLAS GEMMs under one class) and their sum; wall - GPU is host time.
+``--checks device``: lengths on the host, no device-to-host read (what the host checks'
+synchronisations cost: compare the two wall times).
 """
 from __future__ import annotations
 
@@ -35,14 +38,16 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--budget", default="512M")
     ap.add_argument("--sample-wise", action="store_true")
+    ap.add_argument("--checks", default="host", choices=["host", "device"])
     args = ap.parse_args()
     x = make_inputs(WORKLOADS["librispeech-100"])
     tdt = getattr(torch, args.dtype)
     xs = [torch.from_numpy(a).to("cuda", tdt) for a in (x.enc, x.pred, x.weight, x.bias)]
-    ints = [torch.from_numpy(a).to("cuda") for a in
-            (x.targets, x.enc_lengths, x.target_lengths)]
+    ints = [torch.from_numpy(x.targets).to("cuda")] + [
+        torch.from_numpy(a).to("cpu" if args.checks == "device" else "cuda")
+        for a in (x.enc_lengths, x.target_lengths)]
     kw = dict(reduction="sum", max_workspace_bytes=parse_bytes(args.budget),
-              sample_wise=args.sample_wise)
+              sample_wise=args.sample_wise, checks=args.checks)
 
     def call():
         out = cutrans.transducer_loss(*xs, *ints, **kw)
@@ -69,7 +74,7 @@ def main() -> None:
             k[1] += e.count
     total = sum(v[0] for v in per.values()) / 1e3
     print(f"librispeech-100 {args.dtype} budget {args.budget}"
-          f"{' sample-wise' if args.sample_wise else ''}: wall median "
+          f"{' sample-wise' if args.sample_wise else ''} checks={args.checks}: wall median "
           f"{sorted(walls)[len(walls) // 2]:.2f} ms (5 calls, host clock + synchronize); "
           f"GPU kernels {total:.2f} ms (profiled call)")
     for name, (us, n) in sorted(per.items(), key=lambda kv: -kv[1][0]):
