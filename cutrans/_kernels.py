@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ._dtypes import DTYPES
 
 BLOCKS = (32, 128, 256)  # threads per block of the block-sized kernel templates
+JOINT_BACKWARD_BLOCKS = (32, 64, 128, 256)  # theirs: a thread per 16-byte word of H
 ROW_BLOCK = 256  # threads per block of the row-wise kernels (kRowBlock in common.cuh)
 ROW_TPR = (32, ROW_BLOCK)  # their template: threads per row (a warp, or the whole block)
 STORAGE = ("float16", "bfloat16", "float32", "float64")  # storage dtypes (all of DTYPES)
@@ -82,10 +83,12 @@ KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
                max_shared_bytes=5 * 64 * 4 + 32),
     KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0,
                blocks=ROW_TPR),
-    KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=72,
-               max_shared_bytes=0),
-    KernelSpec("joint_backward_pred", "joint.cu", _STORAGE_OUT, max_registers=72,
-               max_shared_bytes=0),
+    # a 16-byte word per thread, four rows' words in flight: 8 accumulators per row for
+    # 16-bit types (sm_90: 126 / 164 registers, no spills; occupancy is not their limit)
+    KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=136,
+               max_shared_bytes=0, blocks=JOINT_BACKWARD_BLOCKS),
+    KernelSpec("joint_backward_pred", "joint.cu", _STORAGE_OUT, max_registers=176,
+               max_shared_bytes=0, blocks=JOINT_BACKWARD_BLOCKS),
 )}
 
 
@@ -102,6 +105,15 @@ def name_expressions(source: str) -> list[str]:
 def pick_block(width: int) -> int:
     """Threads per block for work of ``width`` elements per row / per diagonal."""
     return 32 if width <= 64 else (128 if width <= 512 else 256)
+
+
+
+def joint_backward_block(H: int, itemsize: int) -> int:
+    """Threads per block of ``joint_backward_*``: a thread per 16-byte word of a row of H
+    elements (``joint_grad_sums``; per element for float64 or H not a multiple of a word)."""
+    n = 16 // itemsize if itemsize < 8 and H % (16 // itemsize) == 0 else 1
+    words = H // n
+    return next((b for b in JOINT_BACKWARD_BLOCKS if words <= b), JOINT_BACKWARD_BLOCKS[-1])
 
 
 LATTICE_SHARED_BYTES = 48 * 1024 - 256  # dynamic shared memory of a lattice block, at most

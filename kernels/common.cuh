@@ -148,20 +148,24 @@ template <class H> __device__ __forceinline__ void unpack16_half(uint4 w, float 
     x[2 * i + 1] = half_bits_to_compute<H>(words[i] >> 16);
   }
 }
+// a 16-byte word of T (loaded as a uint4) unpacked to the compute type
 template <class T, int N = Vec<T>::N>
-__device__ __forceinline__ void load16(const T* p, typename Compute<T>::type (&x)[N]);
-template <> __device__ __forceinline__ void load16<float>(const float* p, float (&x)[4]) {
-  unpack16(*reinterpret_cast<const uint4*>(p), x);
+__device__ __forceinline__ void unpack16_as(uint4 w, typename Compute<T>::type (&x)[N]);
+template <> __device__ __forceinline__ void unpack16_as<float>(uint4 w, float (&x)[4]) {
+  unpack16(w, x);
 }
-template <> __device__ __forceinline__ void load16<double>(const double* p, double (&x)[2]) {
-  unpack16(*reinterpret_cast<const uint4*>(p), x);
+template <> __device__ __forceinline__ void unpack16_as<double>(uint4 w, double (&x)[2]) {
+  unpack16(w, x);
 }
-template <> __device__ __forceinline__ void load16<__half>(const __half* p, float (&x)[8]) {
-  unpack16_half<__half>(*reinterpret_cast<const uint4*>(p), x);
+template <> __device__ __forceinline__ void unpack16_as<__half>(uint4 w, float (&x)[8]) {
+  unpack16_half<__half>(w, x);
 }
-template <> __device__ __forceinline__ void load16<__nv_bfloat16>(const __nv_bfloat16* p,
-                                                                 float (&x)[8]) {
-  unpack16_half<__nv_bfloat16>(*reinterpret_cast<const uint4*>(p), x);
+template <> __device__ __forceinline__ void unpack16_as<__nv_bfloat16>(uint4 w, float (&x)[8]) {
+  unpack16_half<__nv_bfloat16>(w, x);
+}
+template <class T>
+__device__ __forceinline__ void load16(const T* p, typename Compute<T>::type (&x)[Vec<T>::N]) {
+  unpack16_as<T>(*reinterpret_cast<const uint4*>(p), x);
 }
 
 __device__ __forceinline__ unsigned half_bits(__half h) { return __half_as_ushort(h); }

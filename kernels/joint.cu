@@ -5,7 +5,8 @@
 // (B, U_max + 1, H) are contiguous (enc_T = T_max, pred_U1 = U_max + 1). Math runs in the
 // compute type. Activation codes: 0 tanh, 1 relu, 2 identity.
 // The backward recomputes act'(x) from enc and pred (h is not kept) and reduces in a fixed
-// order (ordered_sum) with one thread per output element: deterministic, no atomics. Its
+// order (ordered_sum; joint_grad_sums: a thread per 16-byte word of a row, or per element)
+// per output element: deterministic, no atomics. Its
 // outputs have type O (T, or the compute type for the float32 accumulators of a sample
 // split across chunks); an output's row for sample b is (b - out_b0): out_b0 = 0 for whole
 // (B, ...) gradients.
@@ -61,6 +62,79 @@ __device__ __forceinline__ C ordered_sum(long long lo, long long hi, F term) {
   return s;
 }
 
+// out[k] (+)= sum over i in [lo, hi) of dh_i[k] * act'(act(f[k] + v_i[k])) for k < H, in
+// ordered_sum<4>'s order over i: the rows of dh are dh0 + i * ldh, those of v (the enc or
+// pred rows that vary with i) v0 + i * vstride, f the fixed row. Where every row starts on
+// a 16-byte boundary, a thread takes a 16-byte word (N = Vec<T>::N elements) of k: N
+// independent sums per loaded word, K = 4 rows' words in flight; the order of the sum per
+// element is the same either way. float64 stays scalar (it would spill).
+template <class T, class O, int BLOCK>
+__device__ __forceinline__ void joint_grad_sums(const T* dh0, long long ldh, const T* v0,
+                                                long long vstride, const T* f, long long lo,
+                                                long long hi, int H, int activation, O* out,
+                                                int accumulate) {
+  using C = typename Compute<T>::type;
+  constexpr int N = cutrans::Vec<T>::N;
+  constexpr int K = 4;
+  int tail = 0;
+  if (sizeof(T) < 8 && ldh % N == 0 && vstride % N == 0 && cutrans::is_aligned16(dh0) &&
+      cutrans::is_aligned16(v0) && cutrans::is_aligned16(f)) {
+    for (int w = threadIdx.x; w < H / N; w += BLOCK) {
+      C fk[N], p[K][N];
+      cutrans::load16<T>(f + w * N, fk);
+#pragma unroll
+      for (int j = 0; j < K; ++j)
+#pragma unroll
+        for (int n = 0; n < N; ++n) p[j][n] = C(0);
+      long long i = lo;
+      for (; i + K <= hi; i += K) {
+        uint4 dw[K], vw[K];  // the K rows' words, all loads issued before any use
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+          dw[j] = *reinterpret_cast<const uint4*>(dh0 + (i + j) * ldh + w * N);
+          vw[j] = *reinterpret_cast<const uint4*>(v0 + (i + j) * vstride + w * N);
+        }
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+          C d[N], v[N];
+          cutrans::unpack16_as<T>(dw[j], d);
+          cutrans::unpack16_as<T>(vw[j], v);
+#pragma unroll
+          for (int n = 0; n < N; ++n)
+            p[j][n] += d[n] * activate_grad(activate(fk[n] + v[n], activation), activation);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        if (i + j < hi) {
+          C d[N], v[N];
+          cutrans::load16<T>(dh0 + (i + j) * ldh + w * N, d);
+          cutrans::load16<T>(v0 + (i + j) * vstride + w * N, v);
+#pragma unroll
+          for (int n = 0; n < N; ++n)
+            p[j][n] += d[n] * activate_grad(activate(fk[n] + v[n], activation), activation);
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        C sum = p[0][n];
+#pragma unroll
+        for (int j = 1; j < K; ++j) sum += p[j][n];
+        store_out(out + w * N + n, sum, accumulate);
+      }
+    }
+    tail = H / N * N;
+  }
+  for (int k = tail + threadIdx.x; k < H; k += BLOCK) {
+    const C fk = cutrans::to_compute(f[k]);
+    const C acc = ordered_sum<K, C>(lo, hi, [&](long long i) {
+      const C hv = activate(fk + cutrans::to_compute(v0[i * vstride + k]), activation);
+      return cutrans::to_compute(dh0[i * ldh + k]) * activate_grad(hv, activation);
+    });
+    store_out(out + k, acc, accumulate);
+  }
+}
+
 // h[i, k] = act(enc + pred) as T: TPR threads per row (a warp per row, or a block per row
 // for very wide H; see cutrans::RowLoop), 16-byte words where the three rows are aligned.
 template <class T, int TPR>
@@ -111,7 +185,6 @@ joint_backward_enc(const T* __restrict__ dh, long long ldh, const T* __restrict_
                    long long n_rows, long long f0, long long n_frames, int H, long long enc_T,
                    long long pred_U1, int activation, O* __restrict__ d_enc, int out_b0,
                    long long out_T, int accumulate) {
-  using C = typename Compute<T>::type;
   for (long long j = blockIdx.x; j < n_frames; j += gridDim.x) {
     const long long F = f0 + j;
     const int b = cutrans::find_sample(frame_offsets, batch, F);
@@ -121,17 +194,10 @@ joint_backward_enc(const T* __restrict__ dh, long long ldh, const T* __restrict_
     const long long lo = first > row0 ? first : row0;
     const long long hi = first + U1 < row0 + n_rows ? first + U1 : row0 + n_rows;
     const T* e = enc + (b * enc_T + t) * H;
-    const T* q = pred + b * pred_U1 * H;
+    const T* q = pred + b * pred_U1 * H;  // row u of sample b: chunk row first + u
     O* out = d_enc + ((b - out_b0) * out_T + t) * H;
-    for (int k = threadIdx.x; k < H; k += BLOCK) {
-      const C ek = cutrans::to_compute(e[k]);
-      const C acc = ordered_sum<4, C>(lo, hi, [&](long long r) {
-        const long long u = r - first;
-        const C hv = activate(ek + cutrans::to_compute(q[u * H + k]), activation);
-        return cutrans::to_compute(dh[(r - row0) * ldh + k]) * activate_grad(hv, activation);
-      });
-      store_out(out + k, acc, accumulate);
-    }
+    joint_grad_sums<T, O, BLOCK>(dh + (lo - row0) * ldh, ldh, q + (lo - first) * H, H, e,
+                                 0, hi - lo, H, activation, out, accumulate);
   }
 }
 
@@ -149,7 +215,6 @@ joint_backward_pred(const T* __restrict__ dh, long long ldh, const T* __restrict
                     long long n_slots, int H, long long enc_T, long long pred_U1,
                     int activation, O* __restrict__ d_pred, int out_b0, long long out_U1,
                     int accumulate) {
-  using C = typename Compute<T>::type;
   for (long long j = blockIdx.x; j < n_slots; j += gridDim.x) {
     const long long L = l0 + j;
     const int b = cutrans::find_sample(label_offsets, batch, L);
@@ -163,18 +228,11 @@ joint_backward_pred(const T* __restrict__ dh, long long ldh, const T* __restrict
     long long t_hi = rel1 <= 0 ? 0 : (rel1 + U1 - 1) / U1;
     if (t_hi > frames) t_hi = frames;
     if (t_lo >= t_hi) continue;
-    const T* e = enc + b * enc_T * H;
+    const T* e = enc + (b * enc_T + t_lo) * H;  // frames t_lo, t_lo + 1, ...
     const T* q = pred + (b * pred_U1 + u) * H;
     O* out = d_pred + ((b - out_b0) * out_U1 + u) * H;
     const long long r0 = offsets[b] + t_lo * U1 + u - row0;  // chunk row of (b, t_lo, u)
-    for (int k = threadIdx.x; k < H; k += BLOCK) {
-      const C qk = cutrans::to_compute(q[k]);
-      const C acc = ordered_sum<4, C>(t_lo, t_hi, [&](long long t) {
-        const C hv = activate(cutrans::to_compute(e[t * H + k]) + qk, activation);
-        return cutrans::to_compute(dh[(r0 + (t - t_lo) * U1) * ldh + k]) *
-               activate_grad(hv, activation);
-      });
-      store_out(out + k, acc, accumulate);
-    }
+    joint_grad_sums<T, O, BLOCK>(dh + r0 * ldh, U1 * ldh, e, H, q, 0, t_hi - t_lo, H,
+                                 activation, out, accumulate);
   }
 }

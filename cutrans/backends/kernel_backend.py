@@ -142,7 +142,8 @@ class KernelBackend:
     def joint_backward(self, dh, enc, pred, plan, chunk, activation, d_enc, d_pred, out_b0=0,
                        accumulate=False):
         H = int(enc.shape[-1])
-        T, block, xp = dtype_name(enc.dtype), _kernels.pick_block(H), self.xp
+        T, xp = dtype_name(enc.dtype), self.xp
+        block = _kernels.joint_backward_block(H, enc.dtype.itemsize)
         common = (_ptr(dh, xp), _i64(dh.shape[1]), _ptr(enc, xp), _ptr(pred, xp), plan.offsets)
         rows = (_i64(chunk.row0), _i64(chunk.n))
         if d_enc is not None:

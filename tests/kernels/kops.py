@@ -199,10 +199,13 @@ def check_joint_forward(be, case, dtype, H, activation, chunks, stats=None):
                      f"joint_forward {dtype}")
 
 
-def check_joint_backward(be, case, dtype, H, activation, chunks, stats=None, out="same"):
+def check_joint_backward(be, case, dtype, H, activation, chunks, stats=None, out="same",
+                         ldh=None):
     """joint_backward over a chunking into outputs of the storage dtype (``out="same"``),
     or float32 accumulators (``out="float32"``, 16-bit storage); the first chunk writes,
-    later ones accumulate. Also a split-sample style call with ``out_b0``."""
+    later ones accumulate. Also a split-sample style call with ``out_b0``. ``ldh``: dh's
+    leading dimension (default H + 2: rows off the 16-byte grid, the kernels' per-element
+    path; a multiple of 8 with H one too: their 16-byte-word path)."""
     xp = be.xp
     rng = np.random.default_rng(12)
     enc, pred = joint_inputs(case, dtype, H)
@@ -212,7 +215,7 @@ def check_joint_backward(be, case, dtype, H, activation, chunks, stats=None, out
     d_pred = rng.standard_normal((case.B, case.U_max + 1, H)).astype(odt)
     d_encx, d_predx = to_xp(d_enc, xp), to_xp(d_pred, xp)
     dp, dpx = case.dplan(), case.dplan(xp)
-    ldh = H + 2
+    ldh = H + 2 if ldh is None else ldh
     for i, (row0, n) in enumerate(chunks):
         chunk = case.plan.chunk(row0, n)
         dh = rng.standard_normal((n, ldh)).astype(np_dtype(dtype))

@@ -79,14 +79,16 @@ def test_joint_forward(emu, err_stats, H, dtype, activation):
 @pytest.mark.parametrize("activation", [0, 1, 2])
 @pytest.mark.parametrize("out", ["same", "float32"])
 @pytest.mark.parametrize("dtype", STORAGE)
-@pytest.mark.parametrize("H", [16, 200])
-def test_joint_backward(emu, err_stats, H, dtype, out, activation):
-    """Outputs in the storage dtype, or float32 accumulators (16-bit storage only)."""
+@pytest.mark.parametrize("H, ldh", [(16, 18), (200, 202), (16, 24), (200, 208), (20, 24)])
+def test_joint_backward(emu, err_stats, H, ldh, dtype, out, activation):
+    """Outputs in the storage dtype, or float32 accumulators (16-bit storage only). ``dh``
+    rows off the 16-byte grid (ldh = H + 2) take the per-element path; ldh and H multiples
+    of a word's elements (4 float32, 8 16-bit; H = 20: float32 only) the word path."""
     if out == "float32" and dtype not in ("float16", "bfloat16"):
         pytest.skip("float32 accumulators exist for 16-bit storage only")
     case = Case(5, 4, 5, 3, 5)
     for chunks in case.chunkings():
-        check_joint_backward(emu, case, dtype, H, activation, chunks, err_stats, out)
+        check_joint_backward(emu, case, dtype, H, activation, chunks, err_stats, out, ldh)
 
 
 @pytest.mark.parametrize("dtype", COMPUTE)
