@@ -174,10 +174,12 @@ def prepare_capture() -> None:
     stream is capturing (creating it would break the capture) or it exists. A failure to
     load cuBLAS is kept and reported by the capture that needs it."""
     from cupy import cuda
+    from cupy.cuda import device
 
     try:
         if cuda.runtime.streamIsCapturing(cuda.get_current_stream().ptr):
             return
+        device.get_cublas_handle()  # CuPy's cuBLAS loaded: the copy the search finds first
         lib = _cublas_ctypes.library(_cuda_major())
         lib.prepare(cuda.Device().id)
     except (_cublas_ctypes.CublasError, cuda.runtime.CUDARuntimeError):

@@ -203,7 +203,8 @@ def _capturing_cupy(monkeypatch, stream=0x7000, device=0):
         setPointerMode=lambda h, m: calls.append(("setPointerMode", m)),
         setMathMode=lambda h, m: calls.append(("setMathMode", m)))
     monkeypatch.setitem(vars(libs), "cublas", fake)
-    monkeypatch.setattr(cupy_device, "get_cublas_handle", lambda: 1234, raising=False)
+    monkeypatch.setattr(cupy_device, "get_cublas_handle",
+                        lambda: calls.append(("get_cublas_handle",)) or 1234, raising=False)
     monkeypatch.setattr(cupy.cuda, "Device", lambda *a: types.SimpleNamespace(id=device))
     monkeypatch.setattr(cupy.cuda, "get_current_stream",
                         lambda *a: types.SimpleNamespace(ptr=stream))
@@ -215,10 +216,13 @@ def _capturing_cupy(monkeypatch, stream=0x7000, device=0):
 def test_refused_gemm_runs_through_ctypes_on_the_capturing_stream(fake, monkeypatch):
     lib, probes = fake
     calls = _capturing_cupy(monkeypatch, stream=0x7000)
-    monkeypatch.setattr(_cublas_ctypes, "library", lambda major: lib)
+    monkeypatch.setattr(_cublas_ctypes, "library",
+                        lambda major: calls.append(("library", major)) or lib)
     monkeypatch.setattr("cupy.cuda.runtime.streamIsCapturing", lambda s: False)
     _cublas.prepare_capture()  # the warm-up call, outside the capture
     assert lib.has_handle(0)
+    # CuPy's cuBLAS is loaded before the library search (so the search finds that copy)
+    assert calls == [("get_cublas_handle",), ("library", 13)]
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((3, 2)).astype(
         np.float32)
@@ -226,7 +230,8 @@ def test_refused_gemm_runs_through_ctypes_on_the_capturing_stream(fake, monkeypa
     _cublas.gemm(a, b, out)
     np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-6, atol=1e-6)
     assert probes.fake_last_stream() == 0x7000
-    assert calls[-2:] == [("setMathMode", 9), ("setPointerMode", 7)]  # CuPy's modes restored
+    modes = [c for c in calls if c[0].startswith("set")]
+    assert modes[-2:] == [("setMathMode", 9), ("setPointerMode", 7)]  # CuPy's modes restored
 
 
 @needs("cupy")
