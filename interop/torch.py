@@ -184,8 +184,9 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
             ``"device"``: no synchronisation -- pass the lengths as CPU tensors and an
             int32 ``status`` tensor of shape () on ``enc``'s device; labels and non-finite
             results are flagged into it (``cutrans.raise_for_status(status)`` reads it when
-            you choose). No CUDA-graph capture yet: CuPy's cuBLAS refuses calls during
-            stream capture (a ``RuntimeError`` says so). Needs
+            you choose). Capturable in a CUDA graph (``torch.cuda.graph``) after a
+            warm-up call outside the capture (its GEMMs then go to cuBLAS directly:
+            ``cutrans.backends._cublas``; not yet run on a GPU). Needs
             ``reduction`` "mean"/"sum" when gradients are needed.
     Returns:
         The reduced loss (``(B,)`` for ``"none"``) in the compute dtype: float32 for
