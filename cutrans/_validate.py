@@ -233,12 +233,16 @@ def check_values(t_name: str, logit_lengths, target_lengths, targets, max_frames
     return t_len, u_len, host_targets
 
 
-def check_finite(name: str, x, xp):
-    """No NaN/inf in ``x``, in O(1) extra memory: a NaN or inf anywhere makes the sum
-    (accumulated in float32/float64) non-finite."""
-    acc = xp.float64 if dtype_name(x.dtype) == "float64" else xp.float32
-    if not host_true(xp.isfinite(x.sum(dtype=acc))):
-        raise ValueError(f"{name}: expected finite values, found NaN or infinity")
+def check_finite(named, xp):
+    """No NaN/inf in any array of the ``(name, array)`` pairs, in O(1) extra memory (a NaN
+    or inf anywhere makes the sum, accumulated in float32/float64, non-finite) and one
+    device-to-host read for all of them; the error names the first bad one."""
+    flags = [xp.isfinite(x.sum(dtype=xp.float64 if dtype_name(x.dtype) == "float64"
+                                else xp.float32)) for _, x in named]
+    finite = host_read(xp.stack(flags)) if flags else ()
+    for (name, _), ok in zip(named, finite):
+        if not ok:
+            raise ValueError(f"{name}: expected finite values, found NaN or infinity")
 
 
 def check_log_probs(lp_blank, xp):

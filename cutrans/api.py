@@ -242,14 +242,15 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
     budget = v.check_workspace(max_workspace_bytes)
     sample_wise = v.check_bool("sample_wise", sample_wise)
     tf32 = v.check_bool("allow_tf32", allow_tf32)
-    t_len, u_len, targets = v.check_values("enc_lengths", enc_lengths, target_lengths,
-                                           targets, enc.shape[1], topo, V, on_host)
+    t_len, u_len, _ = v.check_values("enc_lengths", enc_lengths, target_lengths, targets,
+                                     enc.shape[1], topo, V, on_host)
     be = get_backend(backend, enc)
     xp = be.xp
-    for name, x in (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)):
+    floats = (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))
+    for name, x in floats:
         v.check_array_module(name, x, be)
-        if on_host:
-            v.check_finite(name, x, xp)
+    if on_host:
+        v.check_finite(floats, xp)
     f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in (
         ("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))),
         activation=act, topo=topo, fastemit_lambda=lam, clamp=clamp, tf32=tf32)
@@ -263,6 +264,7 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
             status = io.from_core(_status.new_status(xp))
         status_core = io.to_core(status)
         _status.check_status_array(status_core, xp)
+    # the caller's targets (device ones as they are: the host copy checked is not uploaded)
     return _FusedCall(be, f, xp.asarray(targets), make_plan(t_len, u_len), budget,
                       sample_wise, io, status_core, status)
 

@@ -57,6 +57,20 @@ def test_device_checks_read_nothing_back_and_agree(host_reads, backend, reductio
     assert host_reads == ["ndarray"]  # the caller's choice to read it
 
 
+def test_host_checks_read_the_four_inputs_finiteness_at_once(host_reads):
+    """checks="host" with host lengths and labels: one read for the four float inputs'
+    finiteness flags, one for the log-likelihoods', nothing else."""
+    floats, targets, t_len, u_len = fused_case()
+    cutrans.transducer_loss(*floats, targets, t_len, u_len)
+    assert len(host_reads) == 2 and host_reads[0] == "ndarray"  # the (4,) flags, then one
+    for i, name in enumerate(["enc", "pred", "weight", "bias"]):
+        bad = [x.copy() for x in floats]
+        bad[i].flat[-1] = np.inf
+        bad[-1][0] = np.nan if i < 3 else bad[-1][0]  # a later bad input too: the first is named
+        with pytest.raises(ValueError, match=f"^{name}: expected finite values"):
+            cutrans.transducer_loss(*bad, targets, t_len, u_len)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bad,flag,msg", [
     (9, _status.BAD_LABEL, r"targets: a label within target_lengths is outside \[0, V\)"),
