@@ -27,7 +27,8 @@ float64 is float64 throughout.
 
 Host synchronisation (CuPy arrays): the forwards copy ``*_lengths`` and ``targets`` to the
 host (the row plan and the validation need them), check the fused op's float inputs for
-NaN/inf (one ``bool(isfinite(x.sum()))`` per input) and the log-likelihoods once at the end.
+NaN/inf (``isfinite(x.sum())`` per input, read back once for the four) and the
+log-likelihoods once at the end.
 Nothing else synchronises: the kernels and the cuBLAS GEMMs are enqueued on the current
 CuPy stream, backwards included.
 """
