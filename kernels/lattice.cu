@@ -12,8 +12,8 @@
 // `diag_cells` values, dynamic shared memory), so a step reads no global memory that
 // depends on the step before; a sample whose diagonals are longer reads its neighbours from
 // the per-cell alpha / beta rows instead (global-memory writes of a block are visible to
-// the block after the barrier). Each thread loads the log-probabilities of its next cell a
-// step ahead (in flight across the step's work and barrier).
+// the block after the barrier). Each thread loads the log-probabilities of its first cell
+// kPrefetch diagonals ahead (in flight across that many steps' work and barriers).
 // `lattice_grad` (need_grad): one thread per row of samples [b0, b1), the coefficients
 // from alpha, beta and log_like.
 #include "common.cuh"
@@ -22,9 +22,15 @@ template <class C> struct Pair {
   C x, y;
 };
 
+// Diagonals whose first-cell log-probabilities a thread has in flight. row_stats wrote the
+// per-row values while it streamed the whole group's logits through L2, so most are likely
+// back in HBM, whose latency a single step's work does not cover (one step ahead measured
+// ~0.47 us per step on an H100, run B; deeper prefetch not yet measured).
+constexpr int kPrefetch = 4;
+
 // The two log-probabilities that the thread's first cell (t, u) of diagonal n reads (-inf
 // for none): the alpha sweep lp_blank(t-1, u), lp_emit(t, u-1); the beta sweep lp_blank(t, u),
-// lp_emit(t, u). Loaded a step ahead.
+// lp_emit(t, u). Loaded kPrefetch steps ahead.
 template <class C>
 __device__ __forceinline__ Pair<C> first_cell_log_probs(const C* vals, int w_in, int T, int U,
                                                         int n, bool back) {
@@ -62,14 +68,19 @@ __device__ __forceinline__ C sweep(const C* vals, int w_in, int T, int U, C* out
   C* cur = smem + diag_cells;
   constexpr int step = BACK ? -1 : 1;
   int n = BACK ? n_last : 0;
-  Pair<C> pre = first_cell_log_probs(vals, w_in, T, U, n, BACK);
+  Pair<C> ahead[kPrefetch];  // ahead[j]: first-cell log-probabilities of diagonal n + j step
+#pragma unroll
+  for (int j = 0; j < kPrefetch; ++j)
+    ahead[j] = first_cell_log_probs(vals, w_in, T, U, n + j * step, BACK);
   for (int k = 0; k <= n_last; ++k, n += step) {
     const int t_lo = n - U > 0 ? n - U : 0;
     const int t_hi = n < T - 1 ? n : T - 1;
     const int m = n - step;  // the diagonal read: n - 1 (alpha) or n + 1 (beta)
     const int q_lo = m - U > 0 ? m - U : 0;  // its t_lo
-    const Pair<C> f = pre;
-    pre = first_cell_log_probs(vals, w_in, T, U, n + step, BACK);
+    const Pair<C> f = ahead[0];
+#pragma unroll
+    for (int j = 0; j + 1 < kPrefetch; ++j) ahead[j] = ahead[j + 1];
+    ahead[kPrefetch - 1] = first_cell_log_probs(vals, w_in, T, U, n + kPrefetch * step, BACK);
     for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
       const int u = n - t;
       const long long c = static_cast<long long>(t) * U1 + u;
