@@ -84,13 +84,16 @@ def test_joint_forward(be, H, dtype):
             check_joint_forward(be, case, dtype, H, act, chunks, _STATS)
 
 
-@pytest.mark.parametrize("dtype", COMPUTE)
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("dtype", STORAGE)
 @pytest.mark.parametrize("H", [16, 200, 640])
-def test_joint_backward(be, H, dtype):
+def test_joint_backward(be, H, dtype, aligned):
+    """dh rows off the 16-byte grid (the per-element path) and on it (16-byte words)."""
     case = Case(5, 4, 5, 3, 5)
+    ldh = -(-H // 8) * 8 if aligned else H + 2
     for act in (0, 1, 2):
         for chunks in case.chunkings():
-            check_joint_backward(be, case, dtype, H, act, chunks, _STATS)
+            check_joint_backward(be, case, dtype, H, act, chunks, _STATS, ldh=ldh)
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])
@@ -117,6 +120,38 @@ def test_deterministic_and_side_stream():
         s.synchronize()
     assert [bits(x) for x in a.grads] == [bits(x) for x in b.grads]
     assert bits(a.loss) == bits(b.loss)
+
+
+def test_cupy_stream_capture_replays_like_eager():
+    """The core API on CuPy arrays with checks="device", captured with CuPy's own graph API
+    (after warm-up calls, so that CuPy's pool has the blocks and the capture route its
+    cuBLAS handle); replays on new data equal eager calls."""
+    case, args = fused_inputs(21, "float32", B=4, T=12, U=5, V=40, H=64)
+    floats = [cupy.asarray(a) for a in args[:4]]
+    targets, t_len, u_len = cupy.asarray(args[4]), args[5], args[6]
+    status = cupy.zeros((), dtype=cupy.int32)
+    kw = dict(blank=case.blank, checks="device", status=status, max_workspace_bytes=1 << 16)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        for _ in range(2):
+            cutrans.transducer_loss(*floats, targets, t_len, u_len, **kw)
+        stream.synchronize()
+        stream.begin_capture()
+        out = cutrans.transducer_loss(*floats, targets, t_len, u_len, **kw)
+        graph = stream.end_capture()
+    rng = cupy.random.default_rng(0)
+    for _ in range(2):
+        with stream:
+            for x in floats:
+                x[...] = rng.standard_normal(x.shape, dtype=cupy.float32)
+            graph.launch(stream)
+            stream.synchronize()
+        want = cutrans.transducer_loss(*[x.copy() for x in floats], targets, t_len, u_len,
+                                       blank=case.blank, max_workspace_bytes=1 << 16)
+        cupy.testing.assert_allclose(out.loss, want.loss, rtol=1e-5, atol=1e-6)
+        for g, w in zip(out.grads, want.grads):
+            cupy.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert int(status) == 0
 
 
 def _logits_bits(args, blank, **kw):
