@@ -73,9 +73,9 @@ KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
     KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=96, max_shared_bytes=128,
                blocks=ROW_TPR, general=(False, True)),
     KernelSpec("check_targets", "row_ops.cu", ((),), max_registers=32, max_shared_bytes=0),
-    # lattice: one block per (sample, sweep), latency-bound (the diagonals live in dynamic shared
-    # memory); the double instantiation takes 66 registers on sm_80/90 with the strided
-    # (AoS) per-row values
+    # lattice: one block per (sample, sweep), latency-bound (the diagonals live in dynamic
+    # shared memory); with four diagonals' loads in flight lattice<double, 32> takes 74
+    # registers on sm_80/90 (strided (AoS) per-row values)
     KernelSpec("lattice", "lattice.cu", _ONE_COMPUTE, max_registers=80, max_shared_bytes=16),
     KernelSpec("lattice_grad", "lattice.cu", _ONE_COMPUTE, max_registers=48,
                max_shared_bytes=0, blocks=ROW_TPR),  # launched with ROW_BLOCK: a row a thread
@@ -105,7 +105,6 @@ def name_expressions(source: str) -> list[str]:
 def pick_block(width: int) -> int:
     """Threads per block for work of ``width`` elements per row / per diagonal."""
     return 32 if width <= 64 else (128 if width <= 512 else 256)
-
 
 
 def joint_backward_block(H: int, itemsize: int) -> int:

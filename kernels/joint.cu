@@ -62,7 +62,13 @@ __device__ __forceinline__ C ordered_sum(long long lo, long long hi, F term) {
   return s;
 }
 
-// out[k] (+)= sum over i in [lo, hi) of dh_i[k] * act'(act(f[k] + v_i[k])) for k < H, in
+// One term of the joint backward's sums: dLoss/dpre = dh * act'(act(f + v)).
+template <class C>
+__device__ __forceinline__ C joint_grad_term(C dh, C f, C v, int activation) {
+  return dh * activate_grad(activate(f + v, activation), activation);
+}
+
+// out[k] (+)= sum over i in [0, n) of dh_i[k] * act'(act(f[k] + v_i[k])) for k < H, in
 // ordered_sum<4>'s order over i: the rows of dh are dh0 + i * ldh, those of v (the enc or
 // pred rows that vary with i) v0 + i * vstride, f the fixed row. Where every row starts on
 // a 16-byte boundary, a thread takes a 16-byte word (N = Vec<T>::N elements) of k: N
@@ -70,8 +76,8 @@ __device__ __forceinline__ C ordered_sum(long long lo, long long hi, F term) {
 // element is the same either way. float64 stays scalar (it would spill).
 template <class T, class O, int BLOCK>
 __device__ __forceinline__ void joint_grad_sums(const T* dh0, long long ldh, const T* v0,
-                                                long long vstride, const T* f, long long lo,
-                                                long long hi, int H, int activation, O* out,
+                                                long long vstride, const T* f, long long n,
+                                                int H, int activation, O* out,
                                                 int accumulate) {
   using C = typename Compute<T>::type;
   constexpr int N = cutrans::Vec<T>::N;
@@ -85,9 +91,9 @@ __device__ __forceinline__ void joint_grad_sums(const T* dh0, long long ldh, con
 #pragma unroll
       for (int j = 0; j < K; ++j)
 #pragma unroll
-        for (int n = 0; n < N; ++n) p[j][n] = C(0);
-      long long i = lo;
-      for (; i + K <= hi; i += K) {
+        for (int e = 0; e < N; ++e) p[j][e] = C(0);
+      long long i = 0;
+      for (; i + K <= n; i += K) {
         uint4 dw[K], vw[K];  // the K rows' words, all loads issued before any use
 #pragma unroll
         for (int j = 0; j < K; ++j) {
@@ -100,36 +106,34 @@ __device__ __forceinline__ void joint_grad_sums(const T* dh0, long long ldh, con
           cutrans::unpack16_as<T>(dw[j], d);
           cutrans::unpack16_as<T>(vw[j], v);
 #pragma unroll
-          for (int n = 0; n < N; ++n)
-            p[j][n] += d[n] * activate_grad(activate(fk[n] + v[n], activation), activation);
+          for (int e = 0; e < N; ++e) p[j][e] += joint_grad_term(d[e], fk[e], v[e], activation);
         }
       }
 #pragma unroll
       for (int j = 0; j < K; ++j) {
-        if (i + j < hi) {
+        if (i + j < n) {
           C d[N], v[N];
           cutrans::load16<T>(dh0 + (i + j) * ldh + w * N, d);
           cutrans::load16<T>(v0 + (i + j) * vstride + w * N, v);
 #pragma unroll
-          for (int n = 0; n < N; ++n)
-            p[j][n] += d[n] * activate_grad(activate(fk[n] + v[n], activation), activation);
+          for (int e = 0; e < N; ++e) p[j][e] += joint_grad_term(d[e], fk[e], v[e], activation);
         }
       }
 #pragma unroll
-      for (int n = 0; n < N; ++n) {
-        C sum = p[0][n];
+      for (int e = 0; e < N; ++e) {
+        C sum = p[0][e];
 #pragma unroll
-        for (int j = 1; j < K; ++j) sum += p[j][n];
-        store_out(out + w * N + n, sum, accumulate);
+        for (int j = 1; j < K; ++j) sum += p[j][e];
+        store_out(out + w * N + e, sum, accumulate);
       }
     }
     tail = H / N * N;
   }
   for (int k = tail + threadIdx.x; k < H; k += BLOCK) {
     const C fk = cutrans::to_compute(f[k]);
-    const C acc = ordered_sum<K, C>(lo, hi, [&](long long i) {
-      const C hv = activate(fk + cutrans::to_compute(v0[i * vstride + k]), activation);
-      return cutrans::to_compute(dh0[i * ldh + k]) * activate_grad(hv, activation);
+    const C acc = ordered_sum<K, C>(0, n, [&](long long i) {
+      return joint_grad_term(cutrans::to_compute(dh0[i * ldh + k]), fk,
+                             cutrans::to_compute(v0[i * vstride + k]), activation);
     });
     store_out(out + k, acc, accumulate);
   }
@@ -197,7 +201,7 @@ joint_backward_enc(const T* __restrict__ dh, long long ldh, const T* __restrict_
     const T* q = pred + b * pred_U1 * H;  // row u of sample b: chunk row first + u
     O* out = d_enc + ((b - out_b0) * out_T + t) * H;
     joint_grad_sums<T, O, BLOCK>(dh + (lo - row0) * ldh, ldh, q + (lo - first) * H, H, e,
-                                 0, hi - lo, H, activation, out, accumulate);
+                                 hi - lo, H, activation, out, accumulate);
   }
 }
 
@@ -232,7 +236,7 @@ joint_backward_pred(const T* __restrict__ dh, long long ldh, const T* __restrict
     const T* q = pred + (b * pred_U1 + u) * H;
     O* out = d_pred + ((b - out_b0) * out_U1 + u) * H;
     const long long r0 = offsets[b] + t_lo * U1 + u - row0;  // chunk row of (b, t_lo, u)
-    joint_grad_sums<T, O, BLOCK>(dh + r0 * ldh, U1 * ldh, e, H, q, 0, t_hi - t_lo, H,
+    joint_grad_sums<T, O, BLOCK>(dh + r0 * ldh, U1 * ldh, e, H, q, t_hi - t_lo, H,
                                  activation, out, accumulate);
   }
 }
