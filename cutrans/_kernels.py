@@ -70,12 +70,14 @@ _STORAGE_OUT = tuple((d, d) for d in STORAGE) + (("float16", "float32"),
 KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
     KernelSpec("row_stats", "row_ops.cu", _ONE_STORAGE, max_registers=72, max_shared_bytes=128,
                blocks=ROW_TPR, general=(False, True)),
-    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=96, max_shared_bytes=128,
+    # row_grad: four float32 words (two of 16-bit types) in flight per lane; the general
+    # (TDT, multi-blank) path takes up to 117 registers (sm_80/90), within its launch bound
+    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=120, max_shared_bytes=128,
                blocks=ROW_TPR, general=(False, True)),
     KernelSpec("check_targets", "row_ops.cu", ((),), max_registers=32, max_shared_bytes=0),
     # lattice: one block per (sample, sweep), latency-bound (the diagonals live in dynamic
-    # shared memory); with four diagonals' loads in flight lattice<double, 32> takes 74
-    # registers on sm_80/90 (strided (AoS) per-row values)
+    # shared memory); with four (double: two) diagonals' loads in flight, in unrolled rounds,
+    # it takes 48-64 registers on sm_80/90 (strided (AoS) per-row values)
     KernelSpec("lattice", "lattice.cu", _ONE_COMPUTE, max_registers=80, max_shared_bytes=16),
     KernelSpec("lattice_grad", "lattice.cu", _ONE_COMPUTE, max_registers=48,
                max_shared_bytes=0, blocks=ROW_TPR),  # launched with ROW_BLOCK: a row a thread
@@ -105,6 +107,13 @@ def name_expressions(source: str) -> list[str]:
 def pick_block(width: int) -> int:
     """Threads per block for work of ``width`` elements per row / per diagonal."""
     return 32 if width <= 64 else (128 if width <= 512 else 256)
+
+
+def lattice_block(max_diag: int) -> int:
+    """Threads per block of the RNN-T ``lattice``: a thread per cell of the longest diagonal
+    where a block size of ``BLOCKS`` covers it (a thread's further cells read their
+    log-probabilities without the prefetch, on the wavefront's critical path)."""
+    return next((b for b in BLOCKS if max_diag <= b), BLOCKS[-1])
 
 
 def joint_backward_block(H: int, itemsize: int) -> int:

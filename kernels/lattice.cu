@@ -24,9 +24,11 @@ template <class C> struct Pair {
 
 // Diagonals whose first-cell log-probabilities a thread has in flight. row_stats wrote the
 // per-row values while it streamed the whole group's logits through L2, so most are likely
-// back in HBM, whose latency a single step's work does not cover (one step ahead measured
-// ~0.47 us per step on an H100, run B; deeper prefetch not yet measured).
-constexpr int kPrefetch = 4;
+// back in HBM, whose latency a single step's work does not cover (H100: ~0.47 us per step
+// one step ahead, run B; the same in run C with a ring of four rotated by register moves,
+// which wait for the newest load: see sweep; the unrolled rounds are not yet measured).
+// (float: 4; double: 2, which keeps lattice<double, 128> free of spills)
+template <class C> constexpr int kPrefetch = sizeof(C) == 4 ? 4 : 2;
 
 // The two log-probabilities that the thread's first cell (t, u) of diagonal n reads (-inf
 // for none): the alpha sweep lp_blank(t-1, u), lp_emit(t, u-1); the beta sweep lp_blank(t, u),
@@ -68,52 +70,59 @@ __device__ __forceinline__ C sweep(const C* vals, int w_in, int T, int U, C* out
   C* cur = smem + diag_cells;
   constexpr int step = BACK ? -1 : 1;
   int n = BACK ? n_last : 0;
-  Pair<C> ahead[kPrefetch];  // ahead[j]: first-cell log-probabilities of diagonal n + j step
+  constexpr int D = kPrefetch<C>;
+  Pair<C> ahead[D];  // ahead[j]: first-cell log-probabilities of diagonal n + j step
 #pragma unroll
-  for (int j = 0; j < kPrefetch; ++j)
+  for (int j = 0; j < D; ++j)
     ahead[j] = first_cell_log_probs(vals, w_in, T, U, n + j * step, BACK);
-  for (int k = 0; k <= n_last; ++k, n += step) {
-    const int t_lo = n - U > 0 ? n - U : 0;
-    const int t_hi = n < T - 1 ? n : T - 1;
-    const int m = n - step;  // the diagonal read: n - 1 (alpha) or n + 1 (beta)
-    const int q_lo = m - U > 0 ? m - U : 0;  // its t_lo
-    const Pair<C> f = ahead[0];
+  // Rounds of D steps, unrolled: step j of a round uses ahead[j], then refills it for
+  // the step D later. A ring rotated by register moves would wait at the next step
+  // for the load just issued (one step ahead in effect, whatever D says).
+  for (int k0 = 0; k0 <= n_last; k0 += D) {
 #pragma unroll
-    for (int j = 0; j + 1 < kPrefetch; ++j) ahead[j] = ahead[j + 1];
-    ahead[kPrefetch - 1] = first_cell_log_probs(vals, w_in, T, U, n + kPrefetch * step, BACK);
-    for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
-      const int u = n - t;
-      const long long c = static_cast<long long>(t) * U1 + u;
-      const bool first = t == t_lo + static_cast<int>(threadIdx.x);
-      C v;
-      if (!BACK) {
-        if (n == 0) {
-          v = C(0);
+    for (int j = 0; j < D; ++j) {
+      if (k0 + j > n_last) break;  // uniform over the block
+      const int t_lo = n - U > 0 ? n - U : 0;
+      const int t_hi = n < T - 1 ? n : T - 1;
+      const int m = n - step;  // the diagonal read: n - 1 (alpha) or n + 1 (beta)
+      const int q_lo = m - U > 0 ? m - U : 0;  // its t_lo
+      const Pair<C> f = ahead[j];
+      for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
+        const int u = n - t;
+        const long long c = static_cast<long long>(t) * U1 + u;
+        const bool first = t == t_lo + static_cast<int>(threadIdx.x);
+        C v;
+        if (!BACK) {
+          if (n == 0) {
+            v = C(0);
+          } else {
+            const C lb = first ? f.x : (t > 0 ? vals[(c - U1) * w_in] : ninf);
+            const C le = first ? f.y : (u > 0 ? vals[(c - 1) * w_in + 1] : ninf);
+            const C from_t = t > 0 ? (shared ? prev[t - 1 - q_lo] : out[c - U1]) + lb : ninf;
+            const C from_u = u > 0 ? (shared ? prev[t - q_lo] : out[c - 1]) + le : ninf;
+            v = cutrans::log_add(from_t, from_u);
+          }
         } else {
-          const C lb = first ? f.x : (t > 0 ? vals[(c - U1) * w_in] : ninf);
-          const C le = first ? f.y : (u > 0 ? vals[(c - 1) * w_in + 1] : ninf);
-          const C from_t = t > 0 ? (shared ? prev[t - 1 - q_lo] : out[c - U1]) + lb : ninf;
-          const C from_u = u > 0 ? (shared ? prev[t - q_lo] : out[c - 1]) + le : ninf;
-          v = cutrans::log_add(from_t, from_u);
+          const C lb = first ? f.x : vals[c * w_in];
+          const C le = first ? f.y : vals[c * w_in + 1];
+          if (c == last) {
+            v = lb;
+          } else {
+            const C down = t + 1 < T ? (shared ? prev[t + 1 - q_lo] : out[c + U1]) : ninf;
+            const C right = u < U ? (shared ? prev[t - q_lo] : out[c + 1]) : ninf;
+            v = cutrans::log_add(down + lb, right + le);
+          }
         }
-      } else {
-        const C lb = first ? f.x : vals[c * w_in];
-        const C le = first ? f.y : vals[c * w_in + 1];
-        if (c == last) {
-          v = lb;
-        } else {
-          const C down = t + 1 < T ? (shared ? prev[t + 1 - q_lo] : out[c + U1]) : ninf;
-          const C right = u < U ? (shared ? prev[t - q_lo] : out[c + 1]) : ninf;
-          v = cutrans::log_add(down + lb, right + le);
-        }
+        if (shared) cur[t - t_lo] = v;
+        if (keep) out[c] = v;
       }
-      if (shared) cur[t - t_lo] = v;
-      if (keep) out[c] = v;
+      ahead[j] = first_cell_log_probs(vals, w_in, T, U, n + D * step, BACK);
+      __syncthreads();
+      C* swap = prev;
+      prev = cur;
+      cur = swap;
+      n += step;
     }
-    __syncthreads();
-    C* swap = prev;
-    prev = cur;
-    cur = swap;
   }
   return shared ? prev[0] : out[BACK ? 0 : last];
 }

@@ -107,7 +107,6 @@ class KernelBackend:
         _check_rows(plan)
         if b1 <= b0:
             return
-        block = _kernels.pick_block(plan.max_diag)
         dt = dtype_name(values.dtype)
         common = (plan.offsets, plan.logit_len, plan.target_len, _i32(b0), _i32(b1),
                   _i64(rbase))
@@ -115,7 +114,8 @@ class KernelBackend:
             cells = _kernels.lattice_diag_cells(plan.max_diag, values.dtype.itemsize)
             w_in = _i32(values.shape[1])
             sweeps = 2 if need_grad else 1  # alpha and beta sweeps in parallel blocks
-            self.provider.launch("lattice", dt, block, (b1 - b0) * sweeps, (
+            self.provider.launch("lattice", dt, _kernels.lattice_block(plan.max_diag),
+                                 (b1 - b0) * sweeps, (
                 *common, values, w_in, alpha, beta, log_like, _i32(bool(need_grad)),
                 _i32(cells)), shared_mem=2 * cells * values.dtype.itemsize)
             if need_grad:  # the coefficients: a thread per row (alpha holds >= the rows)
@@ -127,7 +127,8 @@ class KernelBackend:
         arcs = topo.arc_table()
         args = (*common, values, _i32(values.shape[1]), device_ints(self.xp, arcs),
                 _i32(len(arcs) // 5), alpha, beta, log_like, coefs, _i32(bool(need_grad)))
-        self.provider.launch("lattice_arcs", dt, block, b1 - b0, args)
+        self.provider.launch("lattice_arcs", dt, _kernels.pick_block(plan.max_diag), b1 - b0,
+                             args)
 
     # ---------------------------------------------------------------- joint
     def joint_forward(self, enc, pred, plan, row0, n_rows, activation, h):

@@ -64,6 +64,12 @@ def test_pick_block():
         [32, 32, 128, 128, 256, 256]
 
 
+def test_lattice_block_gives_each_cell_of_the_longest_diagonal_a_thread():
+    assert [_kernels.lattice_block(d) for d in (1, 32, 33, 128, 129, 256, 257, 10**4)] == \
+        [32, 32, 128, 128, 256, 256, 256, 256]
+    assert _kernels.KERNELS["lattice"].blocks == _kernels.BLOCKS  # each pick is compiled
+
+
 def test_import_touches_no_device_and_no_cupy():
     # (a None entry is a blocked module: tests/numpy_only/sitecustomize.py)
     code = ("import sys, cutrans, cutrans._kernels, cutrans.backends.kernel_backend\n"

@@ -101,7 +101,7 @@ def test_launches_are_those_of_a_real_run(dtype):
 def test_one_pass_sequence_per_group(dtype):
     """Exactly: per resident group 3 GEMMs, per split chunk 4, and no other ops; grids are
     rows (per block: 256 // threads per row) / frames / label slots / samples, blocks
-    256 threads for the row-wise kernels, pick_block(H / longest diagonal) for the others."""
+    256 threads for the row-wise kernels, pick_block(H), lattice_block(longest diagonal)."""
     dt = np.dtype(cutrans._dtypes.DTYPES[dtype][0])
     budget = _budget(dt)
     run = dr.dry_run(_shape(), dtype, budget=budget)
@@ -111,7 +111,7 @@ def test_one_pass_sequence_per_group(dtype):
     sched = _fused.make_schedule(f, plan, budget, False, _fused.one_pass_state(Topology()),
                                  _fused.fixed_bytes(f, True, True))
     hb = _kernels.pick_block(H)
-    lb = _kernels.pick_block(to_device(plan, targets, np).max_diag)
+    lb = _kernels.lattice_block(to_device(plan, targets, np).max_diag)
     rb = _kernels.ROW_BLOCK
 
     def rows(template, c, width):
