@@ -70,9 +70,7 @@ _STORAGE_OUT = tuple((d, d) for d in STORAGE) + (("float16", "float32"),
 KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
     KernelSpec("row_stats", "row_ops.cu", _ONE_STORAGE, max_registers=72, max_shared_bytes=128,
                blocks=ROW_TPR, general=(False, True)),
-    # row_grad: four float32 words (two of 16-bit types) in flight per lane; the general
-    # (TDT, multi-blank) path takes up to 117 registers (sm_80/90), within its launch bound
-    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=120, max_shared_bytes=128,
+    KernelSpec("row_grad", "row_ops.cu", _ONE_STORAGE, max_registers=96, max_shared_bytes=128,
                blocks=ROW_TPR, general=(False, True)),
     KernelSpec("check_targets", "row_ops.cu", ((),), max_registers=32, max_shared_bytes=0),
     # lattice: one block per (sample, sweep), latency-bound (the diagonals live in dynamic

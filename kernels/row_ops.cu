@@ -19,47 +19,31 @@ using cutrans::RowLoop;
 using cutrans::RowPos;
 using cutrans::Vec;
 
-// 16-byte words a lane loads before it uses them (row_lses, row_grad): a row's loads are in
-// flight together (V = 500: about all of a lane's words in float32 and bfloat16).
-template <class T> struct WordsInFlight {  // float: 4, 16-bit types: 2, double: 1 (no spills)
-  static constexpr int K = Vec<T>::N == 4 ? 4 : (Vec<T>::N == 8 ? 2 : 1);
-};
-
 // The logsumexps of a row's two softmax groups: tokens [0, vocab) and (TDT, GENERAL only)
 // durations [vocab, n_logits), by the row's TPR threads (every one gets them, identical
 // bits): warp shuffles for TPR = 32, plus the block's scratch for TPR = kRowBlock. Each
-// logit is read once (online logsumexp); a lane pushes its words in order w = lane, lane +
-// TPR, ..., then its element of the tail, whatever the loads' grouping.
+// logit is read once (online logsumexp).
 template <class T, int TPR, bool GENERAL>
 __device__ __forceinline__ void row_lses(const T* row, int n_logits, int vocab, int lane,
                                          typename Compute<T>::type* scratch,
                                          typename Compute<T>::type& lse_tok,
                                          typename Compute<T>::type& lse_dur) {
   using C = typename Compute<T>::type;
-  constexpr int N = Vec<T>::N, K = WordsInFlight<T>::K;
+  constexpr int N = Vec<T>::N;
   Lse<C> tok{cutrans::neg_inf(C()), C(0)}, dur{cutrans::neg_inf(C()), C(0)};
   const int n_tok = GENERAL ? vocab : n_logits;  // durations follow the tokens
+  int tail = 0;
   if (cutrans::is_aligned16(row)) {
-    const int words = n_tok / N;  // token words; the rest (< N <= TPR elements) one a lane
-    const int tail = words * N;
-    const bool has_tail = tail + lane < n_tok;
-    const C xt = has_tail ? cutrans::to_compute(row[tail + lane]) : C(0);
-    for (int w0 = lane; w0 < words; w0 += K * TPR) {
-      C x[K][N];
+    const int words = n_tok / N;  // token words; the rest goes element by element
+    for (int w = lane; w < words; w += TPR) {
+      C x[N];
+      cutrans::load16<T>(row + w * N, x);
 #pragma unroll
-      for (int k = 0; k < K; ++k)
-        if (w0 + k * TPR < words) cutrans::load16<T>(row + (w0 + k * TPR) * N, x[k]);
-#pragma unroll
-      for (int k = 0; k < K; ++k)
-        if (w0 + k * TPR < words) {
-#pragma unroll
-          for (int j = 0; j < N; ++j) cutrans::lse_push(tok, x[k][j]);
-        }
+      for (int j = 0; j < N; ++j) cutrans::lse_push(tok, x[j]);
     }
-    if (has_tail) cutrans::lse_push(tok, xt);
-  } else {
-    for (int k = lane; k < n_tok; k += TPR) cutrans::lse_push(tok, cutrans::to_compute(row[k]));
+    tail = words * N;
   }
+  for (int k = tail + lane; k < n_tok; k += TPR) cutrans::lse_push(tok, cutrans::to_compute(row[k]));
   if (GENERAL)
     for (int k = n_tok + lane; k < n_logits; k += TPR)
       cutrans::lse_push(dur, cutrans::to_compute(row[k]));
@@ -99,15 +83,6 @@ check_targets(const int* __restrict__ targets, long long tgt_ld,
   }
 }
 
-// The logit column behind value w of a row at p (row_stats): blank ids for w < nb, the
-// label for w = nb (-1 at u = U_b or for an out-of-range label), then the durations.
-__device__ __forceinline__ int value_column(int w, int nb, const int* blanks, const RowPos& p,
-                                            const int* targets, long long tgt_ld, int vocab) {
-  if (w < nb) return blanks[w];
-  if (w == nb) return p.u < p.U ? safe_label(targets, tgt_ld, p.b, p.u, vocab) : -1;
-  return vocab + (w - nb - 1);
-}
-
 // The per-row values of a topology (cutrans._topology): row r's W = nb + 1 + n_dur values
 // are values[(r - rbase) W + w]: for i < nb, values[i] = z[blanks[i]] - lse_tok - sigma;
 // values[nb] = z[y_b[u]] - lse_tok - sigma + delay_penalty ((T_b - 1) / 2 - t) (-inf at
@@ -137,29 +112,23 @@ row_stats(const T* __restrict__ z, long long row0, long long n_rows, int n_logit
     const long long r = row0 + i;
     const RowPos p = cutrans::row_pos(offsets, target_len, batch, r);
     const T* row = z + layout.start(i, p);
-    // the logit of the lane's first value, loaded before the reductions (which hide it)
-    const int col0 =
-        loop.lane < W ? value_column(loop.lane, nb, blanks, p, targets, tgt_ld, vocab) : -1;
-    const C x0 = col0 >= 0 ? cutrans::to_compute(row[col0]) : C(0);
     C lse_tok, lse_dur;
     row_lses<T, TPR, GENERAL>(row, n_logits, vocab, loop.lane, scratch, lse_tok, lse_dur);
     const long long e = r - rbase;
     for (int w = loop.lane; w < W; w += TPR) {
-      const int col = w == loop.lane ? col0 : value_column(w, nb, blanks, p, targets, tgt_ld,
-                                                           vocab);
-      const C x = w == loop.lane ? x0 : (col >= 0 ? cutrans::to_compute(row[col]) : C(0));
       C v;
       if (w < nb) {
-        v = x - lse_tok - sigma;
+        v = cutrans::to_compute(row[blanks[w]]) - lse_tok - sigma;
       } else if (w == nb) {
         v = cutrans::neg_inf(C());
-        if (col >= 0) {
-          v = x - lse_tok - sigma;
+        const int y = p.u < p.U ? safe_label(targets, tgt_ld, p.b, p.u, vocab) : -1;
+        if (y >= 0) {
+          v = cutrans::to_compute(row[y]) - lse_tok - sigma;
           if (delay_penalty != C(0))
             v += delay_penalty * (C(0.5) * C(logit_len[p.b] - 1) - C(p.t));
         }
       } else {
-        v = x - lse_dur;
+        v = cutrans::to_compute(row[vocab + (w - nb - 1)]) - lse_dur;
       }
       values[e * W + w] = v;
     }
@@ -261,23 +230,14 @@ row_grad(const T* z, T* grad, long long row0, long long n_rows, int n_logits, in
     const C s = scale[p.b];
     int tail = 0;
     if (cutrans::is_aligned16(row) && cutrans::is_aligned16(out)) {
-      constexpr int K = WordsInFlight<T>::K;
       const int words = n_logits / N;
-      for (int w0 = loop.lane; w0 < words; w0 += K * TPR) {
-        C x[K][N];
+      for (int w = loop.lane; w < words; w += TPR) {
+        C x[N];
+        cutrans::load16<T>(row + w * N, x);
 #pragma unroll
-        for (int q = 0; q < K; ++q)
-          if (w0 + q * TPR < words) cutrans::load16<T>(row + (w0 + q * TPR) * N, x[q]);
-#pragma unroll
-        for (int q = 0; q < K; ++q) {
-          const int w = w0 + q * TPR;
-          if (w < words) {
-#pragma unroll
-            for (int j = 0; j < N; ++j)
-              x[q][j] = s * clip(k.grad(w * N + j, x[q][j], lse_tok, lse_dur, vocab), clamp);
-            cutrans::store16<T>(out + w * N, x[q]);
-          }
-        }
+        for (int j = 0; j < N; ++j)
+          x[j] = s * clip(k.grad(w * N + j, x[j], lse_tok, lse_dur, vocab), clamp);
+        cutrans::store16<T>(out + w * N, x);
       }
       tail = words * N;
     }

@@ -114,3 +114,54 @@ def test_non_contiguous_inputs_are_copied_with_a_warning():
         got = cutrans.transducer_loss(enc_t, *floats[1:], targets, t_len, u_len)
     want = cutrans.transducer_loss(*floats, targets, t_len, u_len)
     np.testing.assert_array_equal(got.grads.enc, want.grads.enc)
+
+
+class _FakeCudaDevice:
+    """cupy.cuda.Device stand-in: a context that makes ``id`` current and restores the
+    previous device on exit (as CuPy's does)."""
+
+    current = 0
+
+    def __init__(self, device_id=None):
+        self.id = _FakeCudaDevice.current if device_id is None else device_id
+
+    def __enter__(self):
+        self._prev, _FakeCudaDevice.current = _FakeCudaDevice.current, self.id
+        return self
+
+    def __exit__(self, *exc):
+        _FakeCudaDevice.current = self._prev
+
+
+class _OnCuda:
+    def __init__(self, device_id):
+        self.device_id = device_id
+
+    def __dlpack_device__(self):
+        return (2, self.device_id)  # kDLCUDA
+
+
+def test_a_call_runs_on_its_datas_device_and_leaves_the_callers_current(monkeypatch):
+    """Issue 11 item 4, without a GPU: the core runs inside the data's device (here: 1
+    while the caller's current device is 0) and restores the caller's, also on an error."""
+    import types
+    from cutrans import _arrays
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(Device=_FakeCudaDevice)
+    monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
+    monkeypatch.setattr(_FakeCudaDevice, "current", 0)
+    seen = []
+
+    @_arrays.on_data_device
+    def op(x, fail=False):
+        seen.append(_FakeCudaDevice.current)
+        if fail:
+            raise ValueError("x: bad")
+        return "done"
+
+    assert op(_OnCuda(1)) == "done" and seen == [1]
+    assert _FakeCudaDevice.current == 0
+    with pytest.raises(ValueError, match="x: bad"):
+        op(x=_OnCuda(1), fail=True)
+    assert seen == [1, 1] and _FakeCudaDevice.current == 0
+    assert op(np.zeros(2)) == "done" and seen[-1] == 0  # host data: the device is untouched

@@ -5,6 +5,7 @@ Marked ``gpu`` and skipped unless CuPy sees a GPU. Same checks as tests/kernels 
 import os
 import sys
 
+import numpy as np
 import pytest
 
 cupy = pytest.importorskip("cupy")
@@ -120,6 +121,27 @@ def test_deterministic_and_side_stream():
         s.synchronize()
     assert [bits(x) for x in a.grads] == [bits(x) for x in b.grads]
     assert bits(a.loss) == bits(b.loss)
+
+
+@pytest.mark.parametrize("data_device", [0, 1])
+def test_runs_on_the_datas_device_and_keeps_the_callers(data_device):
+    """Issue 11 item 4: data on device ``data_device`` while the caller's current device is
+    0; the results live on the data's device, equal a NumPy run, and the current device is
+    0 afterwards (with one GPU: the device-0 case only)."""
+    if data_device >= cupy.cuda.runtime.getDeviceCount():
+        pytest.skip("needs two CUDA devices")
+    case, args = fused_inputs(23, "float32", B=3, T=9, U=4, V=30, H=32)
+    want = cutrans.transducer_loss(*args, blank=case.blank)
+    with cupy.cuda.Device(data_device):
+        xargs = [cupy.asarray(a) for a in args]
+    cupy.cuda.Device(0).use()
+    got = cutrans.transducer_loss(*xargs, blank=case.blank)
+    assert cupy.cuda.runtime.getDevice() == 0
+    assert got.loss.device.id == data_device and all(g.device.id == data_device
+                                                       for g in got.grads)
+    np.testing.assert_allclose(cupy.asnumpy(got.loss), want.loss, rtol=1e-5)
+    for g, w in zip(got.grads, want.grads):
+        np.testing.assert_allclose(cupy.asnumpy(g), w, rtol=1e-4, atol=1e-5)
 
 
 def test_cupy_stream_capture_replays_like_eager():
