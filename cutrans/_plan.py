@@ -18,6 +18,7 @@ The lattice runs once per group, on all of its samples.
 """
 from __future__ import annotations
 
+import atexit
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -180,6 +181,10 @@ class DevicePlan:
 _PLAN_CACHE: OrderedDict = OrderedDict()  # (device, lengths) -> device plan arrays
 _PLAN_CACHE_SIZE = 16
 _PLAN_LOCK = threading.Lock()
+# Freed at exit, before the interpreter tears modules down: arrays made under the torch
+# adapter come from PyTorch's allocator, whose free callback needs torch still importable
+# (at teardown it printed "Error in sys.excepthook" on the H100 image).
+atexit.register(_PLAN_CACHE.clear)
 
 
 def _plan_arrays(plan: RowPlan, xp) -> tuple:

@@ -76,3 +76,22 @@ def test_rows_per_chunk_budget():
     assert rows_per_chunk(1000, 10, 100, 5) == 5
     with pytest.raises(ValueError, match="max_workspace_bytes=100 is too small"):
         rows_per_chunk(100, 10, 95, 5)
+
+
+def test_device_plan_cache_is_freed_at_exit_before_teardown():
+    """The cached device arrays go at exit, while every module still works (PyTorch's
+    allocator frees them through Python callbacks): by cutrans's own handler (atexit runs
+    last-in first-out), not at interpreter teardown after every handler."""
+    import subprocess
+    import sys
+    code = ("import atexit\n"
+            "atexit.register(lambda: print('first-registered', flush=True))\n"
+            "import cutrans._plan as p\n"
+            "class Sentinel:\n"
+            "    def __del__(self):\n"
+            "        print('freed', flush=True)\n"
+            "p._PLAN_CACHE[('cuda', 0, b'', b'')] = Sentinel()\n"
+            "atexit.register(lambda: print('atexit', flush=True))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["atexit", "freed", "first-registered"]
