@@ -15,8 +15,8 @@ log_softmax inside its kernel; until 2026-11-26 the bench applied an explicit
 ``log_softmax`` and ``fused_log_softmax=False``: librispeech-100 fp32 on an H100, 163 ms
 then, 148 ms this way). Without torchaudio: the explicit ``log_softmax`` and ``alpha_loss``
 below: a vectorised alpha recursion over the anti-diagonals ``n = t + u`` of the lattice,
-differentiated by autograd. Masked lattice points hold a large finite negative number instead of ``-inf``
-(``logaddexp(-inf, -inf)`` has a NaN gradient).
+differentiated by autograd. Masked lattice points hold a large finite negative number
+instead of ``-inf`` (``logaddexp(-inf, -inf)`` has a NaN gradient).
 """
 from __future__ import annotations
 

@@ -144,11 +144,12 @@ class _OnCuda:
 def test_a_call_runs_on_its_datas_device_and_leaves_the_callers_current(monkeypatch):
     """Issue 11 item 4, without a GPU: the core runs inside the data's device (here: 1
     while the caller's current device is 0) and restores the caller's, also on an error."""
+    import sys
     import types
     from cutrans import _arrays
     fake = types.ModuleType("cupy")
     fake.cuda = types.SimpleNamespace(Device=_FakeCudaDevice)
-    monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(_FakeCudaDevice, "current", 0)
     seen = []
 
