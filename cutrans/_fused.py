@@ -292,6 +292,13 @@ def check_fused_log_likelihood(log_like, xp, status=None) -> None:
                          f"overflow, |z| > 65504?); use bfloat16 or float32 inputs")
 
 
+def device_checks(be, f: FusedInputs, dplan: DevicePlan, status) -> None:
+    """``checks="device"``: the labels flagged into ``status`` by a kernel; the call may be
+    captured in a CUDA graph, so the backend gets ready for that first."""
+    be.prepare_capture()
+    be.check_targets(dplan, f.topo.vocab(f.sizes[1]), f.topo, status)
+
+
 # ------------------------------------------------------------------ one pass
 def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
              max_workspace_bytes: int, sample_wise: bool, status=None):
@@ -301,9 +308,8 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
     xp = be.xp
     topo = f.topo
     dplan = to_device(plan, targets, xp)
-    if status is not None:  # device checks: the call may be captured in a CUDA graph
-        be.prepare_capture()
-        be.check_targets(dplan, topo.vocab(f.sizes[1]), topo, status)
+    if status is not None:
+        device_checks(be, f, dplan, status)
     sink = GradSink(xp, f, needs)
     state = one_pass_state(topo)
     sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state,
@@ -376,9 +382,8 @@ def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
         ctx, dplan = None, to_device(plan, targets, xp)
         state = {"values": topo.width, "alpha": 0, **({"coefs2": 2} if two else {})}
         sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state, 0)
-    if status is not None:  # device checks: the call may be captured in a CUDA graph
-        be.prepare_capture()
-        be.check_targets(dplan, topo.vocab(f.sizes[1]), topo, status)
+    if status is not None:
+        device_checks(be, f, dplan, status)
     ws = make_workspace(xp, f, sched, state)
     log_like = xp.empty(plan.batch, dtype=cdt)
     log_like2 = xp.empty(plan.batch, dtype=cdt) if two else None

@@ -252,8 +252,7 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
         v.check_array_module(name, x, be)
     if on_host:
         v.check_finite(floats, xp)
-    f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in (
-        ("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))),
+    f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in floats),
         activation=act, topo=topo, fastemit_lambda=lam, clamp=clamp, tf32=tf32)
     status_core = None
     if not on_host:

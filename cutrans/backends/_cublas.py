@@ -72,6 +72,14 @@ class GemmExArgs:
     compute: int
     algo: int = _GEMM_DEFAULT
 
+    def after_handle(self) -> tuple:
+        """``cublasGemmEx``'s arguments after the handle, in its order (scalars by host
+        address)."""
+        return (self.op_b, self.op_a, self.n, self.m, self.k, self.alpha.ctypes.data,
+                self.b_ptr, self.b_type, self.ldb, self.a_ptr, self.a_type, self.lda,
+                self.beta.ctypes.data, self.out_ptr, self.out_type, self.ldc, self.compute,
+                self.algo)
+
 
 def _operand(x):
     """(cuBLAS op, ld) of a 2-D view ``x`` read as the column-major matrix ``x^T``."""
@@ -132,10 +140,7 @@ def gemm(a, b, out, accumulate: bool = False, tf32: bool = False) -> None:
     cublas.setMathMode(handle, _DEFAULT_MATH)
     refused = None
     try:
-        cublas.gemmEx(handle, args.op_b, args.op_a, args.n, args.m, args.k,
-                      args.alpha.ctypes.data, args.b_ptr, args.b_type, args.ldb,
-                      args.a_ptr, args.a_type, args.lda, args.beta.ctypes.data,
-                      args.out_ptr, args.out_type, args.ldc, args.compute, args.algo)
+        cublas.gemmEx(handle, *args.after_handle())
     except NotImplementedError as exc:
         if "capture" not in str(exc):
             raise

@@ -116,11 +116,7 @@ class CublasLibrary:
         """One ``cublasGemmEx`` on ``stream`` with ``args`` (``_cublas.GemmExArgs``)."""
         handle = self._handles[device]
         self._call("cublasSetStream", handle, _c_void_p(stream))
-        self._call("cublasGemmEx", handle, args.op_b, args.op_a, args.n, args.m, args.k,
-                   args.alpha.ctypes.data, args.b_ptr, args.b_type, args.ldb,
-                   args.a_ptr, args.a_type, args.lda,
-                   args.beta.ctypes.data, args.out_ptr, args.out_type, args.ldc,
-                   args.compute, args.algo)
+        self._call("cublasGemmEx", handle, *args.after_handle())
 
 
 _LIBRARY: CublasLibrary | None = None

@@ -1,12 +1,13 @@
 """The recording backend: what a call would launch on a GPU, without computing anything.
 
 ``RecordingBackend`` is ``backends.kernel_backend.KernelBackend`` itself (same ops, same
-block choices (``_kernels.pick_block``, ``joint_backward_block``), same grid sizes: rows,
-``chunk.n_frames``, ``chunk.n_slots``, samples; grids clamped to ``_kernels.MAX_GRID`` as
-``_Provider.launch`` does) over a ``RecordingProvider`` that records each launch instead
-of running it, on NumPy arrays (``xp`` = numpy). Each op then annotates its launch(es) with the bytes the kernel must
-move between HBM and the SMs and, for GEMMs, the FLOPs. Nothing is computed; the only
-writes are placeholders where the orchestration later reads values:
+block choices (``_kernels.pick_block``, ``lattice_block``, ``joint_backward_block``), same
+grid sizes: rows, ``chunk.n_frames``, ``chunk.n_slots``, samples; grids clamped to
+``_kernels.MAX_GRID`` as ``_Provider.launch`` does) over a ``RecordingProvider`` that
+records each launch instead of running it, on NumPy arrays (``xp`` = numpy). Each op then
+annotates its launch(es) with the bytes the kernel must move between HBM and the SMs and,
+for GEMMs, the FLOPs. Nothing is computed; the only writes are placeholders where the
+orchestration later reads values:
 
 * ``lattice``: ``log_like[b0:b1] = -1`` (the final finiteness check passes);
 * ``row_stats`` with ``fill_log_probs``: the first value (blank) of each row ``= -1`` (the
