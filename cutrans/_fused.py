@@ -20,6 +20,11 @@ Two paths:
   (reduction "mean"/"sum", the usual training case). Each group goes forward, through its
   lattice and backward while its logits are still in the workspace (three GEMMs); split
   groups recompute their chunks (four GEMMs). Nothing of size O(rows) outlives a group.
+  **Pipelined** (``PIPELINE = "on"``, environment ``CUTRANS_PIPELINE=on``; off by default
+  until a GPU measures it): two workspace sets of half the budget; group g's lattice runs on
+  a side stream (``backends._side_stream``) while the main stream computes group g + 1's
+  logits and group g - 1's gradients. Same math per group, same order of the gradient
+  sums; used when the one-set schedule has several groups and two sets recompute no more.
 * **two passes** (``forward`` + ``backward``): a per-sample upstream gradient, known only
   later. The forward keeps 2 floats per row (the gradient coefficients); the backward
   recomputes every chunk (or reuses the one resident chunk).
@@ -37,6 +42,7 @@ a quarter of the budget holds the state of split groups (at least one sample's l
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +55,11 @@ from ._plan import Chunk, DevicePlan, Group, RowPlan, rows_per_chunk, to_device
 from ._topology import Topology
 from .backends.base import RowLayout
 
+
+
+#: "on": the one pass runs the lattices on a side stream, two workspace sets (see the module
+#: docstring); "off": one stream, one set.
+PIPELINE = os.environ.get("CUTRANS_PIPELINE", "off")
 
 
 def one_pass_state(topo) -> dict:
@@ -113,13 +124,14 @@ class Schedule:
 
 
 def make_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
-                  state: dict, fixed_extra: int) -> Schedule:
-    """Groups and chunks whose workspace fits ``budget`` bytes (see the module docstring)."""
+                  state: dict, fixed_extra: int, sets: int = 1) -> Schedule:
+    """Groups and chunks whose workspace fits ``budget`` bytes (see the module docstring)
+    ``sets`` times (the pipelined one pass: 2)."""
     H, V, Hp, Vp = f.sizes
     s = np.dtype(f.enc.dtype).itemsize
     c = np.dtype(compute_dtype(f.enc.dtype)).itemsize
-    state_row = max(1, _floats(state)) * c
-    per_row = (Hp + Vp) * s + state_row
+    state_row = max(1, _floats(state)) * c * sets
+    per_row = (Hp + Vp) * s * sets + state_row
     fixed = V * Hp * s + fixed_extra
     rows = rows_per_chunk(budget, per_row, fixed, plan.rows)
     state_rows = rows
@@ -154,12 +166,14 @@ def fixed_bytes(f: FusedInputs, need_w: bool, need_h: bool) -> int:
     return n
 
 
-def make_workspace(xp, f: FusedInputs, sched: Schedule, state: dict) -> Workspace:
+def make_workspace(xp, f: FusedInputs, sched: Schedule, state: dict, w_aug=None) -> Workspace:
+    """A chunk workspace for ``sched``; ``w_aug``: another set's (read-only) to share."""
     H, V, Hp, Vp = f.sizes
     sdt, cdt = f.enc.dtype, compute_dtype(f.enc.dtype)
-    w_aug = xp.zeros((V, Hp), dtype=sdt)
-    w_aug[:, :H] = f.weight
-    w_aug[:, H] = f.bias
+    if w_aug is None:
+        w_aug = xp.zeros((V, Hp), dtype=sdt)
+        w_aug[:, :H] = f.weight
+        w_aug[:, H] = f.bias
     h = xp.empty((sched.chunk_rows, Hp), dtype=sdt)
     h[:, H] = 1
     h[:, H + 1:] = 0
@@ -300,11 +314,67 @@ def device_checks(be, f: FusedInputs, dplan: DevicePlan, status) -> None:
 
 
 # ------------------------------------------------------------------ one pass
+def pipeline_side(be):
+    """The side stream of a pipelined one pass (``PIPELINE``), or None."""
+    if PIPELINE not in ("on", "off"):
+        raise ValueError(f"CUTRANS_PIPELINE: expected 'on' or 'off', got {PIPELINE!r}")
+    side_stream = getattr(be, "side_stream", None)
+    return side_stream() if PIPELINE == "on" and side_stream is not None else None
+
+
+def pipelined_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
+                       state: dict, fixed: int, one_set: Schedule) -> Schedule | None:
+    """The two-set schedule, if it is worth it: ``one_set`` has several groups (one lattice
+    to hide behind another group's work at least) and two sets split no sample that one set
+    keeps whole (a recomputed chunk costs a GEMM more than a lattice)."""
+    if len(one_set.groups) < 2:
+        return None
+    try:
+        two = make_schedule(f, plan, budget, sample_wise, state, fixed, sets=2)
+    except ValueError:  # half the budget holds no row
+        return None
+    if all(g.resident for g in one_set.groups) and not all(g.resident for g in two.groups):
+        return None
+    return two
+
+
+class _OnePass:
+    """One pass's three stages per group, on a workspace set: ``forward`` (logits and row
+    statistics of every chunk), ``lattice``, ``backward`` (gradients; split groups
+    recompute their chunks' logits, whose kept logsumexps still hold)."""
+
+    def __init__(self, be, f: FusedInputs, dplan: DevicePlan, up, sink: GradSink, log_like,
+                 log_like2):
+        self.be, self.f, self.dplan, self.up, self.sink = be, f, dplan, up, sink
+        self.log_like, self.log_like2 = log_like, log_like2
+
+    def forward(self, g: Group, ws: Workspace) -> None:
+        st = ws.state
+        for c in g.chunks:
+            chunk_logits(self.be, self.f, ws, self.dplan, c)
+            self.be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, self.dplan, self.f.topo,
+                              st["values"], g.row0, st["lse"])
+
+    def lattice(self, g: Group, ws: Workspace) -> None:
+        st = ws.state
+        run_lattices(self.be, self.f.topo, self.dplan, g.b0, g.b1, g.row0, st["values"],
+                     st["alpha"], st["beta"], True, st.get("coefs2"), self.log_like,
+                     self.log_like2)
+
+    def backward(self, g: Group, ws: Workspace) -> None:
+        st = ws.state
+        for c in g.chunks:
+            if not g.resident:
+                chunk_logits(self.be, self.f, ws, self.dplan, c)
+            chunk_backward(self.be, self.f, ws, self.dplan, c, st["values"], st.get("coefs2"),
+                           g.row0, st["lse"], self.up, self.sink)
+
+
 def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
              max_workspace_bytes: int, sample_wise: bool, status=None):
     """Per-sample losses (B,) and the gradients of ``scale * sum_b loss_b`` (see
-    ``GradSink.finish``), in one pass over the groups. ``status``: device-side checks
-    (``cutrans._status``) instead of host ones."""
+    ``GradSink.finish``), in one pass over the groups (pipelined: see the module docstring).
+    ``status``: device-side checks (``cutrans._status``) instead of host ones."""
     xp = be.xp
     topo = f.topo
     dplan = to_device(plan, targets, xp)
@@ -312,27 +382,36 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
         device_checks(be, f, dplan, status)
     sink = GradSink(xp, f, needs)
     state = one_pass_state(topo)
-    sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state,
-                          fixed_bytes(f, sink.d_w is not None, sink.need_h))
-    ws = make_workspace(xp, f, sched, state)
+    fixed = fixed_bytes(f, sink.d_w is not None, sink.need_h)
+    sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state, fixed)
+    side = pipeline_side(be)
+    two = side and pipelined_schedule(f, plan, max_workspace_bytes, sample_wise, state, fixed,
+                                      sched)
+    sched = two or sched
+    sets = [make_workspace(xp, f, sched, state)]
+    if two:
+        sets.append(make_workspace(xp, f, sched, state, w_aug=sets[0].w_aug))
     cdt = compute_dtype(f.enc.dtype)
-    up = xp.full(plan.batch, scale, dtype=cdt)
     log_like = xp.empty(plan.batch, dtype=cdt)
     log_like2 = xp.empty(plan.batch, dtype=cdt) if topo.omega else None
-    st = ws.state
-    for g in sched.groups:
-        # a recomputed (split) chunk has the same logits: the kept logsumexps hold
-        for c in g.chunks:
-            chunk_logits(be, f, ws, dplan, c)
-            be.row_stats(ws.z[:c.n], ws.layout, c.row0, c.n, dplan, topo, st["values"],
-                         g.row0, st["lse"])
-        run_lattices(be, topo, dplan, g.b0, g.b1, g.row0, st["values"], st["alpha"],
-                     st["beta"], True, st.get("coefs2"), log_like, log_like2)
-        for c in g.chunks:
-            if not g.resident:
-                chunk_logits(be, f, ws, dplan, c)
-            chunk_backward(be, f, ws, dplan, c, st["values"], st.get("coefs2"), g.row0,
-                           st["lse"], up, sink)
+    run = _OnePass(be, f, dplan, xp.full(plan.batch, scale, dtype=cdt), sink, log_like,
+                   log_like2)
+    if not two:
+        for g in sched.groups:
+            run.forward(g, sets[0])
+            run.lattice(g, sets[0])
+            run.backward(g, sets[0])
+    else:  # main: F0 F1 B0 F2 B1 ...; side: L0 L1 L2 ... (Lg after Fg, Bg after Lg)
+        for i, g in enumerate(sched.groups):
+            ws = sets[i % 2]
+            run.forward(g, ws)
+            side.launch(i % 2, lambda: run.lattice(g, ws))
+            if i:
+                side.wait((i - 1) % 2)
+                run.backward(sched.groups[i - 1], sets[(i - 1) % 2])
+        last = len(sched.groups) - 1
+        side.wait(last % 2)
+        run.backward(sched.groups[last], sets[last % 2])
     check_fused_log_likelihood(log_like, xp, status)
     return losses_from(log_like, f.fastemit_lambda, topo, log_like2), sink.finish()
 

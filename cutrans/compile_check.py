@@ -8,6 +8,8 @@ Contract::
     resource_usage(code, name_expressions, arch="sm_80", ...) -> {kernel: {"registers",
         "spill_stores", "spill_loads", "shared_bytes", "stack_bytes", "mangled"}}
     check_limits(usage, max_registers=None, max_shared=None, allow_spills=False)  # AssertionError
+    sass(code, name_expressions, arch="sm_90", ...) -> {kernel: [SASS instruction, ...]}
+    sass_stats(instructions) -> {"instructions", "mufu", "barriers", "between_barriers"}
 
 Options are RawModule's: ``cupy._core.core.assemble_cupy_compiler_options(options)`` +
 ``-ftz=true`` + ``-arch=sm_XX`` (``compute_XX`` for PTX) + ``--device-as-default-execution-space``
@@ -18,9 +20,15 @@ any other ``-I`` holding ``cuda_runtime.h`` (e.g. /usr/local/cuda/include) is dr
 Compile errors raise CompileError whose message holds NVRTC's ``file(line): error`` lines;
 a missing CuPy/NVRTC raises RuntimeError. No device is touched.
 
-Developer command: ``python -m cutrans.compile_check [--arch sm_90] [--name EXPR] [FILES...]``
-prints registers / spills / shared memory per kernel; name expressions can also be listed in
-the source as ``// cutrans:names expr1; expr2`` lines. Default FILES: the package's kernels.
+Static SASS (``sass``, ``--sass``) needs ``nvdisasm`` (on PATH or from the
+``nvidia-cuda-nvdisasm`` wheel, the ``toolchain`` extra): a GPU-free view of what a kernel
+change does to the machine code (instruction counts, special-function ops, instructions
+between barriers, e.g. per lattice wavefront step). Static counts, not timings.
+
+Developer command: ``python -m cutrans.compile_check [--arch sm_90] [--name EXPR] [--sass]
+[FILES...]`` prints registers / spills / shared memory per kernel (with ``--sass``: static SASS
+counts); name expressions can also be listed in the source as ``// cutrans:names expr1; expr2``
+lines. Default FILES: the package's kernels.
 """
 from __future__ import annotations
 
@@ -28,7 +36,11 @@ import argparse
 import io
 import os
 import re
+import shutil
+import struct
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -138,9 +150,87 @@ def _log_of(e) -> str:
 def compile_source(code: str, name_expressions: Sequence[str] = (), *, arch: str = "sm_80",
                    method: str = "cubin", options: Sequence[str] = (), include_dirs: Sequence[str] = (),
                    filename: str = "kernel.cu") -> bytes:
-    """Compile like RawModule; return the cubin or PTX bytes. Raises CompileError."""
+    """Compile like RawModule; return the cubin (a whole ELF image, see ``complete_cubin``) or
+    PTX bytes. Raises CompileError."""
     binary, _, _ = _compile(code, name_expressions, arch, method, options, include_dirs, filename)
-    return binary if isinstance(binary, bytes) else bytes(binary)
+    binary = binary if isinstance(binary, bytes) else bytes(binary)
+    return complete_cubin(binary) if method == "cubin" else binary
+
+
+def complete_cubin(image: bytes) -> bytes:
+    """The cubin padded with zero bytes to the end of its ELF header tables.
+
+    CuPy's ``nvrtc.getCUBIN`` returns the image without its last byte (it strips it like a C
+    string's NUL); NVRTC puts the program header table last, and its final byte (the high byte
+    of the last segment's alignment) is 0. Tools that read the whole ELF (nvdisasm) need it.
+    """
+    if image[:4] != b"\x7fELF" or len(image) < 64:
+        return image
+    phoff, shoff = struct.unpack_from("<QQ", image, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", image, 0x36)
+    end = max(phoff + phnum * phentsize, shoff + shnum * shentsize)
+    return image + bytes(max(0, end - len(image)))
+
+
+def nvdisasm() -> str | None:
+    """Path of ``nvdisasm``: on PATH, else the ``nvidia-cuda-nvdisasm`` wheel's; None if absent."""
+    found = shutil.which("nvdisasm")
+    if found:
+        return found
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in getattr(nvidia, "__path__", []):
+        for rel in ("cu13/bin/nvdisasm", "cuda_nvdisasm/bin/nvdisasm", "cu12/bin/nvdisasm"):
+            path = Path(root, rel)
+            if path.is_file():
+                return str(path)
+    return None
+
+
+_SASS_FUNC = re.compile(r"^\s*\.text\.(\S+):\s*$")
+_SASS_INSN = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;?\s*(?:/\*.*)?$")
+
+
+def sass(code: str, name_expressions: Sequence[str] = (), arch: str = "sm_90", *,
+         options: Sequence[str] = (), include_dirs: Sequence[str] = (),
+         filename: str = "kernel.cu") -> dict[str, list[str]]:
+    """Each kernel's SASS instructions (``nvdisasm -c`` lines without addresses), keyed by
+    name expression where one was given, else by mangled name. RuntimeError without
+    nvdisasm."""
+    tool = nvdisasm()
+    if tool is None:
+        raise RuntimeError("nvdisasm not found: pip install nvidia-cuda-nvdisasm (or put the CUDA "
+                           "toolkit's bin on PATH)")
+    image, mapping, _ = _compile(code, name_expressions, arch, "cubin", options, include_dirs,
+                                 filename)
+    image = complete_cubin(image if isinstance(image, bytes) else bytes(image))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "kernels.cubin")
+        path.write_bytes(image)
+        text = subprocess.run([tool, "-c", str(path)], capture_output=True, text=True,
+                              check=True).stdout
+    by_mangled = {v: k for k, v in mapping.items()}
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if m := _SASS_FUNC.match(line):
+            current = out.setdefault(by_mangled.get(m.group(1), m.group(1)), [])
+        elif current is not None and (m := _SASS_INSN.match(line)):
+            current.append(m.group(1))
+    return out
+
+
+def sass_stats(instructions: Sequence[str]) -> dict:
+    """Static counts of one kernel's SASS: instructions, special-function ops (MUFU: exp,
+    log, rcp, ...), block barriers, and the instructions between consecutive barriers (a
+    wavefront kernel's code per step, all paths counted)."""
+    bars = [i for i, ins in enumerate(instructions) if "BAR.SYNC" in ins]
+    return {"instructions": len(instructions),
+            "mufu": sum("MUFU." in ins for ins in instructions),
+            "barriers": len(bars),
+            "between_barriers": [b - a - 1 for a, b in zip(bars, bars[1:])]}
 
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for")
@@ -213,19 +303,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--name", action="append", default=[], help="name expression (repeatable)")
     ap.add_argument("-I", dest="include", action="append", default=[], help="include directory")
     ap.add_argument("-D", dest="define", action="append", default=[], help="macro definition")
+    ap.add_argument("--sass", action="store_true",
+                    help="static SASS counts instead (needs nvdisasm; default arch sm_90)")
     a = ap.parse_args(argv)
     kdir = Path(__file__).resolve().parent.parent / "kernels"
     if not kdir.is_dir():
         import importlib.resources
         kdir = Path(str(importlib.resources.files("cutrans.kernels")))
     files = [Path(f) for f in a.files] or sorted(kdir.glob("*.cu"))
-    archs = a.arch or nvrtc_archs()
+    archs = a.arch or (["sm_90"] if a.sass else nvrtc_archs())
     print(f"NVRTC {'.'.join(map(str, nvrtc_version()))}; headers {wheel_cuda_include()}")
     rc = 0
     for f in files:
         code = f.read_text()
         names = a.name or names_in_source(code)
         for arch in archs:
+            if a.sass:
+                rc |= _print_sass(f, code, names, arch, [f"-D{d}" for d in a.define],
+                                  [f.parent, kdir, *a.include])
+                continue
             try:
                 usage = resource_usage(code, names, arch, options=[f"-D{d}" for d in a.define],
                                        include_dirs=[f.parent, kdir, *a.include], filename=f.name)
@@ -237,6 +333,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{f.name} {arch} {k}: {u['registers']} regs, {u['spill_stores']}/{u['spill_loads']} "
                       f"B spill st/ld, {u['stack_bytes']} B stack, {u['shared_bytes']} B smem")
     return rc
+
+
+def _print_sass(f: Path, code: str, names, arch: str, options, include_dirs) -> int:
+    try:
+        kernels = sass(code, names, arch, options=options, include_dirs=include_dirs,
+                       filename=f.name)
+    except (CompileError, RuntimeError) as e:
+        print(getattr(e, "log", e), file=sys.stderr)
+        return 1
+    for k, ins in kernels.items():
+        st = sass_stats(ins)
+        between = st["between_barriers"]
+        steps = f", between barriers {min(between)}-{max(between)}" if between else ""
+        print(f"{f.name} {arch} {k}: {st['instructions']} SASS instructions, {st['mufu']} MUFU, "
+              f"{st['barriers']} barriers{steps} (static)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -55,60 +55,72 @@ template <class C> __device__ __forceinline__ C log_add(C a, C b) {
   return m + c_log1p(c_exp(d));
 }
 
-// ----------------------------------------------------------------- online logsumexp
-// State (m, s) stands for m + log(s); the empty state is (-inf, 0).
+// ----------------------------------------------------------------- tiled logsumexp
+// A thread's running logsumexp over tiles of values (a 16-byte word's elements): state
+// (m, s) stands for m + log(s), with m the largest value so far and s the sum of
+// exp(x - ref(m)), ref(m) = m, or 0 while m = -inf; the empty state is (-inf, 0). A tile
+// takes its maximum first, then one exp per value, all independent (no exp or branch chains
+// one value to the next), plus one exp to rescale s when the maximum grows. The maximum skips
+// NaN, so m is never NaN; a NaN value makes s NaN for good (the total is NaN and the caller
+// reports the row). +inf gives m = +inf and a total of +inf; only -inf values give -inf.
 template <class C> struct Lse {
   C m, s;
 };
 
-// A NaN element makes the state NaN for good (m = s = NaN): every merge keeps it, so the
-// row's total is NaN and the caller reports the non-finite row.
-template <class C> __device__ __forceinline__ void lse_push(Lse<C>& a, C x) {
-  if (x != x || a.m != a.m) {
-    a.m = a.s = x != x ? x : a.m;
-  } else if (x > a.m) {
-    a.s = a.s * c_exp(a.m - x) + C(1);
-    a.m = x;
-  } else if (a.m > neg_inf(C())) {  // x = a.m = -inf (a masked logit) contributes 0
-    a.s += c_exp(x - a.m);
-  }
+template <class C> __device__ __forceinline__ C lse_ref(C m) { return m == neg_inf(C()) ? C(0) : m; }
+
+// exp(x - ref), 1 for x = ref (so +inf - +inf is not NaN).
+template <class C> __device__ __forceinline__ C exp_from(C x, C ref) {
+  return c_exp(x == ref ? C(0) : x - ref);
 }
 
-// Symmetric merge: merge(a, b) and merge(b, a) give the same bits (NaN stays NaN).
-template <class C> __device__ __forceinline__ Lse<C> lse_merge(Lse<C> a, Lse<C> b) {
-  if (a.m != a.m) return a;
-  if (b.m != b.m) return b;
-  const C m = a.m > b.m ? a.m : b.m;
-  if (m == neg_inf(C())) return Lse<C>{m, C(0)};
-  return Lse<C>{m, a.s * c_exp(a.m - m) + b.s * c_exp(b.m - m)};
+template <class C, int K>
+__device__ __forceinline__ void lse_push_tile(Lse<C>& a, const C (&x)[K]) {
+  C m = a.m;
+#pragma unroll
+  for (int j = 0; j < K; ++j) m = x[j] > m ? x[j] : m;
+  const C ref = lse_ref(m);
+  C s = m == a.m ? a.s : a.s * exp_from(a.m, ref);
+#pragma unroll
+  for (int j = 0; j < K; ++j) s += exp_from(x[j], ref);
+  a.m = m;
+  a.s = s;
 }
 
-template <class C> __device__ __forceinline__ C lse_value(Lse<C> a) { return a.m + c_log(a.s); }
-
-// Block-wide logsumexp: every thread passes its partial state and gets the block's total
-// (identical bits in every thread). `scratch` holds 2 * BLOCK / 32 values of C. Starts with
-// a barrier, so it may be called repeatedly with the same scratch.
+// Block-wide logsumexp of the threads' states (BLOCK = 32: a warp): the maximum first, then
+// the sum of the rescaled s; xor shuffles and the scratch read in one order give every thread
+// identical bits. `scratch` holds 2 * BLOCK / 32 values of C. Starts with a barrier, so it may
+// be called repeatedly with the same scratch.
 template <class C, int BLOCK>
 __device__ __forceinline__ C block_lse(Lse<C> a, C* scratch) {
   static_assert(BLOCK % kWarp == 0 && BLOCK <= 1024, "BLOCK must be a multiple of 32");
+  constexpr int kWarps = BLOCK / kWarp;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  C m = a.m;
 #pragma unroll
   for (int off = kWarp / 2; off > 0; off >>= 1) {
-    Lse<C> o{__shfl_xor_sync(0xffffffffu, a.m, off), __shfl_xor_sync(0xffffffffu, a.s, off)};
-    a = lse_merge(a, o);
+    const C o = __shfl_xor_sync(0xffffffffu, m, off);
+    m = o > m ? o : m;
   }
-  if (BLOCK == kWarp) return lse_value(a);
-  constexpr int kWarps = BLOCK / kWarp;
-  __syncthreads();  // previous readers of scratch are done
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  if (lane == 0) {
-    scratch[warp] = a.m;
-    scratch[kWarps + warp] = a.s;
-  }
-  __syncthreads();
-  Lse<C> t{scratch[0], scratch[kWarps]};
+  if (BLOCK > kWarp) {
+    __syncthreads();  // previous readers of scratch are done
+    if (lane == 0) scratch[warp] = m;
+    __syncthreads();
+    m = scratch[0];
 #pragma unroll
-  for (int w = 1; w < kWarps; ++w) t = lse_merge(t, Lse<C>{scratch[w], scratch[kWarps + w]});
-  return lse_value(t);
+    for (int w = 1; w < kWarps; ++w) m = scratch[w] > m ? scratch[w] : m;
+  }
+  C s = a.m == m ? a.s : a.s * exp_from(a.m, lse_ref(m));
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (BLOCK > kWarp) {
+    if (lane == 0) scratch[kWarps + warp] = s;
+    __syncthreads();
+    s = scratch[kWarps];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) s += scratch[kWarps + w];
+  }
+  return m + c_log(s);
 }
 
 // ----------------------------------------------------------------- 16-byte vectors

@@ -41,13 +41,13 @@ __device__ __forceinline__ Pair<C> first_cell_log_probs(const C* vals, int w_in,
   Pair<C> p{ninf, ninf};
   const int t = (n - U > 0 ? n - U : 0) + static_cast<int>(threadIdx.x);
   if (n < 0 || n > T - 1 + U || t > (n < T - 1 ? n : T - 1)) return p;
-  const long long c = static_cast<long long>(t) * (U + 1) + (n - t);
+  const int c = t * (U + 1) + (n - t);  // 32-bit: a sample's lattice has < 2^31 cells
   if (back) {
-    p.x = vals[c * w_in];
-    p.y = vals[c * w_in + 1];
+    p.x = vals[static_cast<long long>(c) * w_in];
+    p.y = vals[static_cast<long long>(c) * w_in + 1];
   } else {
-    if (t > 0) p.x = vals[(c - U - 1) * w_in];
-    if (n - t > 0) p.y = vals[(c - 1) * w_in + 1];
+    if (t > 0) p.x = vals[static_cast<long long>(c - U - 1) * w_in];
+    if (n - t > 0) p.y = vals[static_cast<long long>(c - 1) * w_in + 1];
   }
   return p;
 }
@@ -66,7 +66,7 @@ __device__ __forceinline__ C sweep(const C* vals, int w_in, int T, int U, C* out
                                    int diag_cells, bool shared, bool keep) {
   const C ninf = cutrans::neg_inf(C());
   const int U1 = U + 1, n_last = T - 1 + U;
-  const long long last = static_cast<long long>(T - 1) * U1 + U;
+  const int last = (T - 1) * U1 + U;  // cell indices in 32 bits (< 2^31 cells a sample)
   C* prev = smem;
   C* cur = smem + diag_cells;
   constexpr int step = BACK ? -1 : 1;
@@ -90,22 +90,22 @@ __device__ __forceinline__ C sweep(const C* vals, int w_in, int T, int U, C* out
       const Pair<C> f = ahead[j];
       for (int t = t_lo + threadIdx.x; t <= t_hi; t += BLOCK) {
         const int u = n - t;
-        const long long c = static_cast<long long>(t) * U1 + u;
+        const int c = t * U1 + u;
         const bool first = t == t_lo + static_cast<int>(threadIdx.x);
         C v;
         if (!BACK) {
           if (n == 0) {
             v = C(0);
           } else {
-            const C lb = first ? f.x : (t > 0 ? vals[(c - U1) * w_in] : ninf);
-            const C le = first ? f.y : (u > 0 ? vals[(c - 1) * w_in + 1] : ninf);
+            const C lb = first ? f.x : (t > 0 ? vals[static_cast<long long>(c - U1) * w_in] : ninf);
+            const C le = first ? f.y : (u > 0 ? vals[static_cast<long long>(c - 1) * w_in + 1] : ninf);
             const C from_t = t > 0 ? (shared ? prev[t - 1 - q_lo] : out[c - U1]) + lb : ninf;
             const C from_u = u > 0 ? (shared ? prev[t - q_lo] : out[c - 1]) + le : ninf;
             v = cutrans::log_add(from_t, from_u);
           }
         } else {
-          const C lb = first ? f.x : vals[c * w_in];
-          const C le = first ? f.y : vals[c * w_in + 1];
+          const C lb = first ? f.x : vals[static_cast<long long>(c) * w_in];
+          const C le = first ? f.y : vals[static_cast<long long>(c) * w_in + 1];
           if (c == last) {
             v = lb;
           } else {

@@ -19,10 +19,27 @@ using cutrans::RowLoop;
 using cutrans::RowPos;
 using cutrans::Vec;
 
+// Elements [k0, k1) of a row into a lane's logsumexp state, in tiles of N = Vec<T>::N
+// elements k0 + lane + j TPR (-inf past k1).
+template <class T, int TPR>
+__device__ __forceinline__ void element_tiles(const T* row, int k0, int k1, int lane,
+                                              Lse<typename Compute<T>::type>& a) {
+  using C = typename Compute<T>::type;
+  constexpr int N = Vec<T>::N;
+  for (int k = k0 + lane; k < k1; k += N * TPR) {
+    C x[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      x[j] = k + j * TPR < k1 ? cutrans::to_compute(row[k + j * TPR]) : cutrans::neg_inf(C());
+    cutrans::lse_push_tile(a, x);
+  }
+}
+
 // The logsumexps of a row's two softmax groups: tokens [0, vocab) and (TDT, GENERAL only)
 // durations [vocab, n_logits), by the row's TPR threads (every one gets them, identical
 // bits): warp shuffles for TPR = 32, plus the block's scratch for TPR = kRowBlock. Each
-// logit is read once (online logsumexp).
+// logit is read once, in tiles (cutrans::lse_push_tile): a lane's 16-byte words, then the
+// rest (and rows off the 16-byte grid) in tiles of N lane-strided elements.
 template <class T, int TPR, bool GENERAL>
 __device__ __forceinline__ void row_lses(const T* row, int n_logits, int vocab, int lane,
                                          typename Compute<T>::type* scratch,
@@ -34,19 +51,16 @@ __device__ __forceinline__ void row_lses(const T* row, int n_logits, int vocab, 
   const int n_tok = GENERAL ? vocab : n_logits;  // durations follow the tokens
   int tail = 0;
   if (cutrans::is_aligned16(row)) {
-    const int words = n_tok / N;  // token words; the rest goes element by element
+    const int words = n_tok / N;  // token words; the rest goes in element tiles
     for (int w = lane; w < words; w += TPR) {
       C x[N];
       cutrans::load16<T>(row + w * N, x);
-#pragma unroll
-      for (int j = 0; j < N; ++j) cutrans::lse_push(tok, x[j]);
+      cutrans::lse_push_tile(tok, x);
     }
     tail = words * N;
   }
-  for (int k = tail + lane; k < n_tok; k += TPR) cutrans::lse_push(tok, cutrans::to_compute(row[k]));
-  if (GENERAL)
-    for (int k = n_tok + lane; k < n_logits; k += TPR)
-      cutrans::lse_push(dur, cutrans::to_compute(row[k]));
+  element_tiles<T, TPR>(row, tail, n_tok, lane, tok);
+  if (GENERAL) element_tiles<T, TPR>(row, n_tok, n_logits, lane, dur);
   lse_tok = cutrans::block_lse<C, TPR>(tok, scratch);
   lse_dur = GENERAL && n_logits > vocab ? cutrans::block_lse<C, TPR>(dur, scratch) : C(0);
 }
@@ -92,8 +106,13 @@ check_targets(const int* __restrict__ targets, long long tgt_ld,
 // lse_out[(r - rbase) G + g], G = 2 with duration logits, else 1.
 //   z: logits, storage type T; offsets (B+1,) int64, target_len, logit_len (B,) int32,
 //   targets (B, tgt_ld) int32, blanks (nb,) int32.
+// Blocks per SM that the registers must allow: six (40 registers on sm_80/90, no spills: the
+// occupancy of the element-by-element logsumexp that H100 runs B-D measured), three for
+// double (the general double kernel spills at four).
+template <class T> constexpr int kRowStatsBlocksPerSm = sizeof(T) == 8 ? 3 : 6;
+
 template <class T, int TPR, bool GENERAL>
-__global__ void __launch_bounds__(kRowBlock, 4)
+__global__ void __launch_bounds__(kRowBlock, kRowStatsBlocksPerSm<T>)
 row_stats(const T* __restrict__ z, long long row0, long long n_rows, int n_logits, int vocab,
           int packed, long long ld, long long sb, long long st, long long su,
           const long long* __restrict__ offsets, const int* __restrict__ target_len,

@@ -149,6 +149,11 @@ class Backend(Protocol):
         when no capture is in progress (``_cublas.prepare_capture``); CPU backends do
         nothing."""
 
+    def side_stream(self):
+        """The pipelined one pass's side stream for the lattices (``launch(slot, fn)``,
+        ``wait(slot)``: ``backends._side_stream``): CuPy's per thread and device, None while
+        a CUDA graph is captured; CPU backends run ``fn`` inline (same results and order)."""
+
     def gemm(self, a, b, out, accumulate: bool = False, tf32: bool = False) -> None:
         """``out = a @ b`` (``out += a @ b`` when ``accumulate``) for 2-D arrays.
 

@@ -42,12 +42,14 @@ class KernelBackend:
     """Backend running the CUDA kernels through ``provider`` on arrays of ``xp``.
 
     ``gemm``: the GEMM route (cuBLAS for CuPy, the NumPy reference for the emulation);
-    ``prepare_capture``: its preparation for CUDA-graph capture (None: nothing to do).
+    ``prepare_capture``: its preparation for CUDA-graph capture (None: nothing to do);
+    ``side_stream``: makes the pipelined one pass's side stream (``_side_stream``).
     """
 
-    def __init__(self, provider, xp, name: str, gemm, prepare_capture=None):
+    def __init__(self, provider, xp, name: str, gemm, prepare_capture=None, side_stream=None):
         self.provider, self.xp, self.name, self._gemm = provider, xp, name, gemm
         self._prepare_capture = prepare_capture
+        self._side_stream = side_stream
 
     def _launch_rows(self, template, dtype, width, n_rows, args, general=None):
         """A row-wise kernel: ``pick_row_threads(width)`` threads per row; ``general``: the
@@ -170,6 +172,9 @@ class KernelBackend:
         if self._prepare_capture is not None:
             self._prepare_capture()
 
+    def side_stream(self):
+        return self._side_stream() if self._side_stream is not None else None
+
 
 @functools.lru_cache(maxsize=None)
 def cupy_backend() -> KernelBackend:
@@ -177,7 +182,9 @@ def cupy_backend() -> KernelBackend:
     import cupy
 
     from ._cublas import gemm, prepare_capture
-    return KernelBackend(_kernels.CupyProvider(), cupy, "cupy", gemm, prepare_capture)
+    from ._side_stream import cupy_side
+    return KernelBackend(_kernels.CupyProvider(), cupy, "cupy", gemm, prepare_capture,
+                         cupy_side)
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,6 +193,7 @@ def emulated_backend(mode: str = "fiber", order: str = "forward",
     """The same kernels on the CPU (NumPy arrays) through ``cutrans.emulation``; the GEMMs
     are the NumPy reference's (same precision contract as cuBLAS's). ``sanitizer``:
     "address" / "thread" builds (see ``cutrans.emulation.sanitizer_env``)."""
+    from ._side_stream import InlineSide
     from .numpy_backend import NumpyBackend
     return KernelBackend(_kernels.EmulatedProvider(mode, order, sanitizer), np, "emulated",
-                         NumpyBackend().gemm)
+                         NumpyBackend().gemm, side_stream=InlineSide)

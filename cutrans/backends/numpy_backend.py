@@ -209,6 +209,10 @@ class NumpyBackend:
     def prepare_capture(self):
         pass  # no CUDA graphs on the CPU
 
+    def side_stream(self):
+        from ._side_stream import InlineSide
+        return InlineSide()
+
     def gemm(self, a, b, out, accumulate=False, tf32=False):
         cdt = np.float64 if out.dtype == np.float64 else np.float32
         if a.dtype == b.dtype == out.dtype == cdt and not tf32:  # no rounding to emulate

@@ -57,8 +57,11 @@ def _writable_mappings() -> list[tuple[int, int]]:
 def _load_base(path: str) -> int:
     import os
     real = os.path.realpath(path)
+    # " (deleted)": another process (a concurrent test run) rebuilt the same module and
+    # renamed it over the file this one loaded (same source and toolchain: same layout)
+    ends = (" " + real, " " + real + " (deleted)")
     with open("/proc/self/maps") as f:
-        starts = [int(ln.split("-")[0], 16) for ln in f if ln.rstrip().endswith(" " + real)
+        starts = [int(ln.split("-")[0], 16) for ln in f if ln.rstrip().endswith(ends)
                   and int(ln.split()[2], 16) == 0]
     assert starts, f"{path} is not mapped in this process"
     return min(starts)

@@ -127,3 +127,65 @@ def test_developer_command():
     assert re.search(r"reduce\.cu sm_90 block_sum_static: \d+ regs, 0/0 B spill st/ld, 0 B stack, 256 B smem",
                      r.stdout), r.stdout
     assert re.search(r"spill\.cu sm_90 spill_kernel: \d+ regs, [1-9]\d*/[1-9]\d* B spill", r.stdout), r.stdout
+
+
+def _elf_tables_end(image: bytes) -> int:
+    import struct
+    phoff, shoff = struct.unpack_from("<QQ", image, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", image, 0x36)
+    return max(phoff + phnum * phentsize, shoff + shnum * shentsize)
+
+
+def test_cubin_is_a_whole_elf_image():
+    """CuPy's getCUBIN drops the image's last byte; compile_source gives the whole image
+    (its ELF header tables end inside it), as nvdisasm needs."""
+    image = cc.compile_source("__global__ void k(float* x) { x[threadIdx.x] = 1.f; }", ["k"],
+                              arch="sm_90")
+    assert image[:4] == b"\x7fELF"
+    assert _elf_tables_end(image) <= len(image)
+    short = image[:_elf_tables_end(image) - 1]
+    assert cc.complete_cubin(short) == short + b"\0"
+    assert cc.complete_cubin(b"not an ELF image") == b"not an ELF image"
+
+
+def test_sass_stats_counts():
+    ins = ["MOV R1, c[0x0][0x28]", "MUFU.EX2 R2, R2", "BAR.SYNC.DEFER_BLOCKING 0x0",
+           "FADD R1, R1, R2", "MUFU.LG2 R3, R1", "BAR.SYNC.DEFER_BLOCKING 0x0", "EXIT"]
+    assert cc.sass_stats(ins) == {"instructions": 7, "mufu": 2, "barriers": 2,
+                                  "between_barriers": [2]}
+
+
+WAVE = """
+template <int N>
+__global__ void wave(float* x) {
+  for (int n = 0; n < 3; ++n) {
+    x[threadIdx.x] = expf(x[threadIdx.x]);
+    __syncthreads();
+  }
+}
+"""
+
+needs_nvdisasm = pytest.mark.skipif(cc.nvdisasm() is None,
+                                    reason="nvdisasm (nvidia-cuda-nvdisasm) not installed")
+
+
+@needs_nvdisasm
+def test_sass_of_a_kernel_by_name_expression():
+    kernels = cc.sass(WAVE, ["wave<4>"], "sm_90")
+    ins = kernels["wave<4>"]
+    assert any(i.startswith("EXIT") for i in ins)
+    assert not any("/*" in i or i.endswith(";") for i in ins)  # bare instructions
+    st = cc.sass_stats(ins)
+    # the loop unrolled: three steps, each an exp (MUFU.EX2) and a barrier
+    assert st["barriers"] == 3 and st["mufu"] == 3 and len(st["between_barriers"]) == 2
+    assert all(0 < n < st["instructions"] for n in st["between_barriers"])
+
+
+@needs_nvdisasm
+def test_developer_command_sass():
+    r = subprocess.run([sys.executable, "-m", "cutrans.compile_check", "--sass",
+                        str(TEST_KERNELS / "reduce.cu")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"reduce\.cu sm_90 block_sum<float, 128>: \d+ SASS instructions, \d+ MUFU, "
+                     r"1 barriers \(static\)", r.stdout), r.stdout

@@ -123,6 +123,35 @@ def test_deterministic_and_side_stream():
     assert bits(a.loss) == bits(b.loss)
 
 
+@pytest.mark.parametrize("dtype", STORAGE)
+def test_pipelined_one_pass(monkeypatch, dtype):
+    """CUTRANS_PIPELINE=on: the lattices on the side stream (many groups; split samples and
+    sample-wise too) give what the NumPy reference gives for the same schedule, the same
+    bits twice, also when the caller's stream is not the default one."""
+    from cutrans import _fused
+    from cutrans.backends._side_stream import CupySide, cupy_side
+    monkeypatch.setattr(_fused, "PIPELINE", "on")
+    assert isinstance(cupy_side(), CupySide)
+    launches = []
+    launch = CupySide.launch
+    monkeypatch.setattr(CupySide, "launch", lambda self, slot, fn: (
+        launches.append(slot), launch(self, slot, fn)))
+    for seed, rows, sample_wise in ((3, 24, False), (4, 2, False), (5, 24, True)):
+        case, args = fused_inputs(seed, dtype)
+        workspace = workspace_bytes(*args[:3], rows_per_chunk=rows)
+        n = len(launches)
+        out = check_transducer_loss("cupy", cupy, seed, dtype, workspace=workspace,
+                                    sample_wise=sample_wise, stats=_STATS)
+        assert len(launches) - n >= 2  # the side stream ran lattices
+        with cupy.cuda.Stream(non_blocking=True) as s:
+            again = cutrans.transducer_loss(*[cupy.asarray(a) for a in args],
+                                            blank=case.blank, max_workspace_bytes=workspace,
+                                            sample_wise=sample_wise, reduction="sum")
+            s.synchronize()
+        assert bits(again.loss) == bits(out.loss)
+        assert [bits(x) for x in again.grads] == [bits(x) for x in out.grads]
+
+
 @pytest.mark.parametrize("data_device", [0, 1])
 def test_runs_on_the_datas_device_and_keeps_the_callers(data_device):
     """Issue 11 item 4: data on device ``data_device`` while the caller's current device is
