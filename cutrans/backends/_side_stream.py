@@ -5,8 +5,9 @@ of the GPU idles (H100, BENCHMARKS.md runs C/D: ~0.33 ms per group, 1.6 ms of a 
 bf16 call). The pipelined one pass runs each group's lattice on a side stream while the
 main stream computes the next group's logits and the previous group's gradients (two
 workspace sets). Only lattice kernels run on the side stream: no cuBLAS call (one handle's
-workspace must not serve two streams at once) and no allocation (the arrays it uses were
-allocated on the main stream, which waits for the side stream before anything is freed).
+workspace must not serve two streams at once), and they allocate nothing but, on a
+variant's first call, its cached arc table (``_plan.device_ints``); the arrays they use were
+allocated on the main stream, which waits for the side stream before the call returns.
 
 Protocol (``launch``/``wait``, two slots: a group's parity)::
 
