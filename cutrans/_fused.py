@@ -314,12 +314,14 @@ def device_checks(be, f: FusedInputs, dplan: DevicePlan, status) -> None:
 
 
 # ------------------------------------------------------------------ one pass
-def pipeline_side(be):
-    """The side stream of a pipelined one pass (``PIPELINE``), or None."""
+def pipeline_side(be, pipeline: bool | None = None):
+    """The side stream of a pipelined one pass, or None; ``pipeline``: None follows
+    ``PIPELINE``."""
     if PIPELINE not in ("on", "off"):
         raise ValueError(f"CUTRANS_PIPELINE: expected 'on' or 'off', got {PIPELINE!r}")
+    on = PIPELINE == "on" if pipeline is None else bool(pipeline)
     side_stream = getattr(be, "side_stream", None)
-    return side_stream() if PIPELINE == "on" and side_stream is not None else None
+    return side_stream() if on and side_stream is not None else None
 
 
 def pipelined_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
@@ -371,10 +373,12 @@ class _OnePass:
 
 
 def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
-             max_workspace_bytes: int, sample_wise: bool, status=None):
+             max_workspace_bytes: int, sample_wise: bool, status=None,
+             pipeline: bool | None = None):
     """Per-sample losses (B,) and the gradients of ``scale * sum_b loss_b`` (see
-    ``GradSink.finish``), in one pass over the groups (pipelined: see the module docstring).
-    ``status``: device-side checks (``cutrans._status``) instead of host ones."""
+    ``GradSink.finish``), in one pass over the groups (pipelined: see the module docstring;
+    ``pipeline`` None follows ``PIPELINE``). ``status``: device-side checks
+    (``cutrans._status``) instead of host ones."""
     xp = be.xp
     topo = f.topo
     dplan = to_device(plan, targets, xp)
@@ -384,7 +388,7 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
     state = one_pass_state(topo)
     fixed = fixed_bytes(f, sink.d_w is not None, sink.need_h)
     sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state, fixed)
-    side = pipeline_side(be)
+    side = pipeline_side(be, pipeline)
     two = side and pipelined_schedule(f, plan, max_workspace_bytes, sample_wise, state, fixed,
                                       sched)
     sched = two or sched

@@ -102,12 +102,15 @@ def _inputs(shape: Shape, dtype):
             np.empty((V, H), dtype), np.empty((V,), dtype), np.ones((B, U), np.int32))
 
 
-def _schedule_summary(f, plan, budget, sample_wise, path) -> dict:
+def _schedule_summary(f, plan, budget, sample_wise, path, pipeline=False) -> dict:
     if path == "logits" or not isinstance(f, _fused.FusedInputs):
         return {"groups": 1, "resident_groups": 1, "split_chunks": 0, "chunk_rows": plan.rows}
     state = _fused.one_pass_state(f.topo) if path == "one-pass" else _fused.TWO_PASS_STATE
-    sched = _fused.make_schedule(f, plan, budget, sample_wise, state,
-                                 _fused.fixed_bytes(f, True, True))
+    fixed = _fused.fixed_bytes(f, True, True)
+    sched = _fused.make_schedule(f, plan, budget, sample_wise, state, fixed)
+    if pipeline and path == "one-pass":
+        sched = _fused.pipelined_schedule(f, plan, budget, sample_wise, state, fixed,
+                                          sched) or sched
     return {"groups": len(sched.groups),
             "resident_groups": sum(g.resident for g in sched.groups),
             "split_chunks": sum(len(g.chunks) for g in sched.groups if not g.resident),
@@ -115,7 +118,7 @@ def _schedule_summary(f, plan, budget, sample_wise, path) -> dict:
             "chunk_rows": sched.chunk_rows, "state_rows": sched.state_rows}
 
 
-def _call(be, path, f, targets, plan, budget, sample_wise):
+def _call(be, path, f, targets, plan, budget, sample_wise, pipeline=False):
     """One call of the orchestration; returns the gradients it hands back. ``f``: the
     ``FusedInputs``, or the packed logits for the ``logits`` path."""
     B = plan.batch
@@ -123,7 +126,7 @@ def _call(be, path, f, targets, plan, budget, sample_wise):
         be.record_input_checks(f.enc, f.pred, f.weight, f.bias)
         _, grads = _fused.one_pass(be, f, targets, plan, scale=1.0 / B,
                                    needs=(True, True, True, True), max_workspace_bytes=budget,
-                                   sample_wise=sample_wise)
+                                   sample_wise=sample_wise, pipeline=pipeline)
         return grads
     if path == "two-pass":
         be.record_input_checks(f.enc, f.pred, f.weight, f.bias)
@@ -136,8 +139,10 @@ def _call(be, path, f, targets, plan, budget, sample_wise):
 
 
 def dry_run(shape: Shape, dtype: str = "float32", *, budget: int = DEFAULT_BUDGET,
-            sample_wise: bool = False, tf32: bool = False, path: str = "one-pass") -> DryRun:
-    """Record one call of ``path`` on ``shape`` (see the module docstring)."""
+            sample_wise: bool = False, tf32: bool = False, path: str = "one-pass",
+            pipeline: bool = False) -> DryRun:
+    """Record one call of ``path`` on ``shape`` (see the module docstring); ``pipeline``:
+    the pipelined one pass (its side stream's launches recorded as stream 1)."""
     if path not in PATHS:
         raise ValueError(f"path: expected one of {', '.join(PATHS)}, got {path!r}")
     dt = _dtype(dtype)
@@ -156,7 +161,7 @@ def dry_run(shape: Shape, dtype: str = "float32", *, budget: int = DEFAULT_BUDGE
     be.recording = False
     tracemalloc.start()
     try:
-        grads = _call(be, path, f, targets, plan, budget, sample_wise)
+        grads = _call(be, path, f, targets, plan, budget, sample_wise, pipeline)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -166,14 +171,15 @@ def dry_run(shape: Shape, dtype: str = "float32", *, budget: int = DEFAULT_BUDGE
     own = peak - grad_bytes + plan_bytes
     # pass 2: the launches
     be = RecordingBackend(fill_log_probs=path == "logits")
-    _call(be, path, f, targets, plan, budget, sample_wise)
+    _call(be, path, f, targets, plan, budget, sample_wise, pipeline)
     config = {"workload": shape.name, "batch": B, "frames": shape.frames, "labels": U,
               "vocab": shape.vocab, "hidden": shape.hidden, "dtype": dtype, "tf32": bool(tf32),
               "budget": int(budget), "sample_wise": bool(sample_wise), "path": path,
+              "pipeline": bool(pipeline),
               "rows": plan.rows, "max_T_plus_U": int((shape.t_len + shape.u_len).max())}
     memory = {"inputs": input_bytes, "gradients": grad_bytes, "own": own,
               "total": input_bytes + grad_bytes + own, "budget": int(budget),
               "tracemalloc_peak": peak, "plan": plan_bytes,
               "own_bound_extra": own - int(budget)}
     return DryRun(config, be.launches, memory,
-                  _schedule_summary(f, plan, budget, sample_wise, path))
+                  _schedule_summary(f, plan, budget, sample_wise, path, pipeline))

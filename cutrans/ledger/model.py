@@ -29,7 +29,8 @@ one thread's serial loop, which the model counts at full bandwidth.
 
 Host time: ``wall_seconds`` adds ``HOST_PER_LAUNCH`` (27 us, measured) per launch to the
 GPU time (the report's "wall" line). Not modelled: overlap of host and GPU work, overlap of
-launches (one stream: launches are serial), registers/shared memory limiting occupancy,
+launches on one stream (serial), the slowdown of kernels sharing the GPU with the pipelined
+one pass's side stream (``gpu_seconds`` overlaps the two streams freely), registers/shared memory limiting occupancy,
 L2 effects beyond "enc/pred rows are read once", cuBLAS shape effects (small or skinny
 GEMMs run at the rate measured on 824,755 x 512 x 500), clocks and power.
 """
@@ -116,8 +117,10 @@ def gemm_rate(in_dtype: str, out_dtype: str, tf32: bool) -> float:
 
 
 def cost(launch, t_wave: float = T_WAVE, t_step: float = T_STEP) -> Cost:
-    """The modelled time of one ``record.Launch``."""
+    """The modelled time of one ``record.Launch`` (a stream dependency: 0)."""
     k, nbytes = launch.kind, launch.bytes
+    if k in ("fork", "mark", "join"):
+        return Cost(0.0, "sync")
     if k == "gemm":
         m, n, kk, in_t, out_t, tf = launch.gemm
         tc, tb = launch.flops / gemm_rate(in_t, out_t, tf), nbytes / BW
@@ -137,6 +140,29 @@ def cost(launch, t_wave: float = T_WAVE, t_step: float = T_STEP) -> Cost:
     if k in ("memset", "fill", "reduce"):
         return Cost(nbytes / BW, "bandwidth")
     raise ValueError(f"unknown launch kind {k!r}")
+
+
+def gpu_seconds(launches) -> float:
+    """Modelled GPU seconds of a call's launches. One stream: their sum. With the pipelined
+    one pass's side stream (``Launch.stream`` 1): each stream's launches in order, a side
+    launch after the main stream's work before its ``fork``, a main launch after the side
+    stream's work up to the ``mark`` its last ``join`` waits for -- assuming the two streams'
+    kernels share the GPU without slowing each other (optimistic: the side stream's lattices
+    keep a few SMs busy, but they take issue slots and bandwidth from what runs beside them)."""
+    main = side = 0.0
+    marks: dict[int, float] = {}
+    for rec in launches:
+        if rec.kind == "fork":
+            side = max(side, main)
+        elif rec.kind == "mark":
+            marks[rec.slot] = side
+        elif rec.kind == "join":
+            main = max(main, marks[rec.slot])
+        elif rec.stream:
+            side += cost(rec).seconds
+        else:
+            main += cost(rec).seconds
+    return max(main, side)
 
 
 def gemm_roof(rows: int, hidden: int, vocab: int, dtype: str, tf32: bool = False) -> float:

@@ -60,6 +60,9 @@ class Launch:
     kernel sweeps alpha and beta in parallel blocks; the arc-table kernel 2 (T_b + U_b)
     with beta).
     ``gemm``: (m, n, k, input dtype, output dtype, tf32) for GEMMs.
+    ``stream``: 1 for the pipelined one pass's side stream (its lattices), else 0; the kinds
+    ``fork``/``mark``/``join`` (slot ``slot``) are its dependencies (``RecordingSide``), not
+    launches.
     """
 
     kind: str
@@ -73,6 +76,8 @@ class Launch:
     steps: int = 0
     label: str = ""
     gemm: tuple | None = None
+    stream: int = 0
+    slot: int = 0
 
     @property
     def bytes(self) -> int:
@@ -142,6 +147,35 @@ class RecordingXP:
         return self._record("fill", np.full_like(*args, **kw))
 
 
+SYNC_KINDS = ("fork", "mark", "join")  # stream dependencies, not launches
+
+
+class RecordingSide:
+    """The pipelined one pass's side stream in a dry run (``backends._side_stream``'s
+    protocol): ``fn`` runs at once and its launches are recorded as stream 1, between a
+    ``fork`` (the side stream waits for the main stream so far) and a ``mark`` of the slot;
+    ``wait`` records a ``join`` (the main stream waits for the slot's last mark)."""
+
+    def __init__(self, be: "RecordingBackend"):
+        self.be = be
+
+    def _sync(self, kind: str, slot: int, stream: int) -> None:
+        if self.be.recording:
+            self.be.launches.append(Launch(kind, kind, "", 0, 0, label="sync", stream=stream,
+                                           slot=slot))
+
+    def launch(self, slot: int, fn) -> None:
+        self._sync("fork", slot, 1)
+        start = len(self.be.launches)
+        fn()
+        for rec in self.be.launches[start:]:
+            rec.stream = 1
+        self._sync("mark", slot, 1)
+
+    def wait(self, slot: int) -> None:
+        self._sync("join", slot, 0)
+
+
 class RecordingBackend(KernelBackend):
     """``KernelBackend`` on NumPy arrays whose launches are recorded, not run.
 
@@ -151,7 +185,8 @@ class RecordingBackend(KernelBackend):
 
     def __init__(self, fill_log_probs: bool = False):
         self.recorder = RecordingProvider()
-        super().__init__(self.recorder, RecordingXP(self.recorder), "ledger", self._gemm_op)
+        super().__init__(self.recorder, RecordingXP(self.recorder), "ledger", self._gemm_op,
+                         side_stream=lambda: RecordingSide(self))
         self.fill_log_probs = fill_log_probs
         self._spans: dict = {}
 

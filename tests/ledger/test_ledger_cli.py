@@ -28,3 +28,13 @@ def test_validate_only(capsys):
     assert main(["ledger", "--validate"]) == 0
     text = capsys.readouterr().out
     assert "PASS" in text and "profiled ms (measured)" in text
+
+
+@needs("ml_dtypes")  # bfloat16
+def test_pipelined_configuration(capsys):
+    assert main(["ledger", "--workload", "librispeech-100", "--dtype", "bfloat16",
+                 "--pipeline"]) == 0
+    text = capsys.readouterr().out
+    total = [ln for ln in text.splitlines() if ln.startswith("total:")]
+    assert len(total) == 1 and "modelled" in total[0]
+    assert "pipelined: the side stream's lattices overlapped" in total[0]
