@@ -30,8 +30,8 @@ one thread's serial loop, which the model counts at full bandwidth.
 Host time: ``wall_seconds`` adds ``HOST_PER_LAUNCH`` (27 us, measured) per launch to the
 GPU time (the report's "wall" line). Not modelled: overlap of host and GPU work, overlap of
 launches on one stream (serial), the slowdown of kernels sharing the GPU with the pipelined
-one pass's side stream (``gpu_seconds`` overlaps the two streams freely), registers/shared memory limiting occupancy,
-L2 effects beyond "enc/pred rows are read once", cuBLAS shape effects (small or skinny
+one pass's side stream (``gpu_seconds`` overlaps the two streams freely), registers/shared
+memory limiting occupancy, L2 effects beyond "enc/pred rows are read once", cuBLAS shape effects (small or skinny
 GEMMs run at the rate measured on 824,755 x 512 x 500), clocks and power.
 """
 from __future__ import annotations
@@ -95,6 +95,9 @@ def wall_seconds(gpu_seconds: float, n_launches: int) -> float:
     return gpu_seconds + n_launches * HOST_PER_LAUNCH
 
 
+SYNC_KINDS = ("fork", "mark", "join")  # stream dependencies in a launch list, not launches
+
+
 @dataclass(frozen=True)
 class Cost:
     """Modelled seconds of one launch and what bounds it: ``compute`` (GEMM FLOPs),
@@ -119,7 +122,7 @@ def gemm_rate(in_dtype: str, out_dtype: str, tf32: bool) -> float:
 def cost(launch, t_wave: float = T_WAVE, t_step: float = T_STEP) -> Cost:
     """The modelled time of one ``record.Launch`` (a stream dependency: 0)."""
     k, nbytes = launch.kind, launch.bytes
-    if k in ("fork", "mark", "join"):
+    if k in SYNC_KINDS:
         return Cost(0.0, "sync")
     if k == "gemm":
         m, n, kk, in_t, out_t, tf = launch.gemm

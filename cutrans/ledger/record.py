@@ -147,9 +147,6 @@ class RecordingXP:
         return self._record("fill", np.full_like(*args, **kw))
 
 
-SYNC_KINDS = ("fork", "mark", "join")  # stream dependencies, not launches
-
-
 class RecordingSide:
     """The pipelined one pass's side stream in a dry run (``backends._side_stream``'s
     protocol): ``fn`` runs at once and its launches are recorded as stream 1, between a

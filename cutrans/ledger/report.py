@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..bench.measure import parse_bytes
 from . import model, replay
 from .dryrun import DEFAULT_BUDGET, PATHS, PROFILED_WORKLOAD, dry_run, get_shape, workload_names
-from .record import SYNC_KINDS
+from .model import SYNC_KINDS
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 GB = 1e9

@@ -5,7 +5,8 @@ import pytest
 
 from cutrans.ledger import dryrun as dr
 from cutrans.ledger import model
-from cutrans.ledger.record import SYNC_KINDS, Launch
+from cutrans.ledger.model import SYNC_KINDS
+from cutrans.ledger.record import Launch
 from cutrans.ledger.report import evaluate
 
 
