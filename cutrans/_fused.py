@@ -340,6 +340,17 @@ def pipelined_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: 
     return two
 
 
+def one_pass_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
+                      fixed: int, pipelined: bool) -> tuple[Schedule, bool]:
+    """The one pass's schedule, and whether it takes two workspace sets (``pipelined``: a
+    side stream is there; ``pipelined_schedule`` decides)."""
+    state = one_pass_state(f.topo)
+    one = make_schedule(f, plan, budget, sample_wise, state, fixed)
+    two = pipelined_schedule(f, plan, budget, sample_wise, state, fixed, one) \
+        if pipelined else None
+    return (one, False) if two is None else (two, True)
+
+
 class _OnePass:
     """One pass's three stages per group, on a workspace set: ``forward`` (logits and row
     statistics of every chunk), ``lattice``, ``backward`` (gradients; split groups
@@ -386,12 +397,10 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
         device_checks(be, f, dplan, status)
     sink = GradSink(xp, f, needs)
     state = one_pass_state(topo)
-    fixed = fixed_bytes(f, sink.d_w is not None, sink.need_h)
-    sched = make_schedule(f, plan, max_workspace_bytes, sample_wise, state, fixed)
     side = pipeline_side(be, pipeline)
-    two = side and pipelined_schedule(f, plan, max_workspace_bytes, sample_wise, state, fixed,
-                                      sched)
-    sched = two or sched
+    sched, two = one_pass_schedule(f, plan, max_workspace_bytes, sample_wise,
+                                   fixed_bytes(f, sink.d_w is not None, sink.need_h),
+                                   side is not None)
     sets = [make_workspace(xp, f, sched, state)]
     if two:
         sets.append(make_workspace(xp, f, sched, state, w_aug=sets[0].w_aug))

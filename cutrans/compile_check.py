@@ -129,6 +129,7 @@ def rawmodule_options(options: Sequence[str] = (), include_dirs: Sequence[str] =
 
 
 def _compile(code, name_expressions, arch, method, options, include_dirs, filename, extra=()):
+    """(bytes: the whole cubin (``complete_cubin``) or the PTX, name mapping, log)."""
     _, compiler, _ = _cupy()
     opts = rawmodule_options(options, include_dirs, arch=arch, method=method) + tuple(extra)
     prog = compiler._NVRTCProgram(code, filename, name_expressions=list(name_expressions) or None,
@@ -138,6 +139,9 @@ def _compile(code, name_expressions, arch, method, options, include_dirs, filena
         binary, mapping = prog.compile(opts, log)
     except compiler.CompileException as e:
         raise CompileError(_log_of(e), filename) from None
+    binary = binary if isinstance(binary, bytes) else bytes(binary)
+    if method == "cubin":
+        binary = complete_cubin(binary)
     return binary, mapping or {}, log.getvalue()
 
 
@@ -153,8 +157,7 @@ def compile_source(code: str, name_expressions: Sequence[str] = (), *, arch: str
     """Compile like RawModule; return the cubin (a whole ELF image, see ``complete_cubin``) or
     PTX bytes. Raises CompileError."""
     binary, _, _ = _compile(code, name_expressions, arch, method, options, include_dirs, filename)
-    binary = binary if isinstance(binary, bytes) else bytes(binary)
-    return complete_cubin(binary) if method == "cubin" else binary
+    return binary
 
 
 def complete_cubin(image: bytes) -> bytes:
@@ -205,7 +208,6 @@ def sass(code: str, name_expressions: Sequence[str] = (), arch: str = "sm_90", *
                            "toolkit's bin on PATH)")
     image, mapping, _ = _compile(code, name_expressions, arch, "cubin", options, include_dirs,
                                  filename)
-    image = complete_cubin(image if isinstance(image, bytes) else bytes(image))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "kernels.cubin")
         path.write_bytes(image)

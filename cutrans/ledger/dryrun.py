@@ -105,12 +105,11 @@ def _inputs(shape: Shape, dtype):
 def _schedule_summary(f, plan, budget, sample_wise, path, pipeline=False) -> dict:
     if path == "logits" or not isinstance(f, _fused.FusedInputs):
         return {"groups": 1, "resident_groups": 1, "split_chunks": 0, "chunk_rows": plan.rows}
-    state = _fused.one_pass_state(f.topo) if path == "one-pass" else _fused.TWO_PASS_STATE
     fixed = _fused.fixed_bytes(f, True, True)
-    sched = _fused.make_schedule(f, plan, budget, sample_wise, state, fixed)
-    if pipeline and path == "one-pass":
-        sched = _fused.pipelined_schedule(f, plan, budget, sample_wise, state, fixed,
-                                          sched) or sched
+    if path == "one-pass":
+        sched, _ = _fused.one_pass_schedule(f, plan, budget, sample_wise, fixed, pipeline)
+    else:
+        sched = _fused.make_schedule(f, plan, budget, sample_wise, _fused.TWO_PASS_STATE, fixed)
     return {"groups": len(sched.groups),
             "resident_groups": sum(g.resident for g in sched.groups),
             "split_chunks": sum(len(g.chunks) for g in sched.groups if not g.resident),

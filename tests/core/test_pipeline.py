@@ -13,19 +13,11 @@ from cutrans import _fused
 from cutrans._fused import workspace_bytes
 from cutrans.backends import NumpyBackend, _side_stream
 from np_reference import fused_loss_grads
+from test_fused import fused_case
 
 
 def case(seed=3, B=7, T=6, U=4, V=9, H=5, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    enc = rng.standard_normal((B, T, H)).astype(dtype)
-    pred = rng.standard_normal((B, U + 1, H)).astype(dtype)
-    weight = (rng.standard_normal((V, H)) / np.sqrt(H)).astype(dtype)
-    bias = (rng.standard_normal(V) * 0.1).astype(dtype)
-    targets = rng.integers(1, V, size=(B, U))
-    t_len = rng.integers(1, T + 1, size=B)
-    u_len = rng.integers(0, U + 1, size=B)
-    t_len[0], u_len[0] = T, U
-    return enc, pred, weight, bias, targets, t_len, u_len
+    return fused_case(np.random.default_rng(seed), B, T, U, V, H, dtype=dtype)
 
 
 @pytest.fixture
