@@ -307,9 +307,8 @@ def check_fused_log_likelihood(log_like, xp, status=None) -> None:
 
 
 def device_checks(be, f: FusedInputs, dplan: DevicePlan, status) -> None:
-    """``checks="device"``: the labels flagged into ``status`` by a kernel; the call may be
-    captured in a CUDA graph, so the backend gets ready for that first."""
-    be.prepare_capture()
+    """The labels flagged into ``status`` by a kernel (``checks="device"``, and the
+    deferred host checks of a device call: ``api._LateChecks``)."""
     be.check_targets(dplan, f.topo.vocab(f.sizes[1]), f.topo, status)
 
 

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _validate as v
+
 BAD_LABEL = 1  # a label within target_lengths outside [0, V) (kernels/row_ops.cu)
 BLANK_LABEL = 2  # the blank id within target_lengths
 NON_FINITE = 4  # a non-finite log-likelihood: NaN/inf inputs, or a float16 GEMM overflow
+NON_FINITE_INPUT = 8  # NaN/inf in a float input (the deferred host checks: api._LateChecks)
 
 MESSAGES = {
     BAD_LABEL: "targets: a label within target_lengths is outside [0, V)",
     BLANK_LABEL: "targets: the blank id appears within target_lengths",
     NON_FINITE: "a log-likelihood is not finite (NaN/inf in the inputs, or a float16 GEMM "
                 "overflow |z| > 65504)",
+    NON_FINITE_INPUT: "a float input (enc, pred, weight or bias) holds NaN or infinity",
 }
 
 
@@ -45,10 +49,15 @@ def flag_non_finite(status, log_like, xp) -> None:
     status |= (~xp.isfinite(log_like).all()).astype(np.int32) * np.int32(NON_FINITE)
 
 
+def flag_non_finite_inputs(status, arrays, xp) -> None:
+    """``status |= NON_FINITE_INPUT`` if any array holds NaN/inf (``check_finite``'s test
+    of ``cutrans._validate``, as device ops with no read)."""
+    status |= (~v.finite_flags(arrays, xp).all()).astype(np.int32) * np.int32(NON_FINITE_INPUT)
+
+
 def raise_for_status(status) -> None:
     """Raise ``ValueError`` naming every problem a ``checks="device"`` call flagged; does
     nothing for 0. Reads ``status`` (any array kind) on the host."""
-    from . import _validate as v
-    flags = int(v.host_read(status))
+    flags = int(v.host_read(status))  # the module's: tests count the reads
     if flags:
         raise ValueError("; ".join(m for bit, m in MESSAGES.items() if flags & bit))

@@ -204,15 +204,17 @@ def check_targets(targets: np.ndarray, target_len: np.ndarray, vocab: int, blank
 
 
 def check_values(t_name: str, logit_lengths, target_lengths, targets, max_frames: int,
-                 topo, n_logits: int, labels_on_host: bool = True):
+                 topo, n_logits: int, labels_on_host: bool = True,
+                 lengths_on_host: bool = False):
     """Host copies of (lengths, labels) after checking their values: (t_len, u_len, targets).
 
     ``topo`` (``cutrans._topology.Topology``) gives the blank ids and the token vocabulary
     among the ``n_logits`` logits per row; ``variant="modified"`` needs ``U_b <= T_b``.
 
-    ``labels_on_host=False`` (``checks="device"``): the lengths must be host arrays, and
-    ``targets`` is returned as it is, unread (a kernel checks it on the device)."""
-    if not labels_on_host:
+    ``labels_on_host=False``: ``targets`` is returned as it is, unread (a kernel checks it
+    on the device: ``checks="device"``, or the deferred host checks of a device call);
+    ``lengths_on_host=True`` (``checks="device"``): the lengths must be host arrays."""
+    if lengths_on_host:
         for name, x in ((t_name, logit_lengths), ("target_lengths", target_lengths)):
             if not isinstance(x, np.ndarray):
                 raise TypeError(f"{name}: checks='device' needs the lengths on the host "
@@ -233,13 +235,18 @@ def check_values(t_name: str, logit_lengths, target_lengths, targets, max_frames
     return t_len, u_len, host_targets
 
 
+def finite_flags(arrays, xp):
+    """A device (n,) bool array: array i holds no NaN/inf (its sum, accumulated in float32,
+    float64 for float64, is finite); no read."""
+    return xp.stack([xp.isfinite(x.sum(dtype=xp.float64 if dtype_name(x.dtype) == "float64"
+                                       else xp.float32)) for x in arrays])
+
+
 def check_finite(named, xp):
     """No NaN/inf in any array of the ``(name, array)`` pairs, in O(1) extra memory (a NaN
     or inf anywhere makes the sum, accumulated in float32/float64, non-finite) and one
     device-to-host read for all of them; the error names the first bad one."""
-    flags = [xp.isfinite(x.sum(dtype=xp.float64 if dtype_name(x.dtype) == "float64"
-                                else xp.float32)) for _, x in named]
-    finite = host_read(xp.stack(flags)) if flags else ()
+    finite = host_read(finite_flags([x for _, x in named], xp)) if named else ()
     for (name, _), ok in zip(named, finite):
         if not ok:
             raise ValueError(f"{name}: expected finite values, found NaN or infinity")

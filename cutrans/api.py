@@ -25,10 +25,11 @@ with float32 math and GEMM accumulation (what ``torch.autocast`` gives the batch
 computation); float32 is exact float32 unless ``allow_tf32=True`` lets the GEMMs use TF32;
 float64 is float64 throughout.
 
-Host synchronisation (CuPy arrays): the forwards copy ``*_lengths`` and ``targets`` to the
-host (the row plan and the validation need them), check the fused op's float inputs for
-NaN/inf (``isfinite(x.sum())`` per input, read back once for the four) and the
-log-likelihoods once at the end.
+Host synchronisation (CuPy arrays): the forwards copy ``*_lengths`` to the host (the row
+plan needs them). ``rnnt_loss`` also copies ``targets`` (validation) and checks the rows'
+and the log-likelihoods' finiteness; the fused op (``checks="host"``) checks the labels by
+a kernel and the float inputs' NaN/inf (``isfinite(x.sum())``) on the device, and reads
+those flags and the log-likelihoods' once, at the end (``_LateChecks``).
 Nothing else synchronises: the kernels and the cuBLAS GEMMs are enqueued on the current
 CuPy stream, backwards included.
 """
@@ -38,6 +39,8 @@ import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from . import _arrays
 from . import _fused
@@ -220,15 +223,17 @@ class _FusedCall:
     budget: int
     sample_wise: bool
     io: Any
-    status: Any  # the core view of the caller's status word (checks="device"), else None
-    status_out: Any  # the same word as the caller's array
+    status: Any  # the core's status word (checks="device": the caller's), else None
+    status_out: Any  # the caller's status word (checks="device"), else None
+    late: Any = None  # _LateChecks: checks="host" on device arrays
 
 
 def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation,
                 blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32,
                 backend, checks, status, variants: dict) -> _FusedCall:
-    """Validate a fused call (``checks="host"``: everything now; ``"device"``: no host
-    read -- lengths on the host, labels and results checked into ``status``)."""
+    """Validate a fused call (``checks="host"``: everything now, or for device arrays the
+    lengths now and the rest at the end, ``_LateChecks``; ``"device"``: no host read --
+    lengths on the host, labels and results checked into ``status``)."""
     V = v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
     on_host = v.check_choice("checks", checks, CHECKS) == "host"
     if on_host and status is not None:
@@ -243,19 +248,24 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
     budget = v.check_workspace(max_workspace_bytes)
     sample_wise = v.check_bool("sample_wise", sample_wise)
     tf32 = v.check_bool("allow_tf32", allow_tf32)
-    t_len, u_len, _ = v.check_values("enc_lengths", enc_lengths, target_lengths, targets,
-                                     enc.shape[1], topo, V, on_host)
     be = get_backend(backend, enc)
     xp = be.xp
+    defer = on_host and defers_host_checks(be)
+    t_len, u_len, _ = v.check_values("enc_lengths", enc_lengths, target_lengths, targets,
+                                     enc.shape[1], topo, V, labels_on_host=on_host and not defer,
+                                     lengths_on_host=not on_host)
     floats = (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))
     for name, x in floats:
         v.check_array_module(name, x, be)
-    if on_host:
+    if on_host and not defer:
         v.check_finite(floats, xp)
     f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in floats),
         activation=act, topo=topo, fastemit_lambda=lam, clamp=clamp, tf32=tf32)
-    status_core = None
-    if not on_host:
+    status_core, late = None, None
+    if defer:  # an internal status word, read once at the end
+        status_core = _status.new_status(xp)
+        late = _LateChecks(status_core, targets, u_len, topo, V, floats)
+    elif not on_host:
         if io.kind == "jax":
             raise TypeError("checks: 'device' ORs flags into a status array in place, and JAX "
                             "arrays are immutable; pass NumPy, CuPy or PyTorch arrays (or "
@@ -264,9 +274,46 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
             status = io.from_core(_status.new_status(xp))
         status_core = io.to_core(status)
         _status.check_status_array(status_core, xp)
+        be.prepare_capture()  # the call may be captured in a CUDA graph
     # the caller's targets (device ones as they are: the host copy checked is not uploaded)
     return _FusedCall(be, f, xp.asarray(targets), make_plan(t_len, u_len), budget,
-                      sample_wise, io, status_core, status)
+                      sample_wise, io, status_core, status, late)
+
+
+def defers_host_checks(backend) -> bool:
+    """``checks="host"`` on device arrays (CuPy) checks the labels and the float inputs'
+    NaN/inf on the device and reads the flags back once, at the end of the call
+    (``_LateChecks``), instead of two reads before the work; host arrays are checked at
+    once (no read to save)."""
+    return backend.xp is not np
+
+
+@dataclass
+class _LateChecks:
+    """The host checks of a device call, done at its end: the labels' kernel check (at the
+    start of the work), the inputs' NaN/inf flag (after the work is enqueued) and the
+    log-likelihoods' flag are ORed into ``status`` and read back once; a flagged call then
+    reads its labels and inputs for the error ``checks="host"`` raises before the work.
+    Kernels never read a label outside [0, V), so a bad call computes garbage, not a crash,
+    and raises before it returns."""
+
+    status: Any
+    targets: Any  # the core's (B, U) labels, unread unless flagged
+    u_len: np.ndarray
+    topo: Any
+    n_logits: int
+    floats: tuple  # (name, array) of enc, pred, weight, bias
+
+    def finish(self, losses, xp) -> None:
+        _status.flag_non_finite_inputs(self.status, [x for _, x in self.floats], xp)
+        flags = int(v.host_read(self.status))
+        if not flags:
+            return
+        v.check_targets(v.to_host(self.targets), self.u_len, self.topo.vocab(self.n_logits),
+                        self.topo.blanks)
+        v.check_finite(self.floats, xp)
+        _fused.check_fused_log_likelihood(losses, xp)
+        _status.raise_for_status(self.status)  # not reached: a flag has its check above
 
 
 def _check_needs(needs) -> tuple:
@@ -306,11 +353,13 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
             pass (only ``needs``), and the backward scales them.
         allow_tf32: float32 inputs only: let the GEMMs round their inputs to TF32 (tensor
             cores, ~10-bit mantissa). Off by default: float32 is exact float32.
-        checks: ``"host"`` (default): every input is checked before the work and a bad one
-            raises at once (this reads lengths, labels and a NaN/inf flag per float input
-            back to the host). ``"device"``: no device-to-host read at all -- the lengths
-            must be host arrays; labels are checked by a kernel and non-finite results
-            flagged, into ``status`` (see ``cutrans.raise_for_status``).
+        checks: ``"host"`` (default): every input is checked and a bad one raises before
+            the call returns -- host arrays before the work; device arrays have their
+            lengths read first, their labels and NaN/inf flags checked on the device and
+            read back once at the end (``defers_host_checks``). ``"device"``: no
+            device-to-host read at all -- the lengths must be host arrays; labels are
+            checked by a kernel and non-finite results flagged, into ``status`` (see
+            ``cutrans.raise_for_status``).
         status: ``checks="device"`` only: an int32 array of shape () on the data's device
             (writable: NumPy, CuPy, PyTorch) that the call ORs its flags into (0: fine);
             required for ``transducer_forward`` in that mode.
@@ -338,8 +387,12 @@ def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
         scale = 1.0 / plan.batch if reduction == "mean" else 1.0
         losses, grads = _fused.one_pass(be, f, call.targets, plan, scale=scale, needs=needs,
                                         **kw)
+        if call.late:
+            call.late.finish(losses, be.xp)
         return io.from_core(losses), ReducedContext(grads, reduction, needs, io)
     losses, ctx = _fused.forward(be, f, call.targets, plan, need_grad=need_grad, **kw)
+    if call.late:
+        call.late.finish(losses, be.xp)
     if ctx is not None:
         ctx.io = io
     return io.from_core(losses), ctx

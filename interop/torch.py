@@ -179,8 +179,9 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
             target_lengths ``(B,)`` in ``[0, U]``.
         activation: ``"tanh"`` | ``"relu"`` | ``"identity"``; blank: id (negative from the end).
         clamp: clip dLoss/dz to ``[-clamp, clamp]`` (None or <= 0: off).
-        checks: ``"host"`` (default): inputs are checked before the work (the lengths and
-            labels are read on the host, a synchronisation for CUDA tensors).
+        checks: ``"host"`` (default): a bad input raises before the call returns (CUDA
+            tensors: the lengths are read on the host first, the labels and NaN/inf
+            checked on the device and their flags read once at the end: synchronisations).
             ``"device"``: no synchronisation -- pass the lengths as CPU tensors and an
             int32 ``status`` tensor of shape () on ``enc``'s device; labels and non-finite
             results are flagged into it (``cutrans.raise_for_status(status)`` reads it when

@@ -1,15 +1,18 @@
 """GPU time per kernel of one fused call (torch.profiler lists CuPy's kernels), for the ledger.
 
     python scripts/gpu_profile.py [--dtype float32|bfloat16] [--budget 512M] [--sample-wise]
-                                  [--checks host|device]
+                                  [--checks host|device] [--workload NAME] [--batch B]
+                                  [--gemms]
 
-Runs ``cutrans.transducer_loss`` (reduction "sum", the one-pass path) on the
-``librispeech-100`` workload (the bench's inputs, ``bench.workloads.make_inputs``, as torch
+Runs ``cutrans.transducer_loss`` (reduction "sum", the one-pass path) on a bench workload
+(default ``librispeech-100``; ``--batch``: its first B samples' sizes, e.g. 64 of the
+``paper-headline`` batch; the bench's inputs, ``bench.workloads.make_inputs``, as torch
 CUDA tensors), warms up, then prints the median wall time of 5 calls (host clock around the
 call and a synchronize) and, from one profiled call, the GPU time and launches of every
-kernel class (cuBLAS GEMMs under one class) and their sum; wall - GPU is host time.
-``--checks device``: lengths on the host, no device-to-host read (what the host checks'
-synchronisations cost: compare the two wall times).
+kernel class (cuBLAS GEMMs under one class; ``--gemms``: also each GEMM kernel by name)
+and their sum; wall - GPU is host time. ``--checks device``: lengths on the host, no
+device-to-host read (what the host checks' synchronisations cost: compare the two wall
+times).
 """
 from __future__ import annotations
 
@@ -27,9 +30,12 @@ from cutrans.bench.measure import parse_bytes
 from cutrans.bench.workloads import WORKLOADS, make_inputs
 
 
+GEMM = "cuBLAS GEMM"
+
+
 def _class(name: str) -> str:
     if re.search(r"gemm|sm90_|cutlass|xmma|ampere_|cublas", name, re.I):
-        return "cuBLAS GEMM"
+        return GEMM
     return re.sub(r"<.*", "", name)  # template arguments off
 
 
@@ -39,8 +45,12 @@ def main() -> None:
     ap.add_argument("--budget", default="512M")
     ap.add_argument("--sample-wise", action="store_true")
     ap.add_argument("--checks", default="host", choices=["host", "device"])
+    ap.add_argument("--workload", default="librispeech-100", choices=sorted(WORKLOADS))
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--gemms", action="store_true")
     args = ap.parse_args()
-    x = make_inputs(WORKLOADS["librispeech-100"])
+    w = WORKLOADS[args.workload]
+    x = make_inputs(w.scaled(batch=args.batch) if args.batch else w)
     tdt = getattr(torch, args.dtype)
     xs = [torch.from_numpy(a).to("cuda", tdt) for a in (x.enc, x.pred, x.weight, x.bias)]
     ints = [torch.from_numpy(x.targets).to("cuda")] + [
@@ -64,21 +74,27 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         call()
     per = defaultdict(lambda: [0.0, 0])
+    gemms = defaultdict(lambda: [0.0, 0])
     for e in prof.key_averages():
         if str(getattr(e, "device_type", "")).endswith("CUDA"):
             us = getattr(e, "self_device_time_total", None)
             if us is None:
                 us = getattr(e, "self_cuda_time_total", 0.0)
-            k = per[_class(e.key)]
-            k[0] += us
-            k[1] += e.count
+            cls = _class(e.key)
+            for table, key in ((per, cls), (gemms, e.key if cls == GEMM else None)):
+                if key is not None:
+                    table[key][0] += us
+                    table[key][1] += e.count
     total = sum(v[0] for v in per.values()) / 1e3
-    print(f"librispeech-100 {args.dtype} budget {args.budget}"
-          f"{' sample-wise' if args.sample_wise else ''} checks={args.checks}: wall median "
-          f"{sorted(walls)[len(walls) // 2]:.2f} ms (5 calls, host clock + synchronize); "
-          f"GPU kernels {total:.2f} ms (profiled call)")
+    print(f"{args.workload}{f' (B={args.batch})' if args.batch else ''} {args.dtype} budget "
+          f"{args.budget}{' sample-wise' if args.sample_wise else ''} checks={args.checks}: "
+          f"wall median {sorted(walls)[len(walls) // 2]:.2f} ms (5 calls, host clock + "
+          f"synchronize); GPU kernels {total:.2f} ms (profiled call)")
     for name, (us, n) in sorted(per.items(), key=lambda kv: -kv[1][0]):
         print(f"  {name:<40} {us / 1e3:8.3f} ms  {n:5d} launches")
+    if args.gemms:
+        for name, (us, n) in sorted(gemms.items(), key=lambda kv: -kv[1][0]):
+            print(f"    GEMM {us / 1e3:8.3f} ms {n:5d}x  {name[:150]}")
 
 
 if __name__ == "__main__":

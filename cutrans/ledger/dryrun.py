@@ -121,16 +121,20 @@ def _call(be, path, f, targets, plan, budget, sample_wise, pipeline=False):
     """One call of the orchestration; returns the gradients it hands back. ``f``: the
     ``FusedInputs``, or the packed logits for the ``logits`` path."""
     B = plan.batch
+    # the fused op's host checks on a GPU (api._LateChecks): a status word for the labels'
+    # kernel check, the inputs' finiteness reductions after the work is enqueued
+    status = np.zeros((), np.int32)
     if path == "one-pass":
-        be.record_input_checks(f.enc, f.pred, f.weight, f.bias)
         _, grads = _fused.one_pass(be, f, targets, plan, scale=1.0 / B,
                                    needs=(True, True, True, True), max_workspace_bytes=budget,
-                                   sample_wise=sample_wise, pipeline=pipeline)
+                                   sample_wise=sample_wise, pipeline=pipeline, status=status)
+        be.record_input_checks(f.enc, f.pred, f.weight, f.bias)
         return grads
     if path == "two-pass":
-        be.record_input_checks(f.enc, f.pred, f.weight, f.bias)
         _, ctx = _fused.forward(be, f, targets, plan, need_grad=True,
-                                max_workspace_bytes=budget, sample_wise=sample_wise)
+                                max_workspace_bytes=budget, sample_wise=sample_wise,
+                                status=status)
+        be.record_input_checks(f.enc, f.pred, f.weight, f.bias)
         return _fused.backward(ctx, np.ones(B, dtype=ctx.coefs.dtype))
     _, ctx = _orchestrate.logits_forward(be, f, targets, plan, Topology(), packed=True,
                                          fastemit_lambda=0.0, clamp=0.0, need_grad=True)

@@ -1,5 +1,7 @@
 """``checks="device"``: a fused call with no device-to-host read; problems land in a status
 word (checked by a kernel on the emulated backend, by NumPy on the NumPy backend)."""
+import types
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,112 @@ def test_jax_arrays_cannot_take_device_checks():
     xs = [jnp.asarray(x, dtype=jnp.float32) for x in floats]
     with pytest.raises(TypeError, match="checks: 'device' .* JAX arrays are immutable"):
         cutrans.transducer_loss(*xs, targets, t_len, u_len, checks="device")
+
+
+# ------------------------------------------------ checks="host" on device arrays: deferred
+@pytest.fixture
+def deferred(monkeypatch):
+    """The host checks as a device call makes them (``api._LateChecks``), on CPU arrays."""
+    from cutrans import api
+    monkeypatch.setattr(api, "defers_host_checks", lambda backend: True)
+
+
+def _error(fn):
+    with pytest.raises(ValueError) as e:
+        fn()
+    return str(e.value)
+
+
+def test_only_device_calls_defer_their_host_checks():
+    from cutrans import api
+    from cutrans.backends import get_backend
+    assert not api.defers_host_checks(get_backend("numpy"))
+    assert not api.defers_host_checks(get_backend("emulated"))
+    assert api.defers_host_checks(types.SimpleNamespace(xp=types.ModuleType("cupy")))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_deferred_host_checks_read_once_and_agree(host_reads, backend, reduction,
+                                                  monkeypatch):
+    """One read (the status word, at the end) instead of two; the same bits."""
+    from cutrans import api
+    floats, targets, t_len, u_len = fused_case()
+    want = cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
+                                   backend=backend)
+    want_sum = cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction="sum",
+                                       backend=backend)
+    host_reads.clear()
+    monkeypatch.setattr(api, "defers_host_checks", lambda be: True)
+    got = cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
+                                  backend=backend)
+    assert host_reads == ["ndarray"] and got.status is None
+    losses, ctx = cutrans.transducer_forward(*floats, targets, t_len, u_len, backend=backend)
+    assert host_reads == ["ndarray"] * 2
+    np.testing.assert_array_equal(got.loss, want.loss)
+    for g, w in zip(got.grads, want.grads):
+        np.testing.assert_array_equal(g, w)
+    for g, w in zip(cutrans.transducer_backward(ctx, np.ones(3)), want_sum.grads):
+        np.testing.assert_array_equal(g, w)
+
+
+def _bad_cases():
+    """(name, make) -> the fused call's arguments with one problem (or two)."""
+    def label(v):
+        def make(floats, targets):
+            targets = targets.copy()
+            targets[0, 1] = v
+            return floats, targets
+        return make
+
+    def non_finite(i, value=np.nan):
+        def make(floats, targets):
+            floats = [x.copy() for x in floats]
+            floats[i].flat[-1] = value
+            return floats, targets
+        return make
+
+    def both(floats, targets):  # a bad label and a NaN: the label is named, as before
+        return non_finite(0)(*label(9)(floats, targets))
+
+    def overflow(floats, targets):  # finite float16 inputs whose logits overflow
+        floats = [x.astype(np.float16) for x in floats]
+        floats[2] = (np.sign(floats[2]) * 6e4).astype(np.float16)  # |z| up to 6 * 6e4
+        return floats, targets
+    return {"label 9": label(9), "label -3": label(-3), "blank label": label(0),
+            "enc nan": non_finite(0), "pred inf": non_finite(1, np.inf),
+            "weight -inf": non_finite(2, -np.inf), "bias nan": non_finite(3),
+            "label and nan": both, "float16 overflow": overflow}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("case", sorted(_bad_cases()))
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_deferred_host_checks_raise_the_eager_error(backend, reduction, case, monkeypatch):
+    """A flagged call raises exactly what the eager host checks raise before the work."""
+    floats, targets = _bad_cases()[case](*fused_case()[:2])
+    _, _, t_len, u_len = fused_case()
+
+    def call():
+        return cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
+                                       backend=backend)
+    want = _error(call)
+    from cutrans import api
+    monkeypatch.setattr(api, "defers_host_checks", lambda be: True)
+    assert _error(call) == want
+    assert want.startswith({"label": "targets: expected", "blank": "targets: expected",
+                            "enc": "enc: expected finite", "pred": "pred: expected finite",
+                            "weight": "weight: expected finite",
+                            "bias": "bias: expected finite",
+                            "float16": "the joint logits of sample"}[case.split()[0]])
+
+
+def test_deferred_host_checks_still_check_lengths_first(deferred):
+    floats, targets, t_len, u_len = fused_case()
+    bad = t_len.copy()
+    bad[1] = 99
+    targets = targets.copy()
+    targets[0, 0] = 9  # a bad label too: the lengths are checked first, at once
+    with pytest.raises(ValueError, match=r"enc_lengths: expected frame counts in \[1, 5\]"):
+        cutrans.transducer_loss(*floats, targets, bad, u_len)

@@ -58,7 +58,8 @@ class TeeBackend:
         self.spy = SpyProvider()
         self.kb = KernelBackend(self.spy, np, "spy", lambda *a, **k: None)
         self.gemms = 0
-        for op in ("row_stats", "row_grad", "lattice", "joint_forward", "joint_backward"):
+        for op in ("row_stats", "row_grad", "lattice", "joint_forward", "joint_backward",
+                   "check_targets"):
             setattr(self, op, self._tee(op))
 
     def _tee(self, op):
@@ -71,6 +72,9 @@ class TeeBackend:
         self.gemms += 1
         return self.ref.gemm(*args, **kw)
 
+    def prepare_capture(self):
+        pass
+
 
 def _inputs(dtype, seed=0):
     rng = np.random.default_rng(seed)
@@ -82,9 +86,11 @@ def _inputs(dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype", dtype_params("float32", "bfloat16"))
-def test_launches_are_those_of_a_real_run(dtype):
+def test_launches_are_those_of_a_real_run(dtype, monkeypatch):
     """The dry run's kernel launches (name, types, grid, block) equal, in order, those
-    KernelBackend issues during a real (NumPy-computed) transducer_loss call."""
+    KernelBackend issues during a real (NumPy-computed) transducer_loss call, with the host
+    checks a GPU call makes (the labels' kernel check, ``api.defers_host_checks``)."""
+    monkeypatch.setattr(cutrans.api, "defers_host_checks", lambda backend: True)
     dt = np.dtype(cutrans._dtypes.DTYPES[dtype][0])
     budget = _budget(dt)
     tee = TeeBackend()
@@ -126,7 +132,7 @@ def test_one_pass_sequence_per_group(dtype):
                        ("joint_backward_enc", c.n_frames, hb),
                        ("joint_backward_pred", c.n_slots, hb)]
 
-    expected = []
+    expected = [("check_targets", len(T_LEN), _kernels.pick_block(int(U_LEN.max())))]
     for g in sched.groups:
         for c in g.chunks:
             expected += fwd(c)
