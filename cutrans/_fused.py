@@ -296,7 +296,8 @@ def run_lattices(be, topo, dplan, b0, b1, rbase, values, alpha, beta, need_grad,
 
 def check_fused_log_likelihood(log_like, xp, status=None) -> None:
     """Finite inputs give finite logits unless a 16-bit GEMM overflows: one host check, or
-    (``checks="device"``) a flag ORed into the device ``status``."""
+    a flag ORed into the device ``status`` (``checks="device"``; the deferred host checks
+    of a device call, ``api._LateChecks``)."""
     if status is not None:
         _status.flag_non_finite(status, log_like, xp)
         return
@@ -384,11 +385,12 @@ class _OnePass:
 
 def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
              max_workspace_bytes: int, sample_wise: bool, status=None,
-             pipeline: bool | None = None):
+             pipeline: bool | None = None, log_like=None):
     """Per-sample losses (B,) and the gradients of ``scale * sum_b loss_b`` (see
     ``GradSink.finish``), in one pass over the groups (pipelined: see the module docstring;
     ``pipeline`` None follows ``PIPELINE``). ``status``: device-side checks
-    (``cutrans._status``) instead of host ones."""
+    (``cutrans._status``) instead of host ones; ``log_like``: a (B,) compute-dtype array
+    to fill with the log-likelihoods (else allocated)."""
     xp = be.xp
     topo = f.topo
     dplan = to_device(plan, targets, xp)
@@ -404,7 +406,7 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
     if two:
         sets.append(make_workspace(xp, f, sched, state, w_aug=sets[0].w_aug))
     cdt = compute_dtype(f.enc.dtype)
-    log_like = xp.empty(plan.batch, dtype=cdt)
+    log_like = xp.empty(plan.batch, dtype=cdt) if log_like is None else log_like
     log_like2 = xp.empty(plan.batch, dtype=cdt) if topo.omega else None
     run = _OnePass(be, f, dplan, xp.full(plan.batch, scale, dtype=cdt), sink, log_like,
                    log_like2)
@@ -457,9 +459,9 @@ def fused_context(be, f: FusedInputs, targets, plan: RowPlan, coefs, coefs2, *,
 
 
 def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
-            max_workspace_bytes: int, sample_wise: bool, status=None):
+            max_workspace_bytes: int, sample_wise: bool, status=None, log_like=None):
     """Per-sample losses (B,) and (if ``need_grad``) the context for ``backward``.
-    ``status``: device-side checks (``cutrans._status``) instead of host ones."""
+    ``status``, ``log_like``: as in ``one_pass``."""
     xp = be.xp
     topo = f.topo
     cdt = compute_dtype(f.enc.dtype)
@@ -476,7 +478,7 @@ def forward(be, f: FusedInputs, targets, plan: RowPlan, *, need_grad: bool,
     if status is not None:
         device_checks(be, f, dplan, status)
     ws = make_workspace(xp, f, sched, state)
-    log_like = xp.empty(plan.batch, dtype=cdt)
+    log_like = xp.empty(plan.batch, dtype=cdt) if log_like is None else log_like
     log_like2 = xp.empty(plan.batch, dtype=cdt) if two else None
     for g in sched.groups:
         if need_grad:  # the coefficients overwrite the values, kept per row

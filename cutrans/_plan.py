@@ -233,6 +233,8 @@ def to_device(plan: RowPlan, targets, xp) -> DevicePlan:
     tg = xp.asarray(targets)
     if tg.shape[1] == 0:  # kernels always get at least one column
         tg = xp.zeros((tg.shape[0], 1), dtype=xp.int32)
+    elif tg.dtype.itemsize > 4:  # a wide label the int32 cast would wrap stays out of range
+        tg = xp.clip(tg, -1, np.iinfo(np.int32).max)
     offsets, frame_offsets, label_offsets, logit_len, target_len = _plan_arrays(plan, xp)
     return DevicePlan(
         offsets=offsets, frame_offsets=frame_offsets, label_offsets=label_offsets,

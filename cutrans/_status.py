@@ -1,4 +1,6 @@
-"""Device-side checks (``checks="device"``): a status word instead of a host round trip.
+"""Device-side checks (``checks="device"``): a status word instead of a host round trip
+(also the internal word of the fused op's host checks on device arrays,
+``api._LateChecks``, which adds ``NON_FINITE_INPUT`` and reads it once at the end).
 
 With ``checks="device"`` the fused op reads nothing back to the host: the labels are
 checked by a kernel and non-finite log-likelihoods are flagged on the device, both ORed

@@ -3,8 +3,9 @@ argument, one message naming the argument, what was expected and what came.
 
 Shape/dtype checks work on any array with ``shape``/``dtype`` (NumPy, CuPy, torch, JAX,
 tracers included), so adapters run them at trace time. Value checks (lengths, labels) run
-on host copies: for device arrays that is the op's one host synchronisation (the row plan
-needs the lengths on the host anyway).
+on host copies (the row plan needs the lengths on the host anyway); the fused op on device
+arrays reads only the lengths first and checks its labels on the device, reading them only
+when flagged (``api._LateChecks``).
 """
 from __future__ import annotations
 

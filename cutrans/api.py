@@ -47,6 +47,7 @@ from . import _fused
 from . import _orchestrate as orch
 from . import _status
 from . import _validate as v
+from ._dtypes import compute_dtype
 from ._plan import make_plan
 from ._topology import make_topology
 from .backends import ACTIVATIONS, get_backend
@@ -250,13 +251,13 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
     tf32 = v.check_bool("allow_tf32", allow_tf32)
     be = get_backend(backend, enc)
     xp = be.xp
+    floats = (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))
+    for name, x in floats:
+        v.check_array_module(name, x, be)
     defer = on_host and defers_host_checks(be)
     t_len, u_len, _ = v.check_values("enc_lengths", enc_lengths, target_lengths, targets,
                                      enc.shape[1], topo, V, labels_on_host=on_host and not defer,
                                      lengths_on_host=not on_host)
-    floats = (("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias))
-    for name, x in floats:
-        v.check_array_module(name, x, be)
     if on_host and not defer:
         v.check_finite(floats, xp)
     f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in floats),
@@ -264,7 +265,8 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
     status_core, late = None, None
     if defer:  # an internal status word, read once at the end
         status_core = _status.new_status(xp)
-        late = _LateChecks(status_core, targets, u_len, topo, V, floats)
+        late = _LateChecks(status_core, targets, u_len, topo, V, floats,
+                           xp.empty(len(t_len), dtype=compute_dtype(f.enc.dtype)))
     elif not on_host:
         if io.kind == "jax":
             raise TypeError("checks: 'device' ORs flags into a status array in place, and JAX "
@@ -292,10 +294,10 @@ def defers_host_checks(backend) -> bool:
 class _LateChecks:
     """The host checks of a device call, done at its end: the labels' kernel check (at the
     start of the work), the inputs' NaN/inf flag (after the work is enqueued) and the
-    log-likelihoods' flag are ORed into ``status`` and read back once; a flagged call then
-    reads its labels and inputs for the error ``checks="host"`` raises before the work.
-    Kernels never read a label outside [0, V), so a bad call computes garbage, not a crash,
-    and raises before it returns."""
+    log-likelihoods' flag are ORed into ``status`` and read back once; a flagged call (or
+    one whose work raised) then runs the host checks in their order, so it raises the
+    error the checks before the work raise. Kernels never read a label outside [0, V),
+    so a bad call computes garbage, not a crash, and raises before it returns."""
 
     status: Any
     targets: Any  # the core's (B, U) labels, unread unless flagged
@@ -303,17 +305,36 @@ class _LateChecks:
     topo: Any
     n_logits: int
     floats: tuple  # (name, array) of enc, pred, weight, bias
+    log_like: Any  # (B,), filled by the work
 
-    def finish(self, losses, xp) -> None:
-        _status.flag_non_finite_inputs(self.status, [x for _, x in self.floats], xp)
-        flags = int(v.host_read(self.status))
-        if not flags:
-            return
+    def inputs(self, xp) -> None:
+        """The checks of the labels and the float inputs, on host copies (reads)."""
         v.check_targets(v.to_host(self.targets), self.u_len, self.topo.vocab(self.n_logits),
                         self.topo.blanks)
         v.check_finite(self.floats, xp)
-        _fused.check_fused_log_likelihood(losses, xp)
+
+    def finish(self, xp) -> None:
+        _status.flag_non_finite_inputs(self.status, [x for _, x in self.floats], xp)
+        if not int(v.host_read(self.status)):
+            return
+        self.inputs(xp)
+        _fused.check_fused_log_likelihood(self.log_like, xp)
         _status.raise_for_status(self.status)  # not reached: a flag has its check above
+
+
+def _run_checked(call: _FusedCall, work):
+    """``work()``, then the deferred host checks (``_LateChecks``): a bad input raises
+    what the early checks would have raised, also when the work itself failed."""
+    if call.late is None:
+        return work()
+    xp = call.backend.xp
+    try:
+        out = work()
+    except Exception:
+        call.late.inputs(xp)
+        raise
+    call.late.finish(xp)
+    return out
 
 
 def _check_needs(needs) -> tuple:
@@ -382,17 +403,14 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
 def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
     be, f, plan, io = call.backend, call.inputs, call.plan, call.io
     kw = dict(max_workspace_bytes=call.budget, sample_wise=call.sample_wise,
-              status=call.status)
+              status=call.status, log_like=call.late.log_like if call.late else None)
     if need_grad and reduction != "none" and any(needs):
         scale = 1.0 / plan.batch if reduction == "mean" else 1.0
-        losses, grads = _fused.one_pass(be, f, call.targets, plan, scale=scale, needs=needs,
-                                        **kw)
-        if call.late:
-            call.late.finish(losses, be.xp)
+        losses, grads = _run_checked(call, lambda: _fused.one_pass(
+            be, f, call.targets, plan, scale=scale, needs=needs, **kw))
         return io.from_core(losses), ReducedContext(grads, reduction, needs, io)
-    losses, ctx = _fused.forward(be, f, call.targets, plan, need_grad=need_grad, **kw)
-    if call.late:
-        call.late.finish(losses, be.xp)
+    losses, ctx = _run_checked(call, lambda: _fused.forward(
+        be, f, call.targets, plan, need_grad=need_grad, **kw))
     if ctx is not None:
         ctx.io = io
     return io.from_core(losses), ctx

@@ -1,18 +1,20 @@
 """GPU time per kernel of one fused call (torch.profiler lists CuPy's kernels), for the ledger.
 
     python scripts/gpu_profile.py [--dtype float32|bfloat16] [--budget 512M] [--sample-wise]
-                                  [--checks host|device] [--workload NAME] [--batch B]
-                                  [--gemms]
+                                  [--checks host|device] [--lengths cpu|cuda]
+                                  [--workload NAME] [--batch B] [--gemms]
 
 Runs ``cutrans.transducer_loss`` (reduction "sum", the one-pass path) on a bench workload
-(default ``librispeech-100``; ``--batch``: its first B samples' sizes, e.g. 64 of the
-``paper-headline`` batch; the bench's inputs, ``bench.workloads.make_inputs``, as torch
-CUDA tensors), warms up, then prints the median wall time of 5 calls (host clock around the
-call and a synchronize) and, from one profiled call, the GPU time and launches of every
-kernel class (cuBLAS GEMMs under one class; ``--gemms``: also each GEMM kernel by name)
-and their sum; wall - GPU is host time. ``--checks device``: lengths on the host, no
-device-to-host read (what the host checks' synchronisations cost: compare the two wall
-times).
+(default ``librispeech-100``; ``--batch``: the workload with B samples, lengths drawn for
+B, e.g. 64 of ``paper-headline``'s all-full-length samples; the bench's inputs,
+``bench.workloads.make_inputs``, as torch CUDA tensors), warms up, then prints the median
+wall time of 5 calls (host clock around the call and a synchronize) and, from one profiled
+call, the GPU time and launches of every kernel class (cuBLAS GEMMs under one class;
+``--gemms``: also each GEMM kernel by name) and their sum; wall - GPU is host time (each
+call starts on an idle GPU, so the host work before its first kernel shows).
+``--lengths``: where the lengths live (default: cuda for ``--checks host``, cpu for
+``--checks device``, which needs them there); ``--checks device`` reads nothing back, so
+host vs device checks at the same ``--lengths`` is what the host checks' reads cost.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ def main() -> None:
     ap.add_argument("--budget", default="512M")
     ap.add_argument("--sample-wise", action="store_true")
     ap.add_argument("--checks", default="host", choices=["host", "device"])
+    ap.add_argument("--lengths", default=None, choices=["cpu", "cuda"])
     ap.add_argument("--workload", default="librispeech-100", choices=sorted(WORKLOADS))
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--gemms", action="store_true")
@@ -53,9 +56,9 @@ def main() -> None:
     x = make_inputs(w.scaled(batch=args.batch) if args.batch else w)
     tdt = getattr(torch, args.dtype)
     xs = [torch.from_numpy(a).to("cuda", tdt) for a in (x.enc, x.pred, x.weight, x.bias)]
+    lengths = args.lengths or ("cpu" if args.checks == "device" else "cuda")
     ints = [torch.from_numpy(x.targets).to("cuda")] + [
-        torch.from_numpy(a).to("cpu" if args.checks == "device" else "cuda")
-        for a in (x.enc_lengths, x.target_lengths)]
+        torch.from_numpy(a).to(lengths) for a in (x.enc_lengths, x.target_lengths)]
     kw = dict(reduction="sum", max_workspace_bytes=parse_bytes(args.budget),
               sample_wise=args.sample_wise, checks=args.checks)
 
@@ -87,7 +90,8 @@ def main() -> None:
                     table[key][1] += e.count
     total = sum(v[0] for v in per.values()) / 1e3
     print(f"{args.workload}{f' (B={args.batch})' if args.batch else ''} {args.dtype} budget "
-          f"{args.budget}{' sample-wise' if args.sample_wise else ''} checks={args.checks}: "
+          f"{args.budget}{' sample-wise' if args.sample_wise else ''} checks={args.checks} "
+          f"lengths={lengths}: "
           f"wall median {sorted(walls)[len(walls) // 2]:.2f} ms (5 calls, host clock + "
           f"synchronize); GPU kernels {total:.2f} ms (profiled call)")
     for name, (us, n) in sorted(per.items(), key=lambda kv: -kv[1][0]):

@@ -207,6 +207,9 @@ def _bad_cases():
     def both(floats, targets):  # a bad label and a NaN: the label is named, as before
         return non_finite(0)(*label(9)(floats, targets))
 
+    def wide(floats, targets):  # an int64 label that an int32 cast would wrap to 3
+        return label(2**32 + 3)(floats, targets.astype(np.int64))
+
     def overflow(floats, targets):  # finite float16 inputs whose logits overflow
         floats = [x.astype(np.float16) for x in floats]
         floats[2] = (np.sign(floats[2]) * 6e4).astype(np.float16)  # |z| up to 6 * 6e4
@@ -214,7 +217,7 @@ def _bad_cases():
     return {"label 9": label(9), "label -3": label(-3), "blank label": label(0),
             "enc nan": non_finite(0), "pred inf": non_finite(1, np.inf),
             "weight -inf": non_finite(2, -np.inf), "bias nan": non_finite(3),
-            "label and nan": both, "float16 overflow": overflow}
+            "label and nan": both, "float16 overflow": overflow, "label 2**32+3": wide}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -238,6 +241,25 @@ def test_deferred_host_checks_raise_the_eager_error(backend, reduction, case, mo
                             "weight": "weight: expected finite",
                             "bias": "bias: expected finite",
                             "float16": "the joint logits of sample"}[case.split()[0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deferred_host_checks_come_before_the_works_own_errors(backend, monkeypatch):
+    """A bad label and a budget too small for one row: the label is named, as before the
+    work (whose error comes first in the deferred order)."""
+    from cutrans import api
+    floats, targets, t_len, u_len = fused_case()
+    targets = targets.copy()
+    targets[0, 1] = 9
+
+    def call():
+        return cutrans.transducer_loss(*floats, targets, t_len, u_len, max_workspace_bytes=64,
+                                       backend=backend)
+    want = _error(call)
+    monkeypatch.setattr(api, "defers_host_checks", lambda be: True)
+    assert _error(call) == want and want.startswith("targets: expected")
+    targets[0, 1] = 1
+    assert "max_workspace_bytes" in _error(call)  # good labels: the work's own error
 
 
 def test_deferred_host_checks_still_check_lengths_first(deferred):

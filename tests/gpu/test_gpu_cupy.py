@@ -123,29 +123,31 @@ def test_deterministic_and_side_stream():
     assert bits(a.loss) == bits(b.loss)
 
 
-def test_host_checks_of_device_arrays_read_once_at_the_end(monkeypatch):
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_host_checks_of_device_arrays_read_once_at_the_end(monkeypatch, reduction):
     """checks="host" on CuPy arrays (lengths on the host): one device-to-host read, the
     status word at the end (``api._LateChecks``); a bad label or a NaN raises the error the
     NumPy backend raises before its work."""
     from cutrans import _validate
     case, args = fused_inputs(3, "float32")
-    want = cutrans.transducer_loss(*args[:5], *args[5:], blank=case.blank)
+    kw = dict(blank=case.blank, reduction=reduction)
+    want = cutrans.transducer_loss(*args[:5], *args[5:], **kw)
     reads = []
     real = _validate.host_read
     monkeypatch.setattr(_validate, "host_read", lambda x: reads.append(type(x)) or real(x))
     dev = [cupy.asarray(a) for a in args[:5]]
-    got = cutrans.transducer_loss(*dev, *args[5:], blank=case.blank)
+    got = cutrans.transducer_loss(*dev, *args[5:], **kw)
     assert reads == [cupy.ndarray]
-    np.testing.assert_allclose(float(got.loss), float(want.loss), rtol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(got.loss), want.loss, rtol=1e-5)
     b = int(np.flatnonzero(case.U > 0)[0])  # a sample with labels
-    for i, at, bad in ((4, (b, 0), 10**6), (0, (0, 0, 0), np.nan), (2, (1, 2), np.inf)):
+    for i, at, bad in ((4, (b, 0), 10**6), (4, (b, 0), case.blank), (0, (0, 0, 0), np.nan),
+                       (2, (1, 2), np.inf)):
         host = [a.copy() for a in args]
         host[i][at] = bad
         with pytest.raises(ValueError) as eager:
-            cutrans.transducer_loss(*host, blank=case.blank)
+            cutrans.transducer_loss(*host, **kw)
         with pytest.raises(ValueError) as late:
-            cutrans.transducer_loss(*[cupy.asarray(a) for a in host[:5]], *host[5:],
-                                    blank=case.blank)
+            cutrans.transducer_loss(*[cupy.asarray(a) for a in host[:5]], *host[5:], **kw)
         assert str(late.value) == str(eager.value)
 
 

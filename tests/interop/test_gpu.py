@@ -47,6 +47,26 @@ def test_torch_cuda_matches_cpu_on_a_side_stream(dtype):
         torch.testing.assert_close(a.grad.cpu(), b.grad, **tol)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("lengths", ["cpu", "cuda"])
+def test_torch_cuda_host_checks_raise_the_cpu_error(reduction, lengths):
+    """checks="host" on CUDA tensors (the checks read back at the end of the call): a bad
+    label, or a NaN, raises what the CPU tensors' checks raise before the work."""
+    torch = _torch_cuda()
+    from cutrans.interop.torch import transducer_loss
+    case = [torch.tensor(a) for a in fused_case(1)]
+    b = int(torch.nonzero(case[6] > 0)[0, 0])
+    for i, at, bad in ((4, (b, 0), 10**6), (4, (b, 0), 0), (0, (0, 0, 0), float("nan"))):
+        host = [a.clone() for a in case]
+        host[i][at] = bad
+        with pytest.raises(ValueError) as want:
+            transducer_loss(*host, reduction=reduction)
+        dev = [a.cuda() for a in host[:5]] + [a.to(lengths) for a in host[5:]]
+        with pytest.raises(ValueError) as got:
+            transducer_loss(*dev, reduction=reduction)
+        assert str(got.value) == str(want.value)
+
+
 @pytest.mark.parametrize("second", [False, True])
 def test_torch_cuda_device_index_and_compile(second):
     torch = _torch_cuda()
