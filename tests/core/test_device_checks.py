@@ -77,6 +77,7 @@ def test_host_checks_read_the_four_inputs_finiteness_at_once(host_reads):
 @pytest.mark.parametrize("bad,flag,msg", [
     (9, _status.BAD_LABEL, r"targets: a label within target_lengths is outside \[0, V\)"),
     (-3, _status.BAD_LABEL, r"outside \[0, V\)"),
+    (2**32 + 3, _status.BAD_LABEL, r"outside \[0, V\)"),  # int64: not wrapped to 3
     (0, _status.BLANK_LABEL, r"the blank id appears within target_lengths")])
 def test_bad_labels_are_flagged_not_crashed(backend, bad, flag, msg):
     floats, targets, t_len, u_len = fused_case()
