@@ -297,7 +297,7 @@ def run_lattices(be, topo, dplan, b0, b1, rbase, values, alpha, beta, need_grad,
 def check_fused_log_likelihood(log_like, xp, status=None) -> None:
     """Finite inputs give finite logits unless a 16-bit GEMM overflows: one host check, or
     a flag ORed into the device ``status`` (``checks="device"``; the deferred host checks
-    of a device call, ``api._LateChecks``)."""
+    of a device call, ``api._run_checked``)."""
     if status is not None:
         _status.flag_non_finite(status, log_like, xp)
         return
@@ -309,7 +309,7 @@ def check_fused_log_likelihood(log_like, xp, status=None) -> None:
 
 def device_checks(be, f: FusedInputs, dplan: DevicePlan, status) -> None:
     """The labels flagged into ``status`` by a kernel (``checks="device"``, and the
-    deferred host checks of a device call: ``api._LateChecks``)."""
+    deferred host checks of a device call: ``api._run_checked``)."""
     be.check_targets(dplan, f.topo.vocab(f.sizes[1]), f.topo, status)
 
 

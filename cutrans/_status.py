@@ -1,6 +1,6 @@
 """Device-side checks (``checks="device"``): a status word instead of a host round trip
 (also the internal word of the fused op's host checks on device arrays,
-``api._LateChecks``, which adds ``NON_FINITE_INPUT`` and reads it once at the end).
+``api._run_checked``, which adds ``NON_FINITE_INPUT`` and reads it once at the end).
 
 With ``checks="device"`` the fused op reads nothing back to the host: the labels are
 checked by a kernel and non-finite log-likelihoods are flagged on the device, both ORed
@@ -21,7 +21,7 @@ from . import _validate as v
 BAD_LABEL = 1  # a label within target_lengths outside [0, V) (kernels/row_ops.cu)
 BLANK_LABEL = 2  # the blank id within target_lengths
 NON_FINITE = 4  # a non-finite log-likelihood: NaN/inf inputs, or a float16 GEMM overflow
-NON_FINITE_INPUT = 8  # NaN/inf in a float input (the deferred host checks: api._LateChecks)
+NON_FINITE_INPUT = 8  # NaN/inf in a float input (the deferred host checks: api._run_checked)
 
 MESSAGES = {
     BAD_LABEL: "targets: a label within target_lengths is outside [0, V)",

@@ -5,7 +5,7 @@ Shape/dtype checks work on any array with ``shape``/``dtype`` (NumPy, CuPy, torc
 tracers included), so adapters run them at trace time. Value checks (lengths, labels) run
 on host copies (the row plan needs the lengths on the host anyway); the fused op on device
 arrays reads only the lengths first and checks its labels on the device, reading them only
-when flagged (``api._LateChecks``).
+when flagged (``api._run_checked``).
 """
 from __future__ import annotations
 

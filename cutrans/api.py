@@ -29,7 +29,7 @@ Host synchronisation (CuPy arrays): the forwards copy ``*_lengths`` to the host 
 plan needs them). ``rnnt_loss`` also copies ``targets`` (validation) and checks the rows'
 and the log-likelihoods' finiteness; the fused op (``checks="host"``) checks the labels by
 a kernel and the float inputs' NaN/inf (``isfinite(x.sum())``) on the device, and reads
-those flags and the log-likelihoods' once, at the end (``_LateChecks``).
+those flags and the log-likelihoods' once, at the end (``_run_checked``).
 Nothing else synchronises: the kernels and the cuBLAS GEMMs are enqueued on the current
 CuPy stream, backwards included.
 """
@@ -226,14 +226,14 @@ class _FusedCall:
     io: Any
     status: Any  # the core's status word (checks="device": the caller's), else None
     status_out: Any  # the caller's status word (checks="device"), else None
-    late: Any = None  # _LateChecks: checks="host" on device arrays
+    deferred: bool = False  # checks="host" on device arrays: checked at the end
 
 
 def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation,
                 blank, clamp, fastemit_lambda, max_workspace_bytes, sample_wise, allow_tf32,
                 backend, checks, status, variants: dict) -> _FusedCall:
     """Validate a fused call (``checks="host"``: everything now, or for device arrays the
-    lengths now and the rest at the end, ``_LateChecks``; ``"device"``: no host read --
+    lengths now and the rest at the end, ``_run_checked``; ``"device"``: no host read --
     lengths on the host, labels and results checked into ``status``)."""
     V = v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
     on_host = v.check_choice("checks", checks, CHECKS) == "host"
@@ -262,11 +262,9 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
         v.check_finite(floats, xp)
     f = _fused.FusedInputs(*(_contiguous(xp, n, x) for n, x in floats),
         activation=act, topo=topo, fastemit_lambda=lam, clamp=clamp, tf32=tf32)
-    status_core, late = None, None
-    if defer:  # an internal status word, read once at the end
+    status_core = None
+    if defer:  # an internal status word, read once at the end (_run_checked)
         status_core = _status.new_status(xp)
-        late = _LateChecks(status_core, targets, u_len, topo, V, floats,
-                           xp.empty(len(t_len), dtype=compute_dtype(f.enc.dtype)))
     elif not on_host:
         if io.kind == "jax":
             raise TypeError("checks: 'device' ORs flags into a status array in place, and JAX "
@@ -279,61 +277,52 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
         be.prepare_capture()  # the call may be captured in a CUDA graph
     # the caller's targets (device ones as they are: the host copy checked is not uploaded)
     return _FusedCall(be, f, xp.asarray(targets), make_plan(t_len, u_len), budget,
-                      sample_wise, io, status_core, status, late)
+                      sample_wise, io, status_core, status, defer)
 
 
 def defers_host_checks(backend) -> bool:
     """``checks="host"`` on device arrays (CuPy) checks the labels and the float inputs'
     NaN/inf on the device and reads the flags back once, at the end of the call
-    (``_LateChecks``), instead of two reads before the work; host arrays are checked at
+    (``_run_checked``), instead of two reads before the work; host arrays are checked at
     once (no read to save)."""
     return backend.xp is not np
 
 
-@dataclass
-class _LateChecks:
-    """The host checks of a device call, done at its end: the labels' kernel check (at the
-    start of the work), the inputs' NaN/inf flag (after the work is enqueued) and the
-    log-likelihoods' flag are ORed into ``status`` and read back once; a flagged call (or
-    one whose work raised) then runs the host checks in their order, so it raises the
-    error the checks before the work raise. Kernels never read a label outside [0, V),
-    so a bad call computes garbage, not a crash, and raises before it returns."""
+def _named_floats(f: _fused.FusedInputs) -> tuple:
+    return (("enc", f.enc), ("pred", f.pred), ("weight", f.weight), ("bias", f.bias))
 
-    status: Any
-    targets: Any  # the core's (B, U) labels, unread unless flagged
-    u_len: np.ndarray
-    topo: Any
-    n_logits: int
-    floats: tuple  # (name, array) of enc, pred, weight, bias
-    log_like: Any  # (B,), filled by the work
 
-    def inputs(self, xp) -> None:
-        """The checks of the labels and the float inputs, on host copies (reads)."""
-        v.check_targets(v.to_host(self.targets), self.u_len, self.topo.vocab(self.n_logits),
-                        self.topo.blanks)
-        v.check_finite(self.floats, xp)
-
-    def finish(self, xp) -> None:
-        _status.flag_non_finite_inputs(self.status, [x for _, x in self.floats], xp)
-        if not int(v.host_read(self.status)):
-            return
-        self.inputs(xp)
-        _fused.check_fused_log_likelihood(self.log_like, xp)
-        _status.raise_for_status(self.status)  # not reached: a flag has its check above
+def _host_checks(call: _FusedCall) -> None:
+    """The checks of the labels and the float inputs, on host copies (reads)."""
+    f = call.inputs
+    v.check_targets(v.to_host(call.targets), call.plan.target_len, f.topo.vocab(f.sizes[1]),
+                    f.topo.blanks)
+    v.check_finite(_named_floats(f), call.backend.xp)
 
 
 def _run_checked(call: _FusedCall, work):
-    """``work()``, then the deferred host checks (``_LateChecks``): a bad input raises
-    what the early checks would have raised, also when the work itself failed."""
-    if call.late is None:
-        return work()
-    xp = call.backend.xp
+    """``work(log_like)`` with the deferred host checks of a device call (``checks="host"``,
+    ``call.deferred``): the labels' kernel check (at the start of the work), the inputs'
+    NaN/inf flag (after the work is enqueued) and the log-likelihoods' flag are ORed into
+    ``call.status`` and read back once; a flagged call (or one whose work raised) then runs
+    the host checks in their order, so it raises the error the checks before the work
+    raise. Kernels never read a label outside [0, V), so a bad call computes garbage, not
+    a crash, and raises before it returns. ``log_like``: (B,) for the work to fill, or None
+    (not deferred)."""
+    if not call.deferred:
+        return work(None)
+    f, xp = call.inputs, call.backend.xp
+    log_like = xp.empty(call.plan.batch, dtype=compute_dtype(f.enc.dtype))
     try:
-        out = work()
+        out = work(log_like)
     except Exception:
-        call.late.inputs(xp)
+        _host_checks(call)
         raise
-    call.late.finish(xp)
+    _status.flag_non_finite_inputs(call.status, [x for _, x in _named_floats(f)], xp)
+    if int(v.host_read(call.status)):
+        _host_checks(call)
+        _fused.check_fused_log_likelihood(log_like, xp)
+        _status.raise_for_status(call.status)  # not reached: a flag has its check above
     return out
 
 
@@ -403,14 +392,14 @@ def transducer_forward(enc, pred, weight, bias, targets, enc_lengths, target_len
 def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
     be, f, plan, io = call.backend, call.inputs, call.plan, call.io
     kw = dict(max_workspace_bytes=call.budget, sample_wise=call.sample_wise,
-              status=call.status, log_like=call.late.log_like if call.late else None)
+              status=call.status)
     if need_grad and reduction != "none" and any(needs):
         scale = 1.0 / plan.batch if reduction == "mean" else 1.0
-        losses, grads = _run_checked(call, lambda: _fused.one_pass(
-            be, f, call.targets, plan, scale=scale, needs=needs, **kw))
+        losses, grads = _run_checked(call, lambda log_like: _fused.one_pass(
+            be, f, call.targets, plan, scale=scale, needs=needs, log_like=log_like, **kw))
         return io.from_core(losses), ReducedContext(grads, reduction, needs, io)
-    losses, ctx = _run_checked(call, lambda: _fused.forward(
-        be, f, call.targets, plan, need_grad=need_grad, **kw))
+    losses, ctx = _run_checked(call, lambda log_like: _fused.forward(
+        be, f, call.targets, plan, need_grad=need_grad, log_like=log_like, **kw))
     if ctx is not None:
         ctx.io = io
     return io.from_core(losses), ctx

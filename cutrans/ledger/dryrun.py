@@ -121,7 +121,7 @@ def _call(be, path, f, targets, plan, budget, sample_wise, pipeline=False):
     """One call of the orchestration; returns the gradients it hands back. ``f``: the
     ``FusedInputs``, or the packed logits for the ``logits`` path."""
     B = plan.batch
-    # the fused op's host checks on a GPU (api._LateChecks): a status word for the labels'
+    # the fused op's host checks on a GPU (api._run_checked): a status word for the labels'
     # kernel check, the inputs' finiteness reductions after the work is enqueued
     status = np.zeros((), np.int32)
     if path == "one-pass":

@@ -31,8 +31,9 @@ Host time: ``wall_seconds`` adds ``HOST_PER_LAUNCH`` (27 us, measured) per launc
 GPU time (the report's "wall" line). Not modelled: overlap of host and GPU work, overlap of
 launches on one stream (serial), the slowdown of kernels sharing the GPU with the pipelined
 one pass's side stream (``gpu_seconds`` overlaps the two streams freely), registers/shared
-memory limiting occupancy, L2 effects beyond "enc/pred rows are read once", cuBLAS shape effects (small or skinny
-GEMMs run at the rate measured on 824,755 x 512 x 500), clocks and power.
+memory limiting occupancy, L2 effects beyond "enc/pred rows are read once", cuBLAS shape
+effects (small or skinny GEMMs run at the rate measured on 824,755 x 512 x 500), clocks and
+power.
 """
 from __future__ import annotations
 

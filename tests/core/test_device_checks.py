@@ -143,11 +143,16 @@ def test_jax_arrays_cannot_take_device_checks():
 
 
 # ------------------------------------------------ checks="host" on device arrays: deferred
-@pytest.fixture
-def deferred(monkeypatch):
-    """The host checks as a device call makes them (``api._LateChecks``), on CPU arrays."""
+def _defer(monkeypatch):
+    """From now on, the host checks as a device call makes them (``api._run_checked``), on
+    CPU arrays."""
     from cutrans import api
     monkeypatch.setattr(api, "defers_host_checks", lambda backend: True)
+
+
+@pytest.fixture
+def deferred(monkeypatch):
+    _defer(monkeypatch)
 
 
 def _error(fn):
@@ -169,14 +174,13 @@ def test_only_device_calls_defer_their_host_checks():
 def test_deferred_host_checks_read_once_and_agree(host_reads, backend, reduction,
                                                   monkeypatch):
     """One read (the status word, at the end) instead of two; the same bits."""
-    from cutrans import api
     floats, targets, t_len, u_len = fused_case()
     want = cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
                                    backend=backend)
     want_sum = cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction="sum",
                                        backend=backend)
     host_reads.clear()
-    monkeypatch.setattr(api, "defers_host_checks", lambda be: True)
+    _defer(monkeypatch)
     got = cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
                                   backend=backend)
     assert host_reads == ["ndarray"] and got.status is None
@@ -234,8 +238,7 @@ def test_deferred_host_checks_raise_the_eager_error(backend, reduction, case, mo
         return cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
                                        backend=backend)
     want = _error(call)
-    from cutrans import api
-    monkeypatch.setattr(api, "defers_host_checks", lambda be: True)
+    _defer(monkeypatch)
     assert _error(call) == want
     assert want.startswith({"label": "targets: expected", "blank": "targets: expected",
                             "enc": "enc: expected finite", "pred": "pred: expected finite",
@@ -248,7 +251,6 @@ def test_deferred_host_checks_raise_the_eager_error(backend, reduction, case, mo
 def test_deferred_host_checks_come_before_the_works_own_errors(backend, monkeypatch):
     """A bad label and a budget too small for one row: the label is named, as before the
     work (whose error comes first in the deferred order)."""
-    from cutrans import api
     floats, targets, t_len, u_len = fused_case()
     targets = targets.copy()
     targets[0, 1] = 9
@@ -257,7 +259,7 @@ def test_deferred_host_checks_come_before_the_works_own_errors(backend, monkeypa
         return cutrans.transducer_loss(*floats, targets, t_len, u_len, max_workspace_bytes=64,
                                        backend=backend)
     want = _error(call)
-    monkeypatch.setattr(api, "defers_host_checks", lambda be: True)
+    _defer(monkeypatch)
     assert _error(call) == want and want.startswith("targets: expected")
     targets[0, 1] = 1
     assert "max_workspace_bytes" in _error(call)  # good labels: the work's own error

@@ -126,7 +126,7 @@ def test_deterministic_and_side_stream():
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_host_checks_of_device_arrays_read_once_at_the_end(monkeypatch, reduction):
     """checks="host" on CuPy arrays (lengths on the host): one device-to-host read, the
-    status word at the end (``api._LateChecks``); a bad label or a NaN raises the error the
+    status word at the end (``api._run_checked``); a bad label or a NaN raises the error the
     NumPy backend raises before its work."""
     from cutrans import _validate
     case, args = fused_inputs(3, "float32")
