@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import _status
 from . import _validate as v
 from ._dtypes import compute_dtype
 from ._fused import losses_from, run_lattices
@@ -53,25 +54,40 @@ def logits_layout(logits, packed: bool) -> RowLayout:
 
 
 def logits_forward(backend, logits, targets, plan: RowPlan, topo: Topology, *, packed: bool,
-                   fastemit_lambda: float, clamp: float, need_grad: bool):
-    """Per-sample losses (B,) and the context for ``logits_backward``."""
+                   fastemit_lambda: float, clamp: float, need_grad: bool, status=None,
+                   log_likes=None):
+    """Per-sample losses (B,) and the context for ``logits_backward``.
+
+    ``status``: the checks as flags ORed into this device status word, no read (the
+    labels by a kernel, ``NON_FINITE_ROWS``, ``NON_FINITE``; ``api._run_checked``) instead
+    of host checks that raise; ``log_likes``: ``(log_like, log_like2)`` (B,) arrays to fill
+    (the second for TDT with omega, else None), or None."""
     xp = backend.xp
     cdt = compute_dtype(logits.dtype)
     dplan = to_device(plan, targets, xp)
+    if status is not None:
+        backend.check_targets(dplan, topo.vocab(logits.shape[-1]), topo, status)
     R = dplan.rows
     values = xp.empty((R, topo.width), dtype=cdt)
     lse = xp.empty((R, topo.lse_width), dtype=cdt) if need_grad else None
     backend.row_stats(logits, logits_layout(logits, packed), 0, R, dplan, topo, values, 0, lse)
-    v.check_log_probs(values[:, 0], xp)  # NaN/inf in the logits, in O(rows) memory
+    if status is None:
+        v.check_log_probs(values[:, 0], xp)  # NaN/inf in the logits, in O(rows) memory
+    else:
+        _status.flag_non_finite_rows(status, values[:, 0], xp)
     alpha = xp.empty(R, dtype=cdt)
     beta = xp.empty_like(alpha) if need_grad else alpha
     log_like, coefs2, log_like2 = run_lattices(
         backend, topo, dplan, 0, dplan.batch, 0, values, alpha, beta, need_grad,
-        xp.empty((R, 2), dtype=cdt) if topo.omega else None)
+        xp.empty((R, 2), dtype=cdt) if topo.omega else None, *(log_likes or ()))
     del alpha, beta
     for ll in (log_like, log_like2):
-        if ll is not None:
+        if ll is None:
+            continue
+        if status is None:
             v.check_log_likelihood(ll, xp)
+        else:
+            _status.flag_non_finite(status, ll, xp)
     ctx = LogitsContext(backend, plan, dplan, topo, values, coefs2, lse, fastemit_lambda,
                         clamp, logits=logits, packed=packed) if need_grad else None
     return losses_from(log_like, fastemit_lambda, topo, log_like2), ctx

@@ -1,6 +1,7 @@
 """Device-side checks (``checks="device"``): a status word instead of a host round trip
-(also the internal word of the fused op's host checks on device arrays,
-``api._run_checked``, which adds ``NON_FINITE_INPUT`` and reads it once at the end).
+(also the internal word of the host checks on device arrays, ``api._run_checked``: the
+fused op adds ``NON_FINITE_INPUT``, the loss on logits ``NON_FINITE_ROWS``; read once at
+the end).
 
 With ``checks="device"`` the fused op reads nothing back to the host: the labels are
 checked by a kernel and non-finite log-likelihoods are flagged on the device, both ORed
@@ -22,6 +23,7 @@ BAD_LABEL = 1  # a label within target_lengths outside [0, V) (kernels/row_ops.c
 BLANK_LABEL = 2  # the blank id within target_lengths
 NON_FINITE = 4  # a non-finite log-likelihood: NaN/inf inputs, or a float16 GEMM overflow
 NON_FINITE_INPUT = 8  # NaN/inf in a float input (the deferred host checks: api._run_checked)
+NON_FINITE_ROWS = 16  # rnnt_loss: a row's blank log-probability is not finite (NaN/inf logits)
 
 MESSAGES = {
     BAD_LABEL: "targets: a label within target_lengths is outside [0, V)",
@@ -29,6 +31,7 @@ MESSAGES = {
     NON_FINITE: "a log-likelihood is not finite (NaN/inf in the inputs, or a float16 GEMM "
                 "overflow |z| > 65504)",
     NON_FINITE_INPUT: "a float input (enc, pred, weight or bias) holds NaN or infinity",
+    NON_FINITE_ROWS: v.LOG_PROBS_ERROR,
 }
 
 
@@ -49,6 +52,12 @@ def check_status_array(status, xp):
 def flag_non_finite(status, log_like, xp) -> None:
     """``status |= NON_FINITE`` if any log-likelihood is NaN/inf (device ops, no read)."""
     status |= (~xp.isfinite(log_like).all()).astype(np.int32) * np.int32(NON_FINITE)
+
+
+def flag_non_finite_rows(status, lp_blank, xp) -> None:
+    """``status |= NON_FINITE_ROWS`` where ``check_log_probs`` of ``cutrans._validate``
+    would raise (device ops, no read)."""
+    status |= (~xp.isfinite(lp_blank).all()).astype(np.int32) * np.int32(NON_FINITE_ROWS)
 
 
 def flag_non_finite_inputs(status, arrays, xp) -> None:

@@ -253,12 +253,15 @@ def check_finite(named, xp):
             raise ValueError(f"{name}: expected finite values, found NaN or infinity")
 
 
+LOG_PROBS_ERROR = ("logits: expected finite values (-inf only for masked labels other than "
+                   "blank), found NaN or +inf, or -inf at blank")
+
+
 def check_log_probs(lp_blank, xp):
     """Logits may hold -inf for masked labels, but every row needs a finite blank
     log-probability: NaN, +inf, or an all -inf row / -inf blank end up here (O(rows))."""
     if not host_true(xp.isfinite(lp_blank).all()):
-        raise ValueError("logits: expected finite values (-inf only for masked labels other "
-                         "than blank), found NaN or +inf, or -inf at blank")
+        raise ValueError(LOG_PROBS_ERROR)
 
 
 def check_log_likelihood(log_like, xp):

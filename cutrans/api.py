@@ -26,10 +26,10 @@ computation); float32 is exact float32 unless ``allow_tf32=True`` lets the GEMMs
 float64 is float64 throughout.
 
 Host synchronisation (CuPy arrays): the forwards copy ``*_lengths`` to the host (the row
-plan needs them). ``rnnt_loss`` also copies ``targets`` (validation) and checks the rows'
-and the log-likelihoods' finiteness; the fused op (``checks="host"``) checks the labels by
-a kernel and the float inputs' NaN/inf (``isfinite(x.sum())``) on the device, and reads
-those flags and the log-likelihoods' once, at the end (``_run_checked``).
+plan needs them). The other checks run on the device and their flags are read once, at
+the end (``_run_checked``): the labels by a kernel, then ``rnnt_loss`` flags non-finite
+rows (a blank log-probability) and log-likelihoods, the fused op (``checks="host"``)
+non-finite log-likelihoods and the float inputs' NaN/inf (``isfinite(x.sum())``).
 Nothing else synchronises: the kernels and the cuBLAS GEMMs are enqueued on the current
 CuPy stream, backwards included.
 """
@@ -132,19 +132,24 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
         io.to_core, (logits, targets, logit_lengths, target_lengths))
     topo, clamp, lam = common_scalars(V, blank, clamp, fastemit_lambda, variant_args(
         variant, delay_penalty, durations, big_blank_durations, sigma, omega))
+    need_grad = v.check_bool("need_grad", need_grad)
+    be = get_backend(backend, logits)
+    xp = be.xp
+    v.check_array_module("logits", logits, be)  # finiteness: checked on the row statistics
+    defer = defers_host_checks(be)
     T_max = logits.shape[0] if packed else logits.shape[1]
-    t_len, u_len, host_targets = v.check_values("logit_lengths", logit_lengths, target_lengths,
-                                                targets, T_max, topo, V)
+    t_len, u_len, targets = v.check_values("logit_lengths", logit_lengths, target_lengths,
+                                           targets, T_max, topo, V, labels_on_host=not defer)
     plan = make_plan(t_len, u_len)
     if packed and logits.shape[0] != plan.rows:
         raise ValueError(f"logits: expected {plan.rows} rows (sum of T_b * (U_b + 1)) for the "
                          f"packed layout, got shape {tuple(logits.shape)}")
-    be = get_backend(backend, logits)
-    v.check_array_module("logits", logits, be)  # finiteness: checked on the row statistics
-    logits = _contiguous(be.xp, "logits", logits)
-    losses, ctx = orch.logits_forward(be, logits, be.xp.asarray(host_targets), plan, topo,
-                                      packed=packed, fastemit_lambda=lam,
-                                      clamp=clamp, need_grad=v.check_bool("need_grad", need_grad))
+    logits, targets = _contiguous(xp, "logits", logits), xp.asarray(targets)
+    losses, ctx = _run_logits(
+        defer, xp, targets, plan, topo, V, compute_dtype(logits.dtype),
+        lambda **checks: orch.logits_forward(be, logits, targets, plan, topo, packed=packed,
+                                             fastemit_lambda=lam, clamp=clamp,
+                                             need_grad=need_grad, **checks))
     if ctx is not None:
         ctx.io = io
     return io.from_core(losses), ctx
@@ -281,10 +286,10 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
 
 
 def defers_host_checks(backend) -> bool:
-    """``checks="host"`` on device arrays (CuPy) checks the labels and the float inputs'
-    NaN/inf on the device and reads the flags back once, at the end of the call
-    (``_run_checked``), instead of two reads before the work; host arrays are checked at
-    once (no read to save)."""
+    """``checks="host"`` on device arrays (CuPy): the checks after the lengths run on the
+    device and their flags are read back once, at the end of the call (``_run_checked``;
+    the fused op: labels, float inputs' NaN/inf; ``rnnt_loss``: labels, rows), instead of
+    reads before and during the work; host arrays are checked at once (no read to save)."""
     return backend.xp is not np
 
 
@@ -292,38 +297,70 @@ def _named_floats(f: _fused.FusedInputs) -> tuple:
     return (("enc", f.enc), ("pred", f.pred), ("weight", f.weight), ("bias", f.bias))
 
 
-def _host_checks(call: _FusedCall) -> None:
-    """The checks of the labels and the float inputs, on host copies (reads)."""
-    f = call.inputs
-    v.check_targets(v.to_host(call.targets), call.plan.target_len, f.topo.vocab(f.sizes[1]),
-                    f.topo.blanks)
-    v.check_finite(_named_floats(f), call.backend.xp)
+def _run_checked(status, work, host_checks):
+    """``work()`` with deferred host checks (``checks="host"`` on device arrays,
+    ``defers_host_checks``): the work ORs its checks' flags into the internal ``status``
+    word, which is read back once, at the end. A flagged call -- or one whose work raised
+    -- then runs ``host_checks(flags)`` (``flags`` None if the work raised), which raises
+    the error that the checks before the work raise, in their order. Kernels never read a
+    label outside [0, V), so a bad call computes garbage, not a crash, and raises before it
+    returns."""
+    try:
+        out = work()
+    except Exception:
+        host_checks(None)
+        raise
+    flags = int(v.host_read(status))
+    if flags:
+        host_checks(flags)
+        _status.raise_for_status(status)  # not reached: every flag has its host check
+    return out
 
 
-def _run_checked(call: _FusedCall, work):
-    """``work(log_like)`` with the deferred host checks of a device call (``checks="host"``,
-    ``call.deferred``): the labels' kernel check (at the start of the work), the inputs'
-    NaN/inf flag (after the work is enqueued) and the log-likelihoods' flag are ORed into
-    ``call.status`` and read back once; a flagged call (or one whose work raised) then runs
-    the host checks in their order, so it raises the error the checks before the work
-    raise. Kernels never read a label outside [0, V), so a bad call computes garbage, not
-    a crash, and raises before it returns. ``log_like``: (B,) for the work to fill, or None
-    (not deferred)."""
+def _run_fused(call: _FusedCall, work):
+    """``work(log_like)``, ``log_like`` (B,) for the work to fill, or None (not deferred).
+    Deferred (``call.deferred``): the labels' kernel check (at the start of the work), the
+    float inputs' NaN/inf flag (after the work is enqueued), the log-likelihoods' flag;
+    the host checks of a flagged call: labels, inputs, log-likelihoods."""
     if not call.deferred:
         return work(None)
     f, xp = call.inputs, call.backend.xp
     log_like = xp.empty(call.plan.batch, dtype=compute_dtype(f.enc.dtype))
-    try:
+    floats = _named_floats(f)
+
+    def enqueue():
         out = work(log_like)
-    except Exception:
-        _host_checks(call)
-        raise
-    _status.flag_non_finite_inputs(call.status, [x for _, x in _named_floats(f)], xp)
-    if int(v.host_read(call.status)):
-        _host_checks(call)
-        _fused.check_fused_log_likelihood(log_like, xp)
-        _status.raise_for_status(call.status)  # not reached: a flag has its check above
-    return out
+        _status.flag_non_finite_inputs(call.status, [x for _, x in floats], xp)
+        return out
+
+    def host_checks(flags):
+        v.check_targets(v.to_host(call.targets), call.plan.target_len,
+                        f.topo.vocab(f.sizes[1]), f.topo.blanks)
+        v.check_finite(floats, xp)
+        if flags:
+            _fused.check_fused_log_likelihood(log_like, xp)
+    return _run_checked(call.status, enqueue, host_checks)
+
+
+def _run_logits(defer: bool, xp, targets, plan, topo, n_logits: int, cdt, work):
+    """``work(**checks)``: ``orch.logits_forward`` with host checks (raising), or deferred
+    (``defer``: device arrays): the labels' kernel check, the rows' and the
+    log-likelihoods' flags in a status word read once at the end; the host checks of a
+    flagged call: labels, rows, log-likelihoods."""
+    if not defer:
+        return work()
+    status = _status.new_status(xp)
+    log_likes = (xp.empty(plan.batch, dtype=cdt),
+                 xp.empty(plan.batch, dtype=cdt) if topo.omega else None)
+
+    def host_checks(flags):
+        v.check_targets(v.to_host(targets), plan.target_len, topo.vocab(n_logits), topo.blanks)
+        if flags and flags & _status.NON_FINITE_ROWS:
+            raise ValueError(v.LOG_PROBS_ERROR)
+        for ll in log_likes if flags else ():
+            if ll is not None:
+                v.check_log_likelihood(ll, xp)
+    return _run_checked(status, lambda: work(status=status, log_likes=log_likes), host_checks)
 
 
 def _check_needs(needs) -> tuple:
@@ -395,10 +432,10 @@ def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
               status=call.status)
     if need_grad and reduction != "none" and any(needs):
         scale = 1.0 / plan.batch if reduction == "mean" else 1.0
-        losses, grads = _run_checked(call, lambda log_like: _fused.one_pass(
+        losses, grads = _run_fused(call, lambda log_like: _fused.one_pass(
             be, f, call.targets, plan, scale=scale, needs=needs, log_like=log_like, **kw))
         return io.from_core(losses), ReducedContext(grads, reduction, needs, io)
-    losses, ctx = _run_checked(call, lambda log_like: _fused.forward(
+    losses, ctx = _run_fused(call, lambda log_like: _fused.forward(
         be, f, call.targets, plan, need_grad=need_grad, log_like=log_like, **kw))
     if ctx is not None:
         ctx.io = io

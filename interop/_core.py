@@ -79,7 +79,7 @@ def _coefs_padded(ctx, T, U1):
 def _plan_and_coefs(xp, targets, t_len, u_len, coefs, topo, T, U1, cdt):
     """(plan, device plan, coefs (R, W), coefs2 (R, 2) or None) from saved padded ones."""
     plan = make_plan(_host_lengths(t_len), _host_lengths(u_len))
-    dplan = to_device(plan, xp.asarray(v.to_host(targets)), xp)
+    dplan = to_device(plan, xp.asarray(targets), xp)  # checked by the forward: no read
     mask = _mask(xp, dplan.logit_len, dplan.target_len, T, U1)
     packed = _pack(coefs, mask, cdt)
     W = topo.width

@@ -121,8 +121,8 @@ def _call(be, path, f, targets, plan, budget, sample_wise, pipeline=False):
     """One call of the orchestration; returns the gradients it hands back. ``f``: the
     ``FusedInputs``, or the packed logits for the ``logits`` path."""
     B = plan.batch
-    # the fused op's host checks on a GPU (api._run_checked): a status word for the labels'
-    # kernel check, the inputs' finiteness reductions after the work is enqueued
+    # the host checks of a GPU call (api._run_checked): a status word for the labels'
+    # kernel check and the flags; the fused op's input reductions after the work
     status = np.zeros((), np.int32)
     if path == "one-pass":
         _, grads = _fused.one_pass(be, f, targets, plan, scale=1.0 / B,
@@ -137,7 +137,8 @@ def _call(be, path, f, targets, plan, budget, sample_wise, pipeline=False):
         be.record_input_checks(f.enc, f.pred, f.weight, f.bias)
         return _fused.backward(ctx, np.ones(B, dtype=ctx.coefs.dtype))
     _, ctx = _orchestrate.logits_forward(be, f, targets, plan, Topology(), packed=True,
-                                         fastemit_lambda=0.0, clamp=0.0, need_grad=True)
+                                         fastemit_lambda=0.0, clamp=0.0, need_grad=True,
+                                         status=status)
     return (_orchestrate.logits_backward(ctx, np.ones(B, dtype=ctx.coefs.dtype)),)
 
 
@@ -160,7 +161,7 @@ def dry_run(shape: Shape, dtype: str = "float32", *, budget: int = DEFAULT_BUDGE
         inputs = [f, targets]
     input_bytes = sum(int(a.nbytes) for a in inputs) + 2 * B * 4  # + the two length arrays
     # pass 1: memory (recording off: its records would count)
-    be = RecordingBackend(fill_log_probs=path == "logits")
+    be = RecordingBackend()
     be.recording = False
     tracemalloc.start()
     try:
@@ -173,7 +174,7 @@ def dry_run(shape: Shape, dtype: str = "float32", *, budget: int = DEFAULT_BUDGE
     plan_bytes = 3 * (B + 1) * 8 + 2 * B * 4 + 2 * B * max(1, U) * 4
     own = peak - grad_bytes + plan_bytes
     # pass 2: the launches
-    be = RecordingBackend(fill_log_probs=path == "logits")
+    be = RecordingBackend()
     _call(be, path, f, targets, plan, budget, sample_wise, pipeline)
     config = {"workload": shape.name, "batch": B, "frames": shape.frames, "labels": U,
               "vocab": shape.vocab, "hidden": shape.hidden, "dtype": dtype, "tf32": bool(tf32),

@@ -9,9 +9,7 @@ annotates its launch(es) with the bytes the kernel must move between HBM and the
 for GEMMs, the FLOPs. Nothing is computed; the only writes are placeholders where the
 orchestration later reads values:
 
-* ``lattice``: ``log_like[b0:b1] = -1`` (the final finiteness check passes);
-* ``row_stats`` with ``fill_log_probs``: the first value (blank) of each row ``= -1`` (the
-  loss-on-logits path checks them).
+* ``lattice``: ``log_like[b0:b1] = -1`` (a finiteness check passes).
 
 Array allocations through ``xp`` (``zeros``/``zeros_like``/``full``: device memsets and
 fills on a GPU) are recorded too (``RecordingXP``). Element assignments into workspaces
@@ -180,11 +178,10 @@ class RecordingBackend(KernelBackend):
     off (placeholders are still written): the ledger's memory run.
     """
 
-    def __init__(self, fill_log_probs: bool = False):
+    def __init__(self):
         self.recorder = RecordingProvider()
         super().__init__(self.recorder, RecordingXP(self.recorder), "ledger", self._gemm_op,
                          side_stream=lambda: RecordingSide(self))
-        self.fill_log_probs = fill_log_probs
         self._spans: dict = {}
 
     @property
@@ -222,8 +219,6 @@ class RecordingBackend(KernelBackend):
     def row_stats(self, z, layout, row0, n_rows, plan, topo, values, rbase=0, lse=None):
         start = len(self.launches)
         super().row_stats(z, layout, row0, n_rows, plan, topo, values, rbase, lse)
-        if self.fill_log_probs and n_rows > 0:
-            values[row0 - rbase:row0 - rbase + n_rows, 0] = -1.0
         rec = self._new(start)
         if rec is not None:
             V, s = layout.vocab or int(z.shape[-1]), z.itemsize

@@ -273,3 +273,140 @@ def test_deferred_host_checks_still_check_lengths_first(deferred):
     targets[0, 0] = 9  # a bad label too: the lengths are checked first, at once
     with pytest.raises(ValueError, match=r"enc_lengths: expected frame counts in \[1, 5\]"):
         cutrans.transducer_loss(*floats, targets, bad, u_len)
+
+
+# ------------------------------------------------ rnnt_loss on device arrays: deferred
+def logits_case(seed=0, B=3, T=5, U=3, V=7):
+    rng = np.random.default_rng(seed)
+    t_len = rng.integers(1, T + 1, B)
+    u_len = rng.integers(0, U + 1, B)
+    t_len[0], u_len[0] = T, U
+    return (rng.standard_normal((B, T, U + 1, V)).astype(np.float32),
+            rng.integers(1, V, (B, U)), t_len, u_len)
+
+
+TDT = dict(variant="tdt", durations=(0, 1, 2), omega=0.3)  # two lattices, two log-likelihoods
+
+
+def _logits_call(logits, targets, t_len, u_len, backend, layout="padded", **kw):
+    if layout == "packed":
+        B, T, U1, V = logits.shape
+        logits = np.concatenate([logits[b, :t_len[b], :u_len[b] + 1].reshape(-1, V)
+                                 for b in range(B)])
+    return cutrans.rnnt_loss(logits, targets, t_len, u_len, reduction="none", layout=layout,
+                             return_grad=True, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("variant", ["rnnt", "tdt"])
+def test_rnnt_loss_deferred_checks_read_once_and_agree(host_reads, backend, layout, variant,
+                                                       monkeypatch):
+    """rnnt_loss on device arrays: one read at the end (the labels checked by a kernel, the
+    rows' and log-likelihoods' finiteness flagged) instead of one per check; same bits."""
+    logits, targets, t_len, u_len = logits_case()
+    kw = TDT if variant == "tdt" else {}
+    if variant == "tdt":
+        logits = np.concatenate([logits, logits[..., :3]], axis=-1)  # + 3 duration logits
+    want = _logits_call(logits, targets, t_len, u_len, backend, layout, **kw)
+    assert len(host_reads) == (3 if variant == "tdt" else 2)  # rows, then each log-likelihood
+    host_reads.clear()
+    _defer(monkeypatch)
+    got = _logits_call(logits, targets, t_len, u_len, backend, layout, **kw)
+    assert host_reads == ["ndarray"]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def _bad_logits_cases():
+    """(name, make) -> rnnt_loss's (logits, targets) with one problem (or two)."""
+    def label(v, wide=False):
+        def make(logits, targets):
+            targets = targets.astype(np.int64 if wide else targets.dtype)
+            targets[0, 1] = v
+            return logits, targets
+        return make
+
+    def logit(value, column=3):
+        def make(logits, targets):
+            logits = logits.copy()
+            logits[0, 2, 1, column] = value  # sample 0 has every (t, u): a valid row
+            return logits, targets
+        return make
+
+    def masked_label(logits, targets):  # label y_0 impossible: no alignment of sample 0
+        logits = logits.copy()
+        logits[0, :, 0, targets[0, 0]] = -np.inf
+        return logits, targets
+
+    def label_and_nan(logits, targets):  # the label is named, as before
+        return label(9)(*logit(np.nan)(logits, targets))
+
+    def nan_and_masked(logits, targets):  # the rows' check comes before the lattice's
+        return logit(np.nan)(*masked_label(logits, targets))
+    return {"label 9": label(9), "label -3": label(-3), "blank label": label(0),
+            "label 2**32+3": label(2**32 + 3, wide=True), "nan logit": logit(np.nan),
+            "inf logit": logit(np.inf), "-inf blank": logit(-np.inf, column=0),
+            "masked label": masked_label, "label and nan": label_and_nan,
+            "nan and masked": nan_and_masked}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", sorted(_bad_logits_cases()))
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_rnnt_loss_deferred_checks_raise_the_eager_error(backend, case, monkeypatch):
+    logits, targets = _bad_logits_cases()[case](*logits_case()[:2])
+    _, _, t_len, u_len = logits_case()
+
+    def call():
+        return _logits_call(logits, targets, t_len, u_len, backend)
+    want = _error(call)
+    _defer(monkeypatch)
+    assert _error(call) == want
+    assert want.startswith({"label": "targets: expected", "blank": "targets: expected",
+                            "nan": "logits: expected finite", "inf": "logits: expected finite",
+                            "-inf": "logits: expected finite",
+                            "masked": "logits: no alignment of sample 0"}[case.split()[0]])
+
+
+def test_rnnt_loss_deferred_checks_come_before_the_works_own_error(deferred, monkeypatch):
+    """A bad label and a work that raises: the label is named, as the eager checks do."""
+    from cutrans import _orchestrate
+    logits, targets, t_len, u_len = logits_case()
+    targets = targets.copy()
+    targets[0, 1] = 9
+
+    def failing(*args, **kw):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(_orchestrate, "logits_forward", failing)
+    with pytest.raises(ValueError, match=r"targets: expected labels in \[0, 7\), got 9"):
+        _logits_call(logits, targets, t_len, u_len, "numpy")
+    targets[0, 1] = 1
+    with pytest.raises(RuntimeError, match="out of memory"):  # good labels: the work's own
+        _logits_call(logits, targets, t_len, u_len, "numpy")
+
+
+def test_rnnt_loss_deferred_checks_still_check_lengths_first(deferred):
+    logits, targets, t_len, u_len = logits_case()
+    bad = u_len.copy()
+    bad[1] = 9
+    targets = targets.copy()
+    targets[0, 0] = 9
+    with pytest.raises(ValueError, match=r"target_lengths: expected label counts in \[0, 3\]"):
+        _logits_call(logits, targets, t_len, bad, "numpy")
+
+
+def test_torch_rnnt_loss_deferred_checks_raise_the_eager_error(monkeypatch):
+    """The torch adapter's op (CPU tensors, checks as for CUDA ones): the same errors."""
+    torch = pytest.importorskip("torch")
+    from cutrans.interop.torch import rnnt_loss
+    logits, targets, t_len, u_len = logits_case()
+    cases = _bad_logits_cases()
+    for case in ("label 9", "nan logit", "masked label"):
+        x, y = cases[case](logits, targets)
+        args = (torch.tensor(x, requires_grad=True), torch.tensor(y), torch.tensor(t_len),
+                torch.tensor(u_len))
+        monkeypatch.undo()
+        want = _error(lambda: rnnt_loss(*args, blank=0))
+        _defer(monkeypatch)
+        assert _error(lambda: rnnt_loss(*args, blank=0)) == want

@@ -341,6 +341,20 @@ def test_fused_op_bad_inputs(case):
     check("fused", *case)
 
 
+@seed(FUZZ_SEED)
+@settings(max_examples=examples(400))
+@given(op=st.sampled_from(["logits", "fused"]), data=st.data())
+def test_bad_inputs_with_the_checks_of_device_arrays(op, data):
+    """The same property with the host checks as a GPU call makes them (labels and
+    NaN/inf flagged on the device during the work, read once at the end:
+    ``api._run_checked``), on the CPU backends."""
+    from cutrans import api
+    case = data.draw(malformed(op))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(api, "defers_host_checks", lambda backend: True)
+        check(op, *case)
+
+
 @pytest.mark.parametrize("op", ["logits", "fused"])
 def test_backward_bad_upstream(op):
     """grad_losses of the wrong shape or type: ValueError/TypeError naming it."""

@@ -151,6 +151,36 @@ def test_host_checks_of_device_arrays_read_once_at_the_end(monkeypatch, reductio
         assert str(late.value) == str(eager.value)
 
 
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_rnnt_loss_host_checks_of_device_arrays_read_once_at_the_end(monkeypatch, layout):
+    """rnnt_loss on CuPy logits and labels (lengths on the host): one device-to-host read,
+    the status word at the end; a bad label, a NaN logit, -inf at blank or a masked label
+    raises the error the NumPy backend raises."""
+    from cutrans import _validate
+    case, args = logits_inputs(3, "float32", layout)
+    kw = dict(blank=case.blank, layout=layout, return_grad=True)
+    want = cutrans.rnnt_loss(*args, **kw)
+    reads = []
+    real = _validate.host_read
+    monkeypatch.setattr(_validate, "host_read", lambda x: reads.append(type(x)) or real(x))
+    got = cutrans.rnnt_loss(cupy.asarray(args[0]), cupy.asarray(args[1]), *args[2:], **kw)
+    assert reads == [cupy.ndarray]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(cupy.asnumpy(g), w, rtol=1e-5, atol=1e-6)
+    b = int(np.flatnonzero(case.U > 0)[0])  # a sample with labels; its first row is valid
+    row0 = (b, 0, 0) if layout == "padded" else (int(np.sum(case.T[:b] * (case.U[:b] + 1))),)
+    label = int(args[1][b, 0])
+    for i, at, bad in ((1, (b, 0), 10**6), (1, (b, 0), case.blank),
+                       (0, row0 + (label,), np.nan), (0, row0 + (case.blank,), -np.inf)):
+        host = [a.copy() for a in args]
+        host[i][at] = bad
+        with pytest.raises(ValueError) as eager:
+            cutrans.rnnt_loss(*host, **kw)
+        with pytest.raises(ValueError) as late:
+            cutrans.rnnt_loss(cupy.asarray(host[0]), cupy.asarray(host[1]), *host[2:], **kw)
+        assert str(late.value) == str(eager.value)
+
+
 @pytest.mark.parametrize("dtype", STORAGE)
 def test_pipelined_one_pass(monkeypatch, dtype):
     """CUTRANS_PIPELINE=on: the lattices on the side stream (many groups; split samples and

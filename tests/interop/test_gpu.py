@@ -67,6 +67,37 @@ def test_torch_cuda_host_checks_raise_the_cpu_error(reduction, lengths):
         assert str(got.value) == str(want.value)
 
 
+def test_torch_cuda_rnnt_loss_reads_once_and_raises_the_cpu_error(monkeypatch):
+    """rnnt_loss on CUDA logits and labels, lengths on the CPU: the forward reads one status
+    word back, the backward nothing; a bad label or a NaN raises the CPU tensors' error."""
+    torch = _torch_cuda()
+    from cutrans import _validate
+    from cutrans.interop.torch import rnnt_loss
+    logits, targets, t_len, u_len = (torch.tensor(a) for a in logits_case(4, V=9))
+    x = logits.float().cuda().requires_grad_()
+    reads = []
+    real = _validate.host_read
+    monkeypatch.setattr(_validate, "host_read", lambda a: reads.append(type(a)) or real(a))
+    loss = rnnt_loss(x, targets.cuda(), t_len, u_len, blank=0)
+    assert len(reads) == 1
+    loss.backward()
+    assert len(reads) == 1
+    monkeypatch.undo()
+    xh = logits.float().requires_grad_()
+    want = rnnt_loss(xh, targets, t_len, u_len, blank=0)
+    want.backward()
+    torch.testing.assert_close(loss.cpu(), want)
+    torch.testing.assert_close(x.grad.cpu(), xh.grad)
+    for i, at, bad in ((1, (0, 0), 10**6), (1, (0, 0), 0), (0, (0, 0, 0, 2), float("nan"))):
+        host = [a.clone() for a in (logits.float(), targets)]
+        host[i][at] = bad
+        with pytest.raises(ValueError) as want_err:
+            rnnt_loss(*host, t_len, u_len, blank=0)
+        with pytest.raises(ValueError) as got_err:
+            rnnt_loss(host[0].cuda(), host[1].cuda(), t_len, u_len, blank=0)
+        assert str(got_err.value) == str(want_err.value)
+
+
 @pytest.mark.parametrize("second", [False, True])
 def test_torch_cuda_device_index_and_compile(second):
     torch = _torch_cuda()

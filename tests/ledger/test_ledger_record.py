@@ -194,8 +194,25 @@ def test_other_paths_record():
     assert labels.count("gemm logits") == 1 and labels.count("row_grad") == 1
     logits = dr.dry_run(_shape(), "float32", path="logits")
     assert [r.label for r in logits.launches if r.kind in KERNEL_KINDS] == \
-        ["row_stats", "lattice", "lattice_grad", "row_grad"]
+        ["check_targets", "row_stats", "lattice", "lattice_grad", "row_grad"]
     assert not any(r.kind == "gemm" for r in logits.launches)
+
+
+def test_logits_launches_are_those_of_a_real_run(monkeypatch):
+    """The loss on packed logits: the dry run's launches equal those of a real rnnt_loss
+    call with a GPU call's host checks (the labels' kernel check first)."""
+    monkeypatch.setattr(cutrans.api, "defers_host_checks", lambda backend: True)
+    plan = make_plan(T_LEN, U_LEN)
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((plan.rows, V)).astype(np.float32)
+    targets = rng.integers(1, V, size=(len(T_LEN), int(U_LEN.max()))).astype(np.int32)
+    tee = TeeBackend()
+    loss, _ = cutrans.rnnt_loss(logits, targets, T_LEN, U_LEN, layout="packed",
+                                return_grad=True, backend=tee)
+    assert np.isfinite(loss)
+    run = dr.dry_run(_shape(), "float32", path="logits")
+    rec = [(r.name, r.types, r.grid, r.block) for r in run.launches if r.kind in KERNEL_KINDS]
+    assert rec == tee.spy.launches and rec[0][0] == "check_targets"
 
 
 def test_recording_backend_writes_only_placeholders():
