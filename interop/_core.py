@@ -13,8 +13,9 @@ arrays from a forward to its backward, not the core's opaque contexts. So:
 * the one-pass fused op (reduction "mean"/"sum"): the forward returns the reduced loss and
   the gradients themselves; the adapter's backward scales them by the upstream scalar.
 
-Padded <-> packed is a boolean mask: the packed row order (sample, then t, then u) is
-exactly the C order of the valid points ``t < T_b, u <= U_b`` of a ``(B, T, U+1)`` grid.
+Padded <-> packed: the packed row order (sample, then t, then u) is exactly the C order of
+the valid points ``t < T_b, u <= U_b`` of a ``(B, T, U+1)`` grid; ``_points`` gives their
+flat indices from the device plan (no host read).
 All argument checks are ``cutrans._validate``'s, as in the core. The variant and its
 arguments travel as one string (``cutrans._topology.encode_variant``).
 """
@@ -35,21 +36,30 @@ __all__ = ["logits_forward", "logits_backward", "fused_forward", "fused_backward
            "fused_reduced", "lattice_forward", "validate_logprob_args", "coef_width"]
 
 
-def _mask(xp, t_len, u_len, T: int, U1: int):
-    t = xp.arange(T).reshape(1, T, 1)
-    u = xp.arange(U1).reshape(1, 1, U1)
-    return (t < t_len.reshape(-1, 1, 1)) & (u <= u_len.reshape(-1, 1, 1))
+def _points(xp, dplan, T: int, U1: int):
+    """Flat indices (R,) into a ``(B, T, U+1)`` grid of the packed rows' points ``(b, t, u)``
+    (the valid ones, ``t < T_b, u <= U_b``, in C order), from the device plan by arithmetic:
+    no boolean mask, whose indexing would read its count back (a synchronisation)."""
+    offsets = dplan.offsets
+    r = xp.arange(dplan.rows, dtype=offsets.dtype)
+    b = xp.searchsorted(offsets, r, side="right") - 1
+    u1 = dplan.target_len[b].astype(offsets.dtype) + 1
+    local = r - offsets[b]
+    t = local // u1
+    return (b * T + t) * U1 + (local - t * u1)
 
 
-def _pad(xp, packed, mask):
-    """Packed rows (R,) or (R, W) -> padded (B, T, U+1) or (B, T, U+1, W), zeros outside."""
-    out = xp.zeros(mask.shape + packed.shape[1:], dtype=packed.dtype)
-    out[mask] = packed
-    return out
+def _pad(xp, packed, points, grid: tuple):
+    """Packed rows (R,) or (R, W) -> padded ``grid + (W,)``, zeros outside."""
+    out = xp.zeros((int(np.prod(grid)),) + packed.shape[1:], dtype=packed.dtype)
+    out[points] = packed
+    return out.reshape(grid + packed.shape[1:])
 
 
-def _pack(padded, mask, dtype):
-    return padded[mask].astype(dtype, copy=False)
+def _pack(padded, points, grid: tuple, dtype):
+    """Padded ``grid + (W,)`` -> packed rows (R,) or (R, W) in ``dtype``."""
+    flat = padded.reshape((int(np.prod(grid)),) + padded.shape[len(grid):])
+    return flat[points].astype(dtype, copy=False)
 
 
 def _host_lengths(x) -> np.ndarray:
@@ -71,17 +81,15 @@ def coef_width(n_logits: int, blank, variant: str) -> int:
 def _coefs_padded(ctx, T, U1):
     """The context's coefficients, (R, W) [+ (R, 2)], as one padded (B, T, U+1, W [+ 2])."""
     xp = ctx.backend.xp
-    mask = _mask(xp, ctx.dplan.logit_len, ctx.dplan.target_len, T, U1)
     packed = ctx.coefs if ctx.coefs2 is None else xp.concatenate([ctx.coefs, ctx.coefs2], 1)
-    return _pad(xp, packed, mask)
+    return _pad(xp, packed, _points(xp, ctx.dplan, T, U1), (ctx.dplan.batch, T, U1))
 
 
 def _plan_and_coefs(xp, targets, t_len, u_len, coefs, topo, T, U1, cdt):
     """(plan, device plan, coefs (R, W), coefs2 (R, 2) or None) from saved padded ones."""
     plan = make_plan(_host_lengths(t_len), _host_lengths(u_len))
     dplan = to_device(plan, xp.asarray(targets), xp)  # checked by the forward: no read
-    mask = _mask(xp, dplan.logit_len, dplan.target_len, T, U1)
-    packed = _pack(coefs, mask, cdt)
+    packed = _pack(coefs, _points(xp, dplan, T, U1), (dplan.batch, T, U1), cdt)
     W = topo.width
     c2 = xp.ascontiguousarray(packed[:, W:]) if topo.omega else None
     return plan, dplan, xp.ascontiguousarray(packed[:, :W]), c2
@@ -190,9 +198,9 @@ def lattice_forward(lp_blank, lp_emit, logit_lengths, target_lengths, *, fastemi
     B, T, U1 = lp_blank.shape
     plan = make_plan(_host_lengths(logit_lengths), _host_lengths(target_lengths))
     dplan = to_device(plan, xp.zeros((B, 1), dtype=xp.int32), xp)
-    mask = _mask(xp, dplan.logit_len, dplan.target_len, T, U1)
-    lpb = _pack(lp_blank, mask, lp_blank.dtype)
-    lpe = _pack(lp_emit, mask, lp_blank.dtype)
+    points, grid = _points(xp, dplan, T, U1), (B, T, U1)
+    lpb = _pack(lp_blank, points, grid, lp_blank.dtype)
+    lpe = _pack(lp_emit, points, grid, lp_blank.dtype)
     alpha = xp.empty_like(lpb)
     beta = xp.empty_like(lpb) if need_grad else alpha
     ll = xp.empty(B, dtype=lpb.dtype)
@@ -201,4 +209,4 @@ def lattice_forward(lp_blank, lp_emit, logit_lengths, target_lengths, *, fastemi
     losses = _fused.losses_from(ll, fastemit_lambda)
     if not need_grad:
         return losses, None, None
-    return losses, _pad(xp, values[:, 0], mask), _pad(xp, values[:, 1], mask)
+    return losses, _pad(xp, values[:, 0], points, grid), _pad(xp, values[:, 1], points, grid)

@@ -52,3 +52,25 @@ def test_padded_coefficients_are_zero_outside_the_lattice():
         mask[:t_len[b], :u_len[b] + 1] = True
         assert np.all(cb[b][~mask] == 0) and np.all(ce[b][~mask] == 0)
         assert np.all(ce[b][:, u_len[b]] == 0)
+
+
+def test_points_are_the_valid_grid_points_in_c_order():
+    """``_points`` (arithmetic on the device plan, no host read) against the boolean mask of
+    the valid points ``t < T_b, u <= U_b``; padding and packing invert each other."""
+    from cutrans._plan import make_plan, to_device
+    rng = np.random.default_rng(5)
+    for B, T, U in ((1, 1, 0), (3, 5, 3), (6, 9, 4)):
+        t_len = rng.integers(1, T + 1, B)
+        u_len = rng.integers(0, U + 1, B)
+        t_len[-1], u_len[0] = 1, 0  # a single frame, no labels
+        dplan = to_device(make_plan(t_len, u_len), np.zeros((B, max(U, 1)), np.int32), np)
+        t, u = np.arange(T)[None, :, None], np.arange(U + 1)[None, None, :]
+        mask = (t < t_len[:, None, None]) & (u <= u_len[:, None, None])
+        points = _core._points(np, dplan, T, U + 1)
+        np.testing.assert_array_equal(points, np.flatnonzero(mask))
+        grid = (B, T, U + 1)
+        packed = rng.standard_normal((dplan.rows, 2))
+        padded = _core._pad(np, packed, points, grid)
+        assert padded.shape == grid + (2,) and not padded[~mask].any()
+        np.testing.assert_array_equal(padded[mask], packed)
+        np.testing.assert_array_equal(_core._pack(padded, points, grid, np.float64), packed)
