@@ -161,6 +161,15 @@ def _error(fn):
     return str(e.value)
 
 
+def _check_deferred_error(call, monkeypatch, starts: str):
+    """``call()`` raises the same error with the eager and the deferred checks, and that
+    error starts with ``starts``."""
+    want = _error(call)
+    _defer(monkeypatch)
+    assert _error(call) == want
+    assert want.startswith(starts)
+
+
 def test_only_device_calls_defer_their_host_checks():
     from cutrans import api
     from cutrans.backends import get_backend
@@ -237,14 +246,11 @@ def test_deferred_host_checks_raise_the_eager_error(backend, reduction, case, mo
     def call():
         return cutrans.transducer_loss(*floats, targets, t_len, u_len, reduction=reduction,
                                        backend=backend)
-    want = _error(call)
-    _defer(monkeypatch)
-    assert _error(call) == want
-    assert want.startswith({"label": "targets: expected", "blank": "targets: expected",
-                            "enc": "enc: expected finite", "pred": "pred: expected finite",
-                            "weight": "weight: expected finite",
-                            "bias": "bias: expected finite",
-                            "float16": "the joint logits of sample"}[case.split()[0]])
+    _check_deferred_error(call, monkeypatch, {
+        "label": "targets: expected", "blank": "targets: expected",
+        "enc": "enc: expected finite", "pred": "pred: expected finite",
+        "weight": "weight: expected finite", "bias": "bias: expected finite",
+        "float16": "the joint logits of sample"}[case.split()[0]])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -360,13 +366,11 @@ def test_rnnt_loss_deferred_checks_raise_the_eager_error(backend, case, monkeypa
 
     def call():
         return _logits_call(logits, targets, t_len, u_len, backend)
-    want = _error(call)
-    _defer(monkeypatch)
-    assert _error(call) == want
-    assert want.startswith({"label": "targets: expected", "blank": "targets: expected",
-                            "nan": "logits: expected finite", "inf": "logits: expected finite",
-                            "-inf": "logits: expected finite",
-                            "masked": "logits: no alignment of sample 0"}[case.split()[0]])
+    _check_deferred_error(call, monkeypatch, {
+        "label": "targets: expected", "blank": "targets: expected",
+        "nan": "logits: expected finite", "inf": "logits: expected finite",
+        "-inf": "logits: expected finite",
+        "masked": "logits: no alignment of sample 0"}[case.split()[0]])
 
 
 def test_rnnt_loss_deferred_checks_come_before_the_works_own_error(deferred, monkeypatch):
