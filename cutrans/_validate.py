@@ -3,8 +3,8 @@ argument, one message naming the argument, what was expected and what came.
 
 Shape/dtype checks work on any array with ``shape``/``dtype`` (NumPy, CuPy, torch, JAX,
 tracers included), so adapters run them at trace time. Value checks (lengths, labels) run
-on host copies (the row plan needs the lengths on the host anyway); the fused op on device
-arrays reads only the lengths first and checks its labels on the device, reading them only
+on host copies (the row plan needs the lengths on the host anyway); both losses on device
+arrays read only the lengths first and check their labels on the device, reading them only
 when flagged (``api._run_checked``).
 """
 from __future__ import annotations

@@ -142,14 +142,13 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
                                            targets, T_max, topo, V, labels_on_host=not defer)
     plan = make_plan(t_len, u_len)
     if packed and logits.shape[0] != plan.rows:
+        if defer:  # the labels first, as the eager checks (a read on this error path only)
+            _check_labels_on_host(targets, plan, topo, V)
         raise ValueError(f"logits: expected {plan.rows} rows (sum of T_b * (U_b + 1)) for the "
                          f"packed layout, got shape {tuple(logits.shape)}")
     logits, targets = _contiguous(xp, "logits", logits), xp.asarray(targets)
-    losses, ctx = _run_logits(
-        defer, xp, targets, plan, topo, V, compute_dtype(logits.dtype),
-        lambda **checks: orch.logits_forward(be, logits, targets, plan, topo, packed=packed,
-                                             fastemit_lambda=lam, clamp=clamp,
-                                             need_grad=need_grad, **checks))
+    losses, ctx = _run_logits(defer, be, logits, targets, plan, topo, packed=packed,
+                              fastemit_lambda=lam, clamp=clamp, need_grad=need_grad)
     if ctx is not None:
         ctx.io = io
     return io.from_core(losses), ctx
@@ -297,6 +296,11 @@ def _named_floats(f: _fused.FusedInputs) -> tuple:
     return (("enc", f.enc), ("pred", f.pred), ("weight", f.weight), ("bias", f.bias))
 
 
+def _check_labels_on_host(targets, plan, topo, n_logits: int) -> None:
+    """The labels' check on a host copy (a read of device labels)."""
+    v.check_targets(v.to_host(targets), plan.target_len, topo.vocab(n_logits), topo.blanks)
+
+
 def _run_checked(status, work, host_checks):
     """``work()`` with deferred host checks (``checks="host"`` on device arrays,
     ``defers_host_checks``): the work ORs its checks' flags into the internal ``status``
@@ -334,33 +338,35 @@ def _run_fused(call: _FusedCall, work):
         return out
 
     def host_checks(flags):
-        v.check_targets(v.to_host(call.targets), call.plan.target_len,
-                        f.topo.vocab(f.sizes[1]), f.topo.blanks)
+        _check_labels_on_host(call.targets, call.plan, f.topo, f.sizes[1])
         v.check_finite(floats, xp)
         if flags:
             _fused.check_fused_log_likelihood(log_like, xp)
     return _run_checked(call.status, enqueue, host_checks)
 
 
-def _run_logits(defer: bool, xp, targets, plan, topo, n_logits: int, cdt, work):
-    """``work(**checks)``: ``orch.logits_forward`` with host checks (raising), or deferred
-    (``defer``: device arrays): the labels' kernel check, the rows' and the
-    log-likelihoods' flags in a status word read once at the end; the host checks of a
-    flagged call: labels, rows, log-likelihoods."""
+def _run_logits(defer: bool, be, logits, targets, plan, topo, **kw):
+    """``orch.logits_forward(be, logits, targets, plan, topo, **kw)`` with host checks
+    (raising), or deferred (``defer``: device arrays): the labels' kernel check, the rows'
+    and the log-likelihoods' flags in a status word read once at the end; the host checks
+    of a flagged call: labels, rows, log-likelihoods."""
     if not defer:
-        return work()
+        return orch.logits_forward(be, logits, targets, plan, topo, **kw)
+    xp, cdt = be.xp, compute_dtype(logits.dtype)
     status = _status.new_status(xp)
     log_likes = (xp.empty(plan.batch, dtype=cdt),
                  xp.empty(plan.batch, dtype=cdt) if topo.omega else None)
 
     def host_checks(flags):
-        v.check_targets(v.to_host(targets), plan.target_len, topo.vocab(n_logits), topo.blanks)
+        _check_labels_on_host(targets, plan, topo, int(logits.shape[-1]))
         if flags and flags & _status.NON_FINITE_ROWS:
             raise ValueError(v.LOG_PROBS_ERROR)
         for ll in log_likes if flags else ():
             if ll is not None:
                 v.check_log_likelihood(ll, xp)
-    return _run_checked(status, lambda: work(status=status, log_likes=log_likes), host_checks)
+    return _run_checked(status, lambda: orch.logits_forward(
+        be, logits, targets, plan, topo, status=status, log_likes=log_likes, **kw),
+        host_checks)
 
 
 def _check_needs(needs) -> tuple:

@@ -313,7 +313,7 @@ def test_rnnt_loss_deferred_checks_read_once_and_agree(host_reads, backend, layo
     logits, targets, t_len, u_len = logits_case()
     kw = TDT if variant == "tdt" else {}
     if variant == "tdt":
-        logits = np.concatenate([logits, logits[..., :3]], axis=-1)  # + 3 duration logits
+        logits = _with_durations(logits)
     want = _logits_call(logits, targets, t_len, u_len, backend, layout, **kw)
     assert len(host_reads) == (3 if variant == "tdt" else 2)  # rows, then each log-likelihood
     host_reads.clear()
@@ -357,15 +357,27 @@ def _bad_logits_cases():
             "nan and masked": nan_and_masked}
 
 
+def _with_durations(logits):
+    """TDT's logits: the token logits then 3 (finite) duration logits."""
+    extra = np.random.default_rng(9).standard_normal(logits.shape[:-1] + (3,))
+    return np.concatenate([logits, extra.astype(logits.dtype)], axis=-1)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("variant", ["rnnt", "tdt"])
 @pytest.mark.parametrize("case", sorted(_bad_logits_cases()))
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_rnnt_loss_deferred_checks_raise_the_eager_error(backend, case, monkeypatch):
+def test_rnnt_loss_deferred_checks_raise_the_eager_error(backend, layout, variant, case,
+                                                         monkeypatch):
     logits, targets = _bad_logits_cases()[case](*logits_case()[:2])
     _, _, t_len, u_len = logits_case()
+    kw = {}
+    if variant == "tdt":
+        logits, kw = _with_durations(logits), TDT
 
     def call():
-        return _logits_call(logits, targets, t_len, u_len, backend)
+        return _logits_call(logits, targets, t_len, u_len, backend, layout, **kw)
     _check_deferred_error(call, monkeypatch, {
         "label": "targets: expected", "blank": "targets: expected",
         "nan": "logits: expected finite", "inf": "logits: expected finite",
@@ -388,6 +400,21 @@ def test_rnnt_loss_deferred_checks_come_before_the_works_own_error(deferred, mon
     targets[0, 1] = 1
     with pytest.raises(RuntimeError, match="out of memory"):  # good labels: the work's own
         _logits_call(logits, targets, t_len, u_len, "numpy")
+
+
+def test_rnnt_loss_deferred_checks_name_a_bad_label_before_wrong_packed_rows(monkeypatch):
+    """Packed logits with a row too many and a bad label: the label is named, as eagerly."""
+    logits, targets, t_len, u_len = logits_case()
+    targets = targets.copy()
+    targets[0, 1] = 9
+    rows = int(np.sum(t_len * (u_len + 1)))
+
+    def call():
+        return cutrans.rnnt_loss(logits.reshape(-1, 7)[:rows + 1], targets, t_len, u_len,
+                                 layout="packed")
+    _check_deferred_error(call, monkeypatch, "targets: expected labels in [0, 7), got 9")
+    targets[0, 1] = 1
+    assert _error(call).startswith(f"logits: expected {rows} rows")
 
 
 def test_rnnt_loss_deferred_checks_still_check_lengths_first(deferred):

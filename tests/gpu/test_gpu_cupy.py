@@ -167,13 +167,19 @@ def test_rnnt_loss_host_checks_of_device_arrays_read_once_at_the_end(monkeypatch
     assert reads == [cupy.ndarray]
     for g, w in zip(got, want):
         np.testing.assert_allclose(cupy.asnumpy(g), w, rtol=1e-5, atol=1e-6)
-    b = int(np.flatnonzero(case.U > 0)[0])  # a sample with labels; its first row is valid
-    row0 = (b, 0, 0) if layout == "padded" else (int(np.sum(case.T[:b] * (case.U[:b] + 1))),)
+    b = int(np.flatnonzero(case.U > 0)[0])  # a sample with labels
+    off = int(np.sum(case.T[:b] * (case.U[:b] + 1)))
+
+    def point(t):  # sample b's lattice point (t, u=0), a valid row
+        return (b, t, 0) if layout == "padded" else (off + t * (int(case.U[b]) + 1),)
     label = int(args[1][b, 0])
-    for i, at, bad in ((1, (b, 0), 10**6), (1, (b, 0), case.blank),
-                       (0, row0 + (label,), np.nan), (0, row0 + (case.blank,), -np.inf)):
+    frames = range(int(case.T[b]))
+    for edits in ([(1, (b, 0), 10**6)], [(1, (b, 0), case.blank)],
+                  [(0, point(0) + (label,), np.nan)], [(0, point(0) + (case.blank,), -np.inf)],
+                  [(0, point(t) + (label,), -np.inf) for t in frames]):  # no alignment of b
         host = [a.copy() for a in args]
-        host[i][at] = bad
+        for i, at, bad in edits:
+            host[i][at] = bad
         with pytest.raises(ValueError) as eager:
             cutrans.rnnt_loss(*host, **kw)
         with pytest.raises(ValueError) as late:

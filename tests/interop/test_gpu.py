@@ -69,7 +69,8 @@ def test_torch_cuda_host_checks_raise_the_cpu_error(reduction, lengths):
 
 def test_torch_cuda_rnnt_loss_reads_once_and_raises_the_cpu_error(monkeypatch):
     """rnnt_loss on CUDA logits and labels, lengths on the CPU: the forward reads one status
-    word back, the backward nothing; a bad label or a NaN raises the CPU tensors' error."""
+    word back, the backward nothing; a bad label, a NaN or a masked label raises the CPU
+    tensors' error."""
     torch = _torch_cuda()
     from cutrans import _validate
     from cutrans.interop.torch import rnnt_loss
@@ -88,7 +89,9 @@ def test_torch_cuda_rnnt_loss_reads_once_and_raises_the_cpu_error(monkeypatch):
     want.backward()
     torch.testing.assert_close(loss.cpu(), want)
     torch.testing.assert_close(x.grad.cpu(), xh.grad)
-    for i, at, bad in ((1, (0, 0), 10**6), (1, (0, 0), 0), (0, (0, 0, 0, 2), float("nan"))):
+    masked = (0, slice(None), 0, int(targets[0, 0]))  # sample 0 cannot emit its 1st label
+    for i, at, bad in ((1, (0, 0), 10**6), (1, (0, 0), 0), (0, (0, 0, 0, 2), float("nan")),
+                       (0, masked, float("-inf"))):
         host = [a.clone() for a in (logits.float(), targets)]
         host[i][at] = bad
         with pytest.raises(ValueError) as want_err:
