@@ -74,7 +74,7 @@ def logits_forward(backend, logits, targets, plan: RowPlan, topo: Topology, *, p
     if status is None:
         v.check_log_probs(values[:, 0], xp)  # NaN/inf in the logits, in O(rows) memory
     else:
-        _status.flag_non_finite_rows(status, values[:, 0], xp)
+        _status.flag_non_finite(status, values[:, 0], xp, _status.NON_FINITE_ROWS)
     alpha = xp.empty(R, dtype=cdt)
     beta = xp.empty_like(alpha) if need_grad else alpha
     log_like, coefs2, log_like2 = run_lattices(

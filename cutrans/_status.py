@@ -49,15 +49,11 @@ def check_status_array(status, xp):
                         f"{getattr(status, 'dtype', '')} {getattr(status, 'shape', '')}")
 
 
-def flag_non_finite(status, log_like, xp) -> None:
-    """``status |= NON_FINITE`` if any log-likelihood is NaN/inf (device ops, no read)."""
-    status |= (~xp.isfinite(log_like).all()).astype(np.int32) * np.int32(NON_FINITE)
-
-
-def flag_non_finite_rows(status, lp_blank, xp) -> None:
-    """``status |= NON_FINITE_ROWS`` where ``check_log_probs`` of ``cutrans._validate``
-    would raise (device ops, no read)."""
-    status |= (~xp.isfinite(lp_blank).all()).astype(np.int32) * np.int32(NON_FINITE_ROWS)
+def flag_non_finite(status, x, xp, bit: int = NON_FINITE) -> None:
+    """``status |= bit`` if any of ``x`` is NaN/inf (device ops, no read): ``NON_FINITE``
+    for log-likelihoods, ``NON_FINITE_ROWS`` for the rows' blank log-probabilities (where
+    ``check_log_probs`` of ``cutrans._validate`` would raise)."""
+    status |= (~xp.isfinite(x).all()).astype(np.int32) * np.int32(bit)
 
 
 def flag_non_finite_inputs(status, arrays, xp) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _fused, _orchestrate
+from .. import _fused, _orchestrate, _status
 from .._dtypes import DTYPES
 from .._plan import make_plan
 from .._topology import Topology
@@ -123,7 +123,7 @@ def _call(be, path, f, targets, plan, budget, sample_wise, pipeline=False):
     B = plan.batch
     # the host checks of a GPU call (api._run_checked): a status word for the labels'
     # kernel check and the flags; the fused op's input reductions after the work
-    status = np.zeros((), np.int32)
+    status = _status.new_status(np)
     if path == "one-pass":
         _, grads = _fused.one_pass(be, f, targets, plan, scale=1.0 / B,
                                    needs=(True, True, True, True), max_workspace_bytes=budget,
