@@ -283,15 +283,20 @@ def malformed(draw, op):
     args["backend"] = draw(BACKENDS)
     shapes = {k: v.shape for k, v in args.items() if isinstance(v, np.ndarray)}
     V = lat.V
-    must, applied = False, []
+    must, applied, scalars_done = False, [], set()
     for _ in range(draw(st.integers(1, 3))):
         fn, names = draw(st.sampled_from(table))
-        if fn is not m_scalar and names is not None:  # arrays only (an earlier mutation
-            names = [k for k in names if isinstance(args[k], np.ndarray)]  # may have
-            if not names:  # replaced one with a non-array)
-                continue
+        if fn is m_scalar:  # each scalar once: a legal second value would hide a bad first
+            names = [k for k in names if k not in scalars_done]
+        elif names is not None:  # arrays only (an earlier mutation may have replaced one
+            names = [k for k in names if isinstance(args[k], np.ndarray)]  # with a non-array)
+        if names is not None and not names:
+            continue
+        before = dict(args)
         must |= bool(fn(draw, args, lat, names))
         applied.append(fn.__name__)
+        if fn is m_scalar:
+            scalars_done |= {k for k in names if args[k] is not before[k]}
     applied += [f"{k}: shape {old} -> {np.shape(args[k])}" for k, old in shapes.items()
                 if np.shape(args[k]) != old]
     wrong = shapes_wrong(op, args)
