@@ -56,21 +56,23 @@ def normalize_clamp(clamp) -> float:
     return c if c > 0 else 0.0
 
 
+def check_int(name: str, value) -> int:
+    """An integer argument (Python or NumPy; not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    return int(value)
+
+
 def normalize_blank(blank, vocab: int) -> int:
     """blank in [-V, V); negative values count from the end (torchaudio's -1 = V - 1)."""
-    if isinstance(blank, bool) or not isinstance(blank, numbers.Integral):
-        raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
+    check_int("blank", blank)
     if not -vocab <= blank < vocab:
         raise ValueError(f"blank: expected a label id in [{-vocab}, {vocab}) for V={vocab}, got {blank}")
     return int(blank) % vocab
 
 
 def check_workspace(max_workspace_bytes) -> int:
-    if isinstance(max_workspace_bytes, bool) or not isinstance(max_workspace_bytes,
-                                                               numbers.Integral):
-        raise TypeError(f"max_workspace_bytes: expected an int, got "
-                        f"{type(max_workspace_bytes).__name__}")
-    return int(max_workspace_bytes)
+    return check_int("max_workspace_bytes", max_workspace_bytes)
 
 
 def reduce_losses(losses, reduction: str):
@@ -166,6 +168,8 @@ def fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths) 
         check_same_dtype(name, x, "enc", enc)
     B, _, H = enc.shape
     check_batch("enc", B)
+    if H < 1:
+        raise ValueError("enc: expected a hidden size H >= 1 (enc's last dimension), got 0")
     check_dim("pred", pred, 0, B, "batch size B of enc")
     check_dim("pred", pred, 1, targets.shape[1] + 1, "U+1, from targets' width U")
     check_dim("pred", pred, 2, H, "hidden size H of enc")

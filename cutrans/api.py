@@ -36,6 +36,7 @@ CuPy stream, backwards included.
 from __future__ import annotations
 
 import numbers
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -81,8 +82,27 @@ def _upstream(xp, batch: int, reduction: str, dtype):
 
 
 def _upstream_in(io, grad):
-    """An upstream gradient from the caller (number or array of any kind) for the core."""
-    return io.to_core(grad) if hasattr(grad, "shape") else grad
+    """An upstream gradient from the caller (number -- NumPy scalars included -- or array of
+    any kind) for the core."""
+    if isinstance(grad, numbers.Real) or not hasattr(grad, "shape"):
+        return grad
+    return io.to_core(grad)
+
+
+#: modules whose frames a warning skips to reach the caller's line
+_LIBRARY_MODULES = ("cutrans", "torch", "jax", "jaxlib", "numpy", "cupy", "functools",
+                    "contextlib")
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` in the calling function) of the first
+    frame outside cutrans and the array libraries: the user's line, through any entry point
+    (core, adapters, custom ops, decorators)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and \
+            frame.f_globals.get("__name__", "").split(".")[0] in _LIBRARY_MODULES:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _contiguous(xp, name: str, x):
@@ -91,7 +111,7 @@ def _contiguous(xp, name: str, x):
         return x
     warnings.warn(f"{name}: not C-contiguous (strides {x.strides}): cutrans copies it "
                   f"({x.nbytes / 2**20:.1f} MiB); pass a contiguous array to avoid the copy",
-                  CopyWarning, stacklevel=4)
+                  CopyWarning, stacklevel=_caller_stacklevel())
     return xp.ascontiguousarray(x)
 
 
@@ -157,6 +177,7 @@ def rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, *, blank: 
 def rnnt_loss_backward(ctx, grad_losses):
     """dLoss/dlogits for upstream gradients ``grad_losses`` ``(B,)``; logits' shape and dtype,
     the caller's kind of array."""
+    _check_context(ctx, (orch.LogitsContext,), "rnnt_loss_forward")
     io = ctx.io or _arrays.NATIVE
     with io.scope():
         return io.from_core(orch.logits_backward(ctx, _upstream_in(io, grad_losses)))
@@ -176,6 +197,7 @@ def rnnt_loss(logits, targets, logit_lengths, target_lengths, *, blank: int = 0,
     loss (of the sum of the losses for ``"none"``).
     """
     v.check_choice("reduction", reduction, v.REDUCTIONS)
+    return_grad = v.check_bool("return_grad", return_grad)
     losses, ctx = rnnt_loss_forward(logits, targets, logit_lengths, target_lengths, blank=blank,
                                     clamp=clamp, fastemit_lambda=fastemit_lambda, layout=layout,
                                     need_grad=return_grad, backend=backend,
@@ -215,6 +237,7 @@ class ReducedContext:
     reduction: str
     needs: tuple
     io: Any = _arrays.NATIVE
+    xp: Any = np  # the gradients' array module
 
 
 @dataclass
@@ -440,7 +463,7 @@ def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
         scale = 1.0 / plan.batch if reduction == "mean" else 1.0
         losses, grads = _run_fused(call, lambda log_like: _fused.one_pass(
             be, f, call.targets, plan, scale=scale, needs=needs, log_like=log_like, **kw))
-        return io.from_core(losses), ReducedContext(grads, reduction, needs, io)
+        return io.from_core(losses), ReducedContext(grads, reduction, needs, io, be.xp)
     losses, ctx = _run_fused(call, lambda log_like: _fused.forward(
         be, f, call.targets, plan, need_grad=need_grad, log_like=log_like, **kw))
     if ctx is not None:
@@ -448,11 +471,30 @@ def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
     return io.from_core(losses), ctx
 
 
-def _scale(grad, g):
-    """``grad * g`` in grad's dtype (g a Python number or a one-element array)."""
-    if isinstance(g, numbers.Real):  # a weak Python scalar keeps grad's dtype
-        return grad if g == 1 else grad * g
-    return grad * g.reshape(()).astype(grad.dtype)
+#: elements of a 16-bit gradient scaled per step (``_scale``): a 64 MiB float32 temporary
+SCALE_PIECE = 1 << 24
+
+
+def _scale(xp, grad, g):
+    """``grad * g`` (g a number or a one-element array) computed in the compute dtype and
+    rounded once into grad's dtype: a loss scale such as 2**16 (``torch.amp.GradScaler``'s)
+    does not fit float16, and bfloat16 would round ``g``. 16-bit gradients are scaled
+    ``SCALE_PIECE`` elements at a time (a bounded float32 temporary)."""
+    cdt = compute_dtype(grad.dtype)
+    if isinstance(g, numbers.Real):
+        if g == 1:
+            return grad
+        s = float(g)  # a weak Python scalar: products keep the compute-dtype operand's dtype
+    else:
+        s = g.reshape(()).astype(cdt)
+    if np.dtype(grad.dtype) == cdt:
+        return grad * s
+    out = xp.empty_like(grad)
+    src, dst = grad.reshape(-1), out.reshape(-1)
+    with np.errstate(over="ignore"):  # an overflow is the true product's (a loss scaler's cue)
+        for i in range(0, src.size, SCALE_PIECE):
+            dst[i:i + SCALE_PIECE] = src[i:i + SCALE_PIECE].astype(cdt) * s
+    return out
 
 
 def transducer_backward(ctx, grad_losses, needs=ALL_GRADS) -> TransducerGrads:
@@ -464,10 +506,17 @@ def transducer_backward(ctx, grad_losses, needs=ALL_GRADS) -> TransducerGrads:
     returned as they are for ``1``). ``needs``: flags for (enc, pred, weight, bias);
     unneeded gradients come back as None and their work is skipped.
     """
+    _check_context(ctx, (ReducedContext, _fused.FusedContext), "transducer_forward")
     needs = _check_needs(needs)
     io = ctx.io or _arrays.NATIVE
     with io.scope():
         return _backward(ctx, grad_losses, needs, io)
+
+
+def _check_context(ctx, types: tuple, forward: str) -> None:
+    if not isinstance(ctx, types):
+        raise TypeError(f"ctx: expected the context that {forward}(..., need_grad=True) "
+                        f"returns, got {type(ctx).__name__}")
 
 
 def _backward(ctx, grad_losses, needs, io) -> TransducerGrads:
@@ -481,7 +530,8 @@ def _backward(ctx, grad_losses, needs, io) -> TransducerGrads:
                              f"{ctx.reduction}-reduced loss, got shape "
                              f"{tuple(getattr(grad_losses, 'shape', ()))}")
         g_in = _upstream_in(io, grad_losses)
-        return TransducerGrads(*(None if g is None or not want else io.from_core(_scale(g, g_in))
+        return TransducerGrads(*(None if g is None or not want
+                                 else io.from_core(_scale(ctx.xp, g, g_in))
                                  for g, want in zip(ctx.grads, needs)))
     grads = _fused.backward(ctx, _upstream_in(io, grad_losses), needs)
     return TransducerGrads(*map(io.from_core, grads))

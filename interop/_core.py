@@ -186,12 +186,19 @@ def validate_logprob_args(logits, targets, logit_lengths, target_lengths, blank)
     return blank
 
 
-def lattice_forward(lp_blank, lp_emit, logit_lengths, target_lengths, *, fastemit_lambda,
-                    need_grad):
+LOG_PROBS_NAN = "logits: expected log-probabilities without NaN or +inf"
+
+
+def lattice_forward(lp_blank, lp_emit, row_sums, logit_lengths, target_lengths, *,
+                    fastemit_lambda, need_grad):
     """RNN-T recursion on given log-probabilities (padded ``(B, T, U+1)``, compute dtype).
 
-    ``lp_emit`` must be ``-inf`` at ``u = U_b``. Returns ``(losses, coef_blank, coef_emit)``
-    (coefficients padded, or None). Used for ``fused_log_softmax=False``.
+    ``lp_emit`` must be ``-inf`` at ``u = U_b``. ``row_sums`` ``(B, T, U+1)``: each
+    point's log-probabilities summed over the vocabulary -- NaN or +inf at a lattice point
+    raises (``-inf``: masked labels, allowed; the padding is never read); so does a sample
+    without any alignment. Both checks are read once, after the recursion. Returns
+    ``(losses, coef_blank, coef_emit)`` (coefficients padded, or None). Used for
+    ``fused_log_softmax=False``.
     """
     be = get_backend(None, lp_blank)
     xp = be.xp
@@ -205,7 +212,12 @@ def lattice_forward(lp_blank, lp_emit, logit_lengths, target_lengths, *, fastemi
     beta = xp.empty_like(lpb) if need_grad else alpha
     ll = xp.empty(B, dtype=lpb.dtype)
     values = xp.stack([lpb, lpe], axis=1)
+    sums = _pack(row_sums, points, grid, row_sums.dtype)
+    bad = xp.isnan(sums).any() | xp.isposinf(sums).any()
     be.lattice(dplan, Topology(), 0, B, 0, values, alpha, beta, ll, values, need_grad)
+    if v.host_true(bad):
+        raise ValueError(LOG_PROBS_NAN)
+    v.check_log_likelihood(ll, xp)
     losses = _fused.losses_from(ll, fastemit_lambda)
     if not need_grad:
         return losses, None, None

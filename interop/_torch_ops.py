@@ -24,10 +24,13 @@ is converted to float32 on the CPU (a copy) and the gradients cast back.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from cutrans.api import SCALE_PIECE
 
 from . import _core
 
@@ -301,9 +304,44 @@ def _reduced_setup(ctx, inputs, output):
     ctx.needs = inputs[-1]
 
 
+def _scaled(g: Tensor, s: Tensor) -> Tensor:
+    """``g * s`` computed in the compute dtype and rounded once into g's dtype (as the core's
+    ``api._scale``): a loss scale such as ``torch.amp.GradScaler``'s 2**16 does not fit
+    float16. Out of place, so that a repeated backward (retain_graph) scales the same
+    gradients; 16-bit gradients ``SCALE_PIECE`` elements at a time (a bounded temporary)."""
+    s = s.to(compute_dtype(g.dtype))
+    if g.dtype == s.dtype:
+        return g * s
+    out = torch.empty_like(g, memory_format=torch.contiguous_format)
+    for src, dst in zip(g.reshape(-1).split(SCALE_PIECE), out.view(-1).split(SCALE_PIECE)):
+        dst.copy_(src.to(s.dtype) * s)
+    return out
+
+
+_SECOND_ORDER = ("cutrans: second-order gradients are not supported: this backward ran with "
+                 "create_graph=True, and its gradients come from cutrans' saved results, "
+                 "which autograd would treat as constants (a wrong second derivative)")
+
+
+def _first_order_only(backward):
+    """A backward that raises under ``create_graph=True`` (grad mode on in the backward)
+    instead of returning gradients that autograd would differentiate as constants -- a
+    silently wrong second derivative (e.g. a gradient penalty). Raising at once keeps
+    nothing alive for the check (the one-pass op saves its gradients, not its inputs). The
+    ops without a formula for their backward op (``rnnt_loss_bwd``, ``transducer_bwd``)
+    raise at the second derivative by themselves; ``torch.compile`` does not trace a double
+    backward."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            raise RuntimeError(_SECOND_ORDER)
+        return backward(ctx, *grads)
+    return wrapper
+
+
+@_first_order_only
 def _reduced_backward(ctx, grad_loss, *_grad_grads):
-    # out of place, so that a repeated backward (retain_graph) scales the same gradients
-    grads = tuple(g * grad_loss.to(g.dtype) if need and n else None
+    grads = tuple(_scaled(g, grad_loss) if need and n else None
                   for g, need, n in zip(ctx.saved_tensors, ctx.needs, ctx.needs_input_grad))
     return grads + (None,) * 15
 
@@ -316,13 +354,17 @@ transducer_reduced.register_autograd(_reduced_backward, setup_context=_reduced_s
 def rnnt_lattice(lp_blank: Tensor, lp_emit: Tensor, logits: Tensor, targets: Tensor,
                  logit_lengths: Tensor, target_lengths: Tensor, blank: int, clamp: float,
                  fastemit_lambda: float, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Recursion on gathered log-probs; ``logits``/``targets`` are only validated here."""
+    """Recursion on gathered log-probs; ``logits``/``targets`` are only validated here (also
+    under ``torch.compile``: NaN/+inf at a lattice point, via the points' sums over the
+    vocabulary, and samples without an alignment raise)."""
     with device_scope(lp_blank):
         _core.validate_logprob_args(to_xp(logits), to_xp(targets), to_xp(logit_lengths),
                                     to_xp(target_lengths), blank)
+        row_sums = logits.detach().sum(-1, dtype=lp_blank.dtype)
         losses, cb, ce = _core.lattice_forward(
-            to_xp(lp_blank.contiguous()), to_xp(lp_emit.contiguous()), to_xp(logit_lengths),
-            to_xp(target_lengths), fastemit_lambda=fastemit_lambda, need_grad=need_grad)
+            to_xp(lp_blank.contiguous()), to_xp(lp_emit.contiguous()), to_xp(row_sums),
+            to_xp(logit_lengths), to_xp(target_lengths), fastemit_lambda=fastemit_lambda,
+            need_grad=need_grad)
         if cb is None:
             return (from_xp(losses), *_empty_coefs(lp_blank))
         return from_xp(losses), from_xp(cb), from_xp(ce)
@@ -341,6 +383,7 @@ def _lattice_setup(ctx, inputs, output):
     ctx.clamp, ctx.lam = inputs[7], inputs[8]
 
 
+@_first_order_only
 def _lattice_backward(ctx, grad_losses, _gcb, _gce):
     # d loss / d lp = -coefficient (emission terms weighted 1 + lambda), clamped like
     # torchaudio's non-fused kernel, then scaled by the upstream gradient (out of place)

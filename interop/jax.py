@@ -19,7 +19,8 @@ Errors: arguments are validated at trace time (types, ndim, shapes, dtypes) and,
 integer arguments are concrete (eager calls), their values too -- raising ``TypeError`` /
 ``ValueError`` naming the argument. Under ``jit`` the values are checked inside the
 callback; the error then reaches the caller as a ``jax.errors.JaxRuntimeError`` whose
-message contains the same text (e.g. ``"ValueError: target_lengths: expected ..."``).
+message contains the same text (e.g. ``"ValueError: target_lengths: expected ..."``), as
+do the errors only the computation finds, eagerly too (NaN/inf inputs, no alignment).
 """
 from __future__ import annotations
 
@@ -259,7 +260,9 @@ def _fused_reduced_fwd(enc, pred, weight, bias, targets, t_len, u_len, p, reduct
 
 
 def _fused_reduced_bwd(p, reduction, grads, g):
-    return (*(x * g.astype(x.dtype) for x in grads), None, None, None)
+    # in the compute dtype, rounded once: a loss scale such as 2**16 does not fit float16
+    return (*((x.astype(_cdt(x.dtype)) * g.astype(_cdt(x.dtype))).astype(x.dtype)
+              for x in grads), None, None, None)
 
 
 _fused_reduced.defvjp(_fused_reduced_fwd, _fused_reduced_bwd)

@@ -93,19 +93,18 @@ def rnnt_loss(logits: Tensor, targets: Tensor, logit_lengths: Tensor, target_len
         _check_tensor(name, x)
     _check_reduction(reduction)
     clamp = v.normalize_clamp(clamp)
-    if isinstance(blank, bool) or not isinstance(blank, int):
-        raise TypeError(f"blank: expected an int, got {type(blank).__name__}")
+    blank, lam = v.check_int("blank", blank), v.check_scalar("fastemit_lambda", fastemit_lambda)
     spec = encode_variant(variant, delay_penalty, durations, big_blank_durations, sigma, omega)
     need = _need_grad(logits)
     if fused_log_softmax:
         losses = _ops.rnnt_loss_fwd(logits, targets, logit_lengths, target_lengths, blank,
-                                    clamp, float(fastemit_lambda), need, spec)[0]
+                                    clamp, lam, need, spec)[0]
     else:
         if spec != "rnnt":
             raise ValueError(f"fused_log_softmax: False supports the standard RNN-T only "
                              f"(variant='rnnt' without delay_penalty), got {spec!r}")
         losses = _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp,
-                                 float(fastemit_lambda), need)
+                                 lam, need)
     return v.reduce_losses(losses.to(logits.dtype), reduction)
 
 
@@ -113,12 +112,6 @@ def _logprob_losses(logits, targets, logit_lengths, target_lengths, blank, clamp
     """fused_log_softmax=False: gather lp_blank / lp_y in torch, recursion in the core."""
     v.logits_shapes(logits, targets, logit_lengths, target_lengths)  # named errors first
     B, T, U1, V = logits.shape
-    if not torch.compiler.is_compiling():
-        # log-probs may hold -inf (masked labels); NaN and +inf show in the sum, O(1) memory
-        total = logits.detach().sum(dtype=torch.float64 if logits.dtype == torch.float64
-                                    else torch.float32)
-        if torch.isnan(total) or total == float("inf"):
-            raise ValueError("logits: expected log-probabilities without NaN or +inf")
     targets, target_lengths = targets.to(logits.device), target_lengths.to(logits.device)
     cdt = _ops.compute_dtype(logits.dtype)
     b = blank % V if -V <= blank < V else 0  # out-of-range blank: the op raises
@@ -202,18 +195,22 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
         if status is None:
             raise TypeError("status: checks='device' needs an int32 status tensor of shape ()")
         _check_tensor("status", status)
+        if status.dtype != torch.int32 or status.shape != ():
+            raise TypeError(f"status: expected an int32 tensor of shape (), got "
+                            f"{status.dtype} {tuple(status.shape)}")
     elif status is not None:
         raise ValueError("status: only with checks='device'")
     if bias is None:
         bias = weight.new_zeros(weight.shape[:1])
     _check_tensor("bias", bias)
-    if not isinstance(activation, str):
-        raise TypeError(f"activation: expected a str, got {type(activation).__name__}")
+    v.check_choice("activation", activation, v.ACTIVATION_NAMES)
     tf32 = bool(enc.is_cuda and torch.backends.cuda.matmul.allow_tf32)
     word = enc.new_zeros((), dtype=torch.int32) if status is None else status
     spec = encode_variant(variant, delay_penalty, durations, big_blank_durations, sigma, omega)
-    args = (enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation, blank,
-            v.normalize_clamp(clamp), float(fastemit_lambda), max_workspace_bytes, sample_wise,
+    args = (enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation,
+            v.check_int("blank", blank), v.normalize_clamp(clamp),
+            v.check_scalar("fastemit_lambda", fastemit_lambda),
+            v.check_workspace(max_workspace_bytes), v.check_bool("sample_wise", sample_wise),
             tf32, checks, word)
     need = _need_grad(enc, pred, weight, bias)
     if reduction != "none" and need:

@@ -116,6 +116,25 @@ def test_non_contiguous_inputs_are_copied_with_a_warning():
     np.testing.assert_array_equal(got.grads.enc, want.grads.enc)
 
 
+@pytest.mark.parametrize("entry", ["transducer_loss", "rnnt_loss", "torch transducer_loss"])
+def test_copy_warning_points_at_the_callers_line(entry):
+    """The warning names the line that passed the array, through every entry point."""
+    floats, targets, t_len, u_len = fused_case()
+    enc_t = np.ascontiguousarray(floats[0].transpose(1, 0, 2)).transpose(1, 0, 2)
+    logits = np.zeros((3, 5, 4, 14))[..., ::2]
+    with pytest.warns(CopyWarning) as record:
+        if entry == "transducer_loss":
+            cutrans.transducer_loss(enc_t, *floats[1:], targets, t_len, u_len)
+        elif entry == "rnnt_loss":
+            cutrans.rnnt_loss(logits, targets, t_len, u_len)
+        else:
+            torch = pytest.importorskip("torch")
+            from cutrans.interop.torch import transducer_loss
+            transducer_loss(*(torch.from_numpy(x) for x in (enc_t, *floats[1:], targets,
+                                                             t_len, u_len)))
+    assert {w.filename for w in record} == {__file__}
+
+
 class _FakeCudaDevice:
     """cupy.cuda.Device stand-in: a context that makes ``id`` current and restores the
     previous device on exit (as CuPy's does)."""

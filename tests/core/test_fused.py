@@ -233,3 +233,44 @@ def test_backward_only_needed_gradients(needs):
             np.testing.assert_array_equal(g, f)
         else:
             assert g is None
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["number", "numpy scalar", "one-element array"])
+@pytest.mark.parametrize("scale", [2.0 ** 16, 1 / 3])
+def test_one_pass_upstream_scales_in_float32_rounded_once(dtype, kind, scale):
+    """The one-pass backward scales 16-bit gradients in float32 and rounds once: a loss
+    scale of 2**16 (``torch.amp.GradScaler``'s; beyond float16's 65504) keeps them finite,
+    and an inexact one (1/3, which bfloat16 would round first) gives exactly
+    ``round(g * scale)`` of the scale-1 gradients ``g``."""
+    sdt = np_dtype(dtype)
+    rng = np.random.default_rng(41)
+    case = fused_case(rng, 3, 5, 3, 6, 4)
+    case = tuple(x.astype(sdt) for x in case[:4]) + case[4:]
+    _, ctx = cutrans.transducer_forward(*case, reduction="mean",
+                                        max_workspace_bytes=1 << 20)
+    up = {"number": scale, "numpy scalar": np.float32(scale),
+          "one-element array": np.array([scale], dtype=np.float32)}[kind]
+    got = cutrans.transducer_backward(ctx, up)
+    unit = cutrans.transducer_backward(ctx, 1.0)
+    for name, g, g1 in zip(GRADS, got, unit):
+        with np.errstate(over="ignore"):  # a few true products exceed float16
+            want = (g1.astype(np.float32) * np.float32(scale)).astype(sdt)
+        assert np.isfinite(want.astype(np.float32)).mean() >= 0.5, name  # the case is fit
+        assert g.dtype == sdt, name
+        np.testing.assert_array_equal(g.astype(np.float32), want.astype(np.float32),
+                                      err_msg=name)
+
+
+def test_one_pass_scale_of_16_bit_gradients_goes_in_pieces(monkeypatch):
+    """Pieces of the flattened gradient (a bounded float32 temporary) give the whole's bits."""
+    from cutrans import api
+    rng = np.random.default_rng(42)
+    case = fused_case(rng, 2, 5, 3, 6, 4)
+    case = tuple(x.astype(np.float16) for x in case[:4]) + case[4:]
+    _, ctx = cutrans.transducer_forward(*case, reduction="sum")
+    whole = cutrans.transducer_backward(ctx, 2.0 ** 16)
+    monkeypatch.setattr(api, "SCALE_PIECE", 7)  # not a divisor of any gradient's size
+    pieces = cutrans.transducer_backward(ctx, 2.0 ** 16)
+    for name, a, b in zip(GRADS, whole, pieces):
+        np.testing.assert_array_equal(a, b, err_msg=name)

@@ -61,6 +61,7 @@ LOGITS_CASES = [
     (dict(reduction="avg"), ValueError, r"reduction: expected one of 'none', 'mean', 'sum', got 'avg'"),
     (dict(layout="ragged"), ValueError, r"layout: expected one of 'padded', 'packed', got 'ragged'"),
     (dict(backend="tpu"), ValueError, r"backend: expected one of 'numpy', 'cupy', 'emulated'"),
+    (dict(return_grad=1), TypeError, r"^return_grad: expected a bool, got int$"),
 ]
 
 
@@ -223,6 +224,8 @@ FUSED_CASES = [
     (dict(max_workspace_bytes=100), ValueError, r"max_workspace_bytes=100 is too small: one row of the lattice needs \d+ bytes of workspace \(\d+ per row \+ \d+ fixed\)"),
     (dict(max_workspace_bytes=1.5e9), TypeError, r"max_workspace_bytes: expected an int, got float"),
     (dict(targets=np.array([[1, 7], [3, 0]])), ValueError, r"targets: expected labels in \[0, 5\), got 7"),
+    (dict(enc=np.zeros((2, 4, 0)), pred=np.zeros((2, 3, 0)), weight=np.zeros((5, 0))),
+     ValueError, r"enc: expected a hidden size H >= 1"),
 ]
 
 
@@ -238,3 +241,18 @@ def test_fused_non_finite(name):
     x.flat[1] = np.nan
     with pytest.raises(ValueError, match=rf"{name}: expected finite values"):
         call_fused(**{name: x})
+
+
+@pytest.mark.parametrize("op", ["rnnt_loss", "transducer"])
+def test_backward_without_a_context(op):
+    """need_grad=False returns no context: passing it on names ``ctx``."""
+    if op == "rnnt_loss":
+        _, ctx = cutrans.rnnt_loss_forward(**logits_args(), need_grad=False)
+        call = lambda: cutrans.rnnt_loss_backward(ctx, np.ones(2))  # noqa: E731
+    else:
+        _, ctx = cutrans.transducer_forward(**fused_args(), need_grad=False)
+        call = lambda: cutrans.transducer_backward(ctx, np.ones(2))  # noqa: E731
+    assert ctx is None
+    with pytest.raises(TypeError, match=r"^ctx: expected the context that \w+_forward\(\.\.\., "
+                                        r"need_grad=True\) returns, got NoneType$"):
+        call()

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu,
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernels"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # tolerances
-from kcases import COMPUTE, STORAGE, TOPOLOGIES, Case  # noqa: E402
+from kcases import COMPUTE, LOW, STORAGE, TOPOLOGIES, Case  # noqa: E402
 from kops import (check_joint_backward, check_joint_forward, check_lattice,  # noqa: E402
                   check_row_grad, check_row_stats)
 from kpipeline import (bits, check_rnnt_loss, check_transducer_loss, fused_inputs,  # noqa: E402
@@ -367,3 +367,27 @@ def test_variants_end_to_end(topo, dtype):
     _no_less_exact(got.loss, ours.loss, ref.loss, dtype, f"{topo} fused loss", floor=1.0)
     for q, g, o, r in zip(("enc", "pred", "weight", "bias"), got.grads, ours.grads, ref.grads):
         _no_less_exact(g, o, r, dtype, f"{topo} fused d_{q}")
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_one_pass_upstream_scale_on_device_arrays(dtype):
+    """The one-pass backward's scale of 16-bit CuPy gradients (float32 product, one
+    rounding; pieces): the scale-1 gradients times 2**16 and 1/3, rounded, as on the CPU."""
+    from cutrans import api
+    _, args = fused_inputs(14, dtype, B=3, T=8, U=4, V=40, H=16)
+    _, ctx = cutrans.transducer_forward(*[cupy.asarray(a) for a in args], reduction="mean")
+    unit = [g.get() for g in cutrans.transducer_backward(ctx, 1.0)]
+    old = api.SCALE_PIECE
+    for scale in (2.0 ** 16, 1 / 3, cupy.asarray([1 / 3], dtype=cupy.float32)):
+        for piece in (old, 7):
+            api.SCALE_PIECE = piece
+            try:
+                got = cutrans.transducer_backward(ctx, scale)
+            finally:
+                api.SCALE_PIECE = old
+            s = np.float32(scale if isinstance(scale, float) else float(scale.get()[0]))
+            for g, g1 in zip(got, unit):
+                with np.errstate(over="ignore"):
+                    want = (g1.astype(np.float32) * s).astype(g1.dtype)
+                np.testing.assert_array_equal(g.get().astype(np.float32),
+                                              want.astype(np.float32))

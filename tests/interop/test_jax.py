@@ -146,3 +146,40 @@ def test_jit_blank_error_fused():
     f = jax.jit(lambda y: cj.transducer_loss(*case[:4], y, *case[5:], blank=3))
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"targets: expected no blank \(3\)"):
         f(case[4]).block_until_ready()
+
+
+@pytest.mark.parametrize("dtype,scale", [("float16", 2.0 ** 16), ("bfloat16", 1 / 3)])
+def test_transducer_loss_scale_in_float32_rounded_once(dtype, scale):
+    """``grad(loss * scale)`` (a loss scale of 2**16 is beyond float16's range): the scale-1
+    gradients times the scale, rounded once (the one-pass backward multiplies in float32)."""
+    case = fused_case(9)
+    floats = [jnp.asarray(x.astype(NP_DTYPES[dtype])) for x in case[:4]]
+
+    def grads(s):
+        return jax.grad(lambda *f: cj.transducer_loss(*f, *case[4:]) * s,
+                        argnums=(0, 1, 2, 3))(*floats)
+    for name, g, g1 in zip(("enc", "pred", "weight", "bias"), grads(scale), grads(1.0)):
+        want = np.asarray((g1.astype(jnp.float32) * scale).astype(g1.dtype), np.float32)
+        assert np.isfinite(want).mean() >= 0.5, name  # the case is fit
+        np.testing.assert_array_equal(np.asarray(g, np.float32), want, err_msg=name)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_second_order_gradients_raise(reduction):
+    """A gradient penalty raises (the callbacks have no JVP) instead of a wrong value."""
+    case = fused_case(3)
+
+    def grad_enc(w):
+        return jax.grad(lambda e: jnp.sum(cj.transducer_loss(
+            e, case[1], w, case[3], *case[4:], reduction=reduction)))(case[0])
+    assert np.isfinite(grad_enc(case[2])).all()
+    with pytest.raises(ValueError, match="JVP"):
+        jax.grad(lambda w: jnp.sum(grad_enc(w) ** 2))(case[2])
+
+
+def test_eager_nan_error_carries_the_core_message():
+    """NaN logits are found by the computation (inside the callback), eagerly too."""
+    logits, targets, t_len, u_len = logits_case(5, V=6)
+    logits[0, 0, 0, 0] = np.nan
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"logits: expected finite values"):
+        jax.block_until_ready(cj.rnnt_loss(logits, targets, t_len, u_len))

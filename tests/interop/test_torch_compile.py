@@ -153,3 +153,16 @@ def test_compiled_error_still_raises():
                       backend="aot_eager")
     with pytest.raises(Exception, match=r"logit_lengths: expected frame counts in \[1, 5\]"):
         f(x, torch.tensor(np.array([9, 1, 1], np.int32)))
+
+
+def test_compiled_logprob_path_checks_nan():
+    """fused_log_softmax=False checks its log-probabilities inside its op, so a NaN at a
+    lattice point raises under torch.compile as in eager mode."""
+    logits, targets, t_len, u_len = logits_case(4, V=5)
+    lp = torch.tensor(logits, dtype=torch.float32).log_softmax(-1)
+    lp[0, 0, 0, 3] = float("nan")  # a point of sample 0's lattice (a label it never emits)
+    y, tl, ul = map(torch.tensor, (targets, t_len, u_len))
+    f = torch.compile(lambda x: rnnt_loss(x, y, tl, ul, blank=0, fused_log_softmax=False),
+                      fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match=r"logits: expected log-probabilities without NaN"):
+        f(lp)

@@ -1,5 +1,7 @@
 """cutrans.interop.torch.transducer_loss / TransducerLoss against the core and a naive
 PyTorch autograd oracle (full 4-D joint + log_softmax + alpha recursion)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -190,3 +192,74 @@ def test_module_under_autocast_casts_the_output_layer():
     assert layer.weight.grad.dtype == torch.float32 and e.grad.dtype == torch.float32
     ref = loss_fn(e.detach().to(torch.bfloat16).float(), p.to(torch.bfloat16).float(), *args)
     np.testing.assert_allclose(loss.item(), ref.item(), rtol=3e-2)
+
+
+@pytest.mark.parametrize("dtype,scale", [("float16", 2.0 ** 16), ("bfloat16", 1 / 3)])
+def test_loss_scale_in_float32_rounded_once(dtype, scale):
+    """``(loss * scale).backward()`` -- what ``torch.amp.GradScaler`` does, with 2**16 beyond
+    float16's range -- gives the scale-1 gradients times the scale, rounded once (the
+    one-pass backward multiplies in float32); bfloat16 would round an inexact scale first."""
+    args = as_torch(fused_case(9), DTYPES[dtype])
+    transducer_loss(*args).backward()
+    unit = [x.grad.clone() for x in args[:4]]
+    for x in args[:4]:
+        x.grad = None
+    (transducer_loss(*args) * scale).backward()
+    for name, x, g1 in zip(GRADS, args[:4], unit):
+        want = (g1.float() * scale).to(g1.dtype)
+        assert torch.isfinite(want).float().mean() >= 0.5, name  # the case is fit
+        assert torch.equal(x.grad, want), name
+
+
+def test_loss_scale_of_16_bit_gradients_goes_in_pieces(monkeypatch):
+    from cutrans.interop import _torch_ops
+    args = as_torch(fused_case(9), torch.float16)
+    (transducer_loss(*args) * 2.0 ** 16).backward()
+    whole = [x.grad.clone() for x in args[:4]]
+    monkeypatch.setattr(_torch_ops, "SCALE_PIECE", 7)
+    for x in args[:4]:
+        x.grad = None
+    (transducer_loss(*args) * 2.0 ** 16).backward()
+    for name, x, g in zip(GRADS, args[:4], whole):
+        assert torch.equal(x.grad, g), name
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_second_order_gradients_raise(reduction):
+    """A gradient penalty raises instead of differentiating cutrans' saved results as
+    constants: the one-pass backward at create_graph=True, the two-pass one (whose
+    backward op has no formula) at the second derivative; plain backwards still work."""
+    args = as_torch(fused_case(10))
+    enc, w = args[0], args[2]
+    want, = torch.autograd.grad(transducer_loss(*args, reduction=reduction).sum(), enc)
+    assert torch.isfinite(want).all()
+    with pytest.raises(RuntimeError, match="second-order gradients are not supported|"
+                                           "no autograd formula"):
+        g_enc, = torch.autograd.grad(transducer_loss(*args, reduction=reduction).sum(), enc,
+                                     create_graph=True)
+        torch.autograd.grad((g_enc ** 2).sum(), w)
+
+
+SCALARS = [("fastemit_lambda", None), ("fastemit_lambda", "0.5"), ("fastemit_lambda", -0.5),
+           ("max_workspace_bytes", 1e6), ("max_workspace_bytes", True), ("sample_wise", 1),
+           ("blank", 1.0), ("blank", True), ("clamp", "0.1"), ("activation", 0)]
+
+
+@pytest.mark.parametrize("name,value", SCALARS)
+def test_bad_scalars_raise_the_core_error(name, value):
+    """One rule per argument: the adapter raises the core's error (type and text)."""
+    case = fused_case(8)
+    with pytest.raises((TypeError, ValueError)) as core:
+        cutrans.transducer_loss(*case, **{name: value})
+    with pytest.raises(core.type, match=f"^{re.escape(str(core.value))}$"):
+        transducer_loss(*as_torch(case), **{name: value})
+
+
+def test_numpy_integer_blank_and_status_dtype():
+    case = fused_case(8, blank=2)
+    want = transducer_loss(*as_torch(case), blank=2)
+    torch.testing.assert_close(transducer_loss(*as_torch(case), blank=np.int64(2)), want)
+    with pytest.raises(TypeError, match=r"status: expected an int32 tensor of shape \(\), "
+                                        r"got torch.int64 \(\)"):
+        transducer_loss(*as_torch(case), blank=2, checks="device",
+                        status=torch.zeros((), dtype=torch.int64))

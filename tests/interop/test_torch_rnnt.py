@@ -176,6 +176,10 @@ def test_module_matches_function():
     ({"blank": 6}, ValueError, r"blank: expected a label id in \[-6, 6\)"),
     ({"targets_dtype": torch.float32}, TypeError, r"targets: expected dtype int32 or int64"),
     ({"logits": "nope"}, TypeError, r"logits: expected a torch.Tensor"),
+    ({"fastemit_lambda": None}, TypeError, r"^fastemit_lambda: expected a real number, got "
+                                           r"NoneType$"),
+    ({"fastemit_lambda": "0.5"}, TypeError, r"^fastemit_lambda: expected a real number"),
+    ({"blank": 0.0}, TypeError, r"^blank: expected an int, got float$"),
 ])
 def test_errors_name_the_argument(fused, change, exc, match):
     logits, targets, t_len, u_len = logits_case(11, V=6)
@@ -218,3 +222,49 @@ def test_logprob_path_validates_before_computing():
     masked = lp.clone()
     masked[..., 4] = float("-inf")  # -inf log-probs (masked label) are allowed
     assert torch.isfinite(rnnt_loss(masked, tg, tl, ul, blank=0, fused_log_softmax=False))
+
+
+@pytest.mark.parametrize("fused_log_softmax", [True, False])
+def test_logprob_path_reads_only_the_lattice(fused_log_softmax):
+    """NaN in the padding (frames past logit_lengths, labels past target_lengths) is never
+    read: same loss and gradient as with zeros there; a label masked with -inf wherever
+    it must be emitted leaves no alignment and raises (no silent inf loss)."""
+    import torch
+    from cutrans.interop.torch import rnnt_loss
+    z = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    tg = torch.tensor([[1, 2], [3, 1]], dtype=torch.int32)
+    tl = torch.tensor([4, 2], dtype=torch.int32)
+    ul = torch.tensor([2, 1], dtype=torch.int32)
+
+    def run(x):
+        x = x.clone().requires_grad_()
+        inp = x if fused_log_softmax else x.log_softmax(-1)
+        loss = rnnt_loss(inp, tg, tl, ul, blank=0, fused_log_softmax=fused_log_softmax)
+        loss.backward()
+        return loss.detach(), torch.nan_to_num(x.grad, nan=0.0)
+    padded = z.clone()
+    padded[1, 2:] = float("nan")  # sample 1: frames 2, 3 past its length
+    padded[1, :, 2] = float("nan")  # sample 1: u = 2 past its one label
+    want, want_g = run(z)
+    got, got_g = run(padded)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got_g, want_g, rtol=0, atol=0)
+    masked = z.clone()
+    masked[0, :, :, 2] = float("-inf")  # sample 0's second label, everywhere
+    inp = masked if fused_log_softmax else masked.log_softmax(-1)
+    with pytest.raises(ValueError, match=r"no alignment of sample 0"):
+        rnnt_loss(inp, tg, tl, ul, blank=0, fused_log_softmax=fused_log_softmax)
+
+
+def test_logprob_path_second_order_raises():
+    """fused_log_softmax=False: a gradient penalty raises (the lattice's coefficients would
+    be constants to autograd: a silently wrong second derivative)."""
+    import torch
+    from cutrans.interop.torch import rnnt_loss
+    w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    tg = torch.tensor([[1, 2], [3, 1]], dtype=torch.int32)
+    tl, ul = torch.tensor([4, 3], dtype=torch.int32), torch.tensor([2, 1], dtype=torch.int32)
+    loss = rnnt_loss((x @ w.T).log_softmax(-1), tg, tl, ul, blank=0, fused_log_softmax=False)
+    with pytest.raises(RuntimeError, match="second-order gradients are not supported"):
+        torch.autograd.grad(loss, x, create_graph=True)
