@@ -240,12 +240,14 @@ class GradSink:
             if self.need_pred:
                 self.d_pred[c.b0] = self.acc[1][0]
 
-    def finish(self):
-        """(d_enc, d_pred, d_weight, d_bias) in the input dtype (None where not needed)."""
+    def finish(self, w_scale: float = 1.0):
+        """(d_enc, d_pred, d_weight, d_bias) in the input dtype (None where not needed);
+        ``w_scale`` multiplies dW/db in the compute dtype, before their rounding."""
         H = self.f.sizes[0]
         need_w, need_b = self.needs[2:]
-        d_w = self.d_w[:, :H].astype(self.f.weight.dtype) if need_w else None
-        d_b = self.d_w[:, H].astype(self.f.bias.dtype) if need_b else None
+        d_w = self.d_w if w_scale == 1 else self.d_w * w_scale
+        d_b = d_w[:, H].astype(self.f.bias.dtype) if need_b else None
+        d_w = d_w[:, :H].astype(self.f.weight.dtype) if need_w else None
         return self.d_enc, self.d_pred, d_w, d_b
 
 
@@ -385,9 +387,10 @@ class _OnePass:
 
 def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
              max_workspace_bytes: int, sample_wise: bool, status=None,
-             pipeline: bool | None = None, log_like=None):
+             pipeline: bool | None = None, log_like=None, w_scale: float = 1.0):
     """Per-sample losses (B,) and the gradients of ``scale * sum_b loss_b`` (see
-    ``GradSink.finish``), in one pass over the groups (pipelined: see the module docstring;
+    ``GradSink.finish``; dW/db times ``w_scale`` too, before their rounding into the input
+    dtype), in one pass over the groups (pipelined: see the module docstring;
     ``pipeline`` None follows ``PIPELINE``). ``status``: device-side checks
     (``cutrans._status``) instead of host ones; ``log_like``: a (B,) compute-dtype array
     to fill with the log-likelihoods (else allocated)."""
@@ -427,7 +430,7 @@ def one_pass(be, f: FusedInputs, targets, plan: RowPlan, *, scale: float, needs,
         side.wait(last % 2)
         run.backward(sched.groups[last], sets[last % 2])
     check_fused_log_likelihood(log_like, xp, status)
-    return losses_from(log_like, f.fastemit_lambda, topo, log_like2), sink.finish()
+    return losses_from(log_like, f.fastemit_lambda, topo, log_like2), sink.finish(w_scale)
 
 
 # ------------------------------------------------------------------ two passes

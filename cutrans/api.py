@@ -48,7 +48,7 @@ from . import _fused
 from . import _orchestrate as orch
 from . import _status
 from . import _validate as v
-from ._dtypes import compute_dtype
+from ._dtypes import DTYPES, compute_dtype, dtype_name
 from ._plan import make_plan
 from ._topology import make_topology
 from .backends import ACTIVATIONS, get_backend
@@ -238,6 +238,21 @@ class ReducedContext:
     needs: tuple
     io: Any = _arrays.NATIVE
     xp: Any = np  # the gradients' array module
+    factors: tuple = (1.0, 1.0, 1.0, 1.0)  # reduced_grad_factors
+
+
+def reduced_grad_factors(reduction: str, dtype, batch: int) -> tuple:
+    """Factors that the one-pass gradients (d_enc, d_pred, dW, db) still owe the reduced
+    loss's, applied by the backward with the upstream gradient (in float32, one rounding).
+
+    16-bit inputs with ``"mean"``: d_enc/d_pred are kept as gradients of the *sum* of the
+    losses (each sample's own magnitude: 1/B would push a large batch's float16 entries
+    into the subnormals, whose lost bits no loss scale restores), so they owe 1/B; dW/db,
+    sums over the batch accumulated in float32, take 1/B before their rounding and owe 1.
+    Otherwise nothing is owed."""
+    if reduction == "mean" and DTYPES[dtype_name(dtype)].itemsize == 2:
+        return (1.0 / batch, 1.0 / batch, 1.0, 1.0)
+    return (1.0, 1.0, 1.0, 1.0)
 
 
 @dataclass
@@ -460,10 +475,13 @@ def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
     kw = dict(max_workspace_bytes=call.budget, sample_wise=call.sample_wise,
               status=call.status)
     if need_grad and reduction != "none" and any(needs):
+        owed = reduced_grad_factors(reduction, f.enc.dtype, plan.batch)
         scale = 1.0 / plan.batch if reduction == "mean" else 1.0
+        # dLoss/dz carries what d_enc/d_pred do not owe; dW/db take the rest before rounding
         losses, grads = _run_fused(call, lambda log_like: _fused.one_pass(
-            be, f, call.targets, plan, scale=scale, needs=needs, log_like=log_like, **kw))
-        return io.from_core(losses), ReducedContext(grads, reduction, needs, io, be.xp)
+            be, f, call.targets, plan, scale=scale / owed[0], needs=needs,
+            log_like=log_like, w_scale=owed[0] / owed[2], **kw))
+        return io.from_core(losses), ReducedContext(grads, reduction, needs, io, be.xp, owed)
     losses, ctx = _run_fused(call, lambda log_like: _fused.forward(
         be, f, call.targets, plan, need_grad=need_grad, log_like=log_like, **kw))
     if ctx is not None:
@@ -475,21 +493,24 @@ def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
 SCALE_PIECE = 1 << 24
 
 
-def _scale(xp, grad, g):
-    """``grad * g`` (g a number or a one-element array) computed in the compute dtype and
-    rounded once into grad's dtype: a loss scale such as 2**16 (``torch.amp.GradScaler``'s)
-    does not fit float16, and bfloat16 would round ``g``. 16-bit gradients are scaled
-    ``SCALE_PIECE`` elements at a time (a bounded float32 temporary)."""
+def _scale(xp, grad, g, owed: float = 1.0, in_place: bool = False):
+    """``grad * g * owed`` (g a number or a one-element array; ``owed``: a
+    ``reduced_grad_factors`` entry) computed in the compute dtype and rounded once into
+    grad's dtype: a loss scale such as 2**16 (``torch.amp.GradScaler``'s) does not fit
+    float16, and bfloat16 would round ``g``. 16-bit gradients are scaled ``SCALE_PIECE``
+    elements at a time (a bounded float32 temporary). Out of place (a backward may run
+    twice on one context) unless ``in_place``."""
     cdt = compute_dtype(grad.dtype)
     if isinstance(g, numbers.Real):
-        if g == 1:
+        if g * owed == 1:
             return grad
-        s = float(g)  # a weak Python scalar: products keep the compute-dtype operand's dtype
+        s = float(g) * owed  # a weak Python scalar: products keep the compute-dtype operand's
     else:
-        s = g.reshape(()).astype(cdt)
+        s = g.reshape(()).astype(cdt) * cdt.type(owed)
+    out = grad if in_place else None
     if np.dtype(grad.dtype) == cdt:
-        return grad * s
-    out = xp.empty_like(grad)
+        return xp.multiply(grad, s, out=out)
+    out = xp.empty_like(grad) if out is None else out
     src, dst = grad.reshape(-1), out.reshape(-1)
     with np.errstate(over="ignore"):  # an overflow is the true product's (a loss scaler's cue)
         for i in range(0, src.size, SCALE_PIECE):
@@ -531,8 +552,8 @@ def _backward(ctx, grad_losses, needs, io) -> TransducerGrads:
                              f"{tuple(getattr(grad_losses, 'shape', ()))}")
         g_in = _upstream_in(io, grad_losses)
         return TransducerGrads(*(None if g is None or not want
-                                 else io.from_core(_scale(ctx.xp, g, g_in))
-                                 for g, want in zip(ctx.grads, needs)))
+                                 else io.from_core(_scale(ctx.xp, g, g_in, owed))
+                                 for g, want, owed in zip(ctx.grads, needs, ctx.factors)))
     grads = _fused.backward(ctx, _upstream_in(io, grad_losses), needs)
     return TransducerGrads(*map(io.from_core, grads))
 
@@ -563,5 +584,8 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
                                     sigma, omega))
     losses, ctx = _forward(call, compute_grad, "sum" if reduction == "none" else reduction,
                            ALL_GRADS)
-    grads = TransducerGrads(*map(ctx.io.from_core, ctx.grads)) if compute_grad else None
+    grads = None
+    if compute_grad:
+        grads = TransducerGrads(*(ctx.io.from_core(_scale(ctx.xp, g, 1.0, owed, in_place=True))
+                                  for g, owed in zip(ctx.grads, ctx.factors)))
     return TransducerOutput(v.reduce_losses(losses, reduction), grads, call.status_out)

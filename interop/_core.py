@@ -165,7 +165,8 @@ def fused_reduced(enc, pred, weight, bias, targets, enc_lengths, target_lengths,
                   needs=(True, True, True, True), allow_tf32=False, checks="host",
                   status=None, variant="rnnt"):
     """One pass: ``(reduced loss (0-d), d_enc, d_pred, d_weight, d_bias)``, the gradients of
-    the reduced loss (None where not in ``needs``)."""
+    the reduced loss up to ``api.reduced_grad_factors`` (None where not in ``needs``): the
+    adapters' backward multiplies each by its factor with the upstream gradient."""
     losses, ctx = api.transducer_forward(
         enc, pred, weight, bias, targets, enc_lengths, target_lengths, activation=activation,
         blank=blank, clamp=clamp, fastemit_lambda=fastemit_lambda,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cutrans.api import SCALE_PIECE
+from cutrans.api import SCALE_PIECE, reduced_grad_factors
 
 from . import _core
 
@@ -302,14 +302,16 @@ def _(enc, pred, weight, bias, *args):
 def _reduced_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:5])
     ctx.needs = inputs[-1]
+    ctx.owed = reduced_grad_factors(inputs[-3], inputs[0].dtype, inputs[0].shape[0])
 
 
-def _scaled(g: Tensor, s: Tensor) -> Tensor:
-    """``g * s`` computed in the compute dtype and rounded once into g's dtype (as the core's
-    ``api._scale``): a loss scale such as ``torch.amp.GradScaler``'s 2**16 does not fit
-    float16. Out of place, so that a repeated backward (retain_graph) scales the same
-    gradients; 16-bit gradients ``SCALE_PIECE`` elements at a time (a bounded temporary)."""
-    s = s.to(compute_dtype(g.dtype))
+def _scaled(g: Tensor, s: Tensor, owed: float) -> Tensor:
+    """``g * s * owed`` computed in the compute dtype and rounded once into g's dtype (as the
+    core's ``api._scale``; ``owed``: ``api.reduced_grad_factors``): a loss scale such as
+    ``torch.amp.GradScaler``'s 2**16 does not fit float16. Out of place, so that a repeated
+    backward (retain_graph) scales the same gradients; 16-bit gradients ``SCALE_PIECE``
+    elements at a time (a bounded temporary)."""
+    s = s.to(compute_dtype(g.dtype)) * owed
     if g.dtype == s.dtype:
         return g * s
     out = torch.empty_like(g, memory_format=torch.contiguous_format)
@@ -341,8 +343,9 @@ def _first_order_only(backward):
 
 @_first_order_only
 def _reduced_backward(ctx, grad_loss, *_grad_grads):
-    grads = tuple(_scaled(g, grad_loss) if need and n else None
-                  for g, need, n in zip(ctx.saved_tensors, ctx.needs, ctx.needs_input_grad))
+    grads = tuple(_scaled(g, grad_loss, owed) if need and n else None
+                  for g, need, n, owed in zip(ctx.saved_tensors, ctx.needs,
+                                              ctx.needs_input_grad, ctx.owed))
     return grads + (None,) * 15
 
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from cutrans import _validate as _v
 from cutrans._topology import decode_variant, encode_variant
-from cutrans.api import DEFAULT_WORKSPACE_BYTES, common_scalars, variant_args
+from cutrans.api import (DEFAULT_WORKSPACE_BYTES, common_scalars, reduced_grad_factors,
+                         variant_args)
 
 from . import _core
 
@@ -260,9 +261,11 @@ def _fused_reduced_fwd(enc, pred, weight, bias, targets, t_len, u_len, p, reduct
 
 
 def _fused_reduced_bwd(p, reduction, grads, g):
-    # in the compute dtype, rounded once: a loss scale such as 2**16 does not fit float16
-    return (*((x.astype(_cdt(x.dtype)) * g.astype(_cdt(x.dtype))).astype(x.dtype)
-              for x in grads), None, None, None)
+    # in the compute dtype, rounded once: a loss scale such as 2**16 does not fit float16;
+    # with the factors the one-pass gradients still owe (api.reduced_grad_factors)
+    owed = reduced_grad_factors(reduction, grads[0].dtype, grads[0].shape[0])
+    return (*((x.astype(_cdt(x.dtype)) * (g.astype(_cdt(x.dtype)) * o)).astype(x.dtype)
+              for x, o in zip(grads, owed)), None, None, None)
 
 
 _fused_reduced.defvjp(_fused_reduced_fwd, _fused_reduced_bwd)
