@@ -245,9 +245,10 @@ class GradSink:
         ``w_scale`` multiplies dW/db in the compute dtype, before their rounding."""
         H = self.f.sizes[0]
         need_w, need_b = self.needs[2:]
-        d_w = self.d_w if w_scale == 1 else self.d_w * w_scale
-        d_b = d_w[:, H].astype(self.f.bias.dtype) if need_b else None
-        d_w = d_w[:, :H].astype(self.f.weight.dtype) if need_w else None
+        if self.d_w is not None and w_scale != 1:
+            self.d_w *= w_scale  # in place: the sink ends here
+        d_w = self.d_w[:, :H].astype(self.f.weight.dtype) if need_w else None
+        d_b = self.d_w[:, H].astype(self.f.bias.dtype) if need_b else None
         return self.d_enc, self.d_pred, d_w, d_b
 
 

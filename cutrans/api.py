@@ -102,7 +102,7 @@ def _caller_stacklevel() -> int:
     while frame is not None and \
             frame.f_globals.get("__name__", "").split(".")[0] in _LIBRARY_MODULES:
         frame, level = frame.f_back, level + 1
-    return level
+    return level if frame is not None else 2  # no user frame (e.g. autograd's thread)
 
 
 def _contiguous(xp, name: str, x):
@@ -253,6 +253,14 @@ def reduced_grad_factors(reduction: str, dtype, batch: int) -> tuple:
     if reduction == "mean" and DTYPES[dtype_name(dtype)].itemsize == 2:
         return (1.0 / batch, 1.0 / batch, 1.0, 1.0)
     return (1.0, 1.0, 1.0, 1.0)
+
+
+def one_pass_scales(reduction: str, owed: tuple, batch: int) -> dict:
+    """``_fused.one_pass``'s ``scale`` and ``w_scale`` for a reduction whose gradients owe
+    ``owed`` (``reduced_grad_factors``): dLoss/dz carries what d_enc/d_pred do not owe,
+    dW/db take the rest before their rounding."""
+    scale = 1.0 / batch if reduction == "mean" else 1.0
+    return dict(scale=scale / owed[0], w_scale=owed[0] / owed[2])
 
 
 @dataclass
@@ -476,11 +484,9 @@ def _forward(call: _FusedCall, need_grad: bool, reduction: str, needs: tuple):
               status=call.status)
     if need_grad and reduction != "none" and any(needs):
         owed = reduced_grad_factors(reduction, f.enc.dtype, plan.batch)
-        scale = 1.0 / plan.batch if reduction == "mean" else 1.0
-        # dLoss/dz carries what d_enc/d_pred do not owe; dW/db take the rest before rounding
         losses, grads = _run_fused(call, lambda log_like: _fused.one_pass(
-            be, f, call.targets, plan, scale=scale / owed[0], needs=needs,
-            log_like=log_like, w_scale=owed[0] / owed[2], **kw))
+            be, f, call.targets, plan, **one_pass_scales(reduction, owed, plan.batch),
+            needs=needs, log_like=log_like, **kw))
         return io.from_core(losses), ReducedContext(grads, reduction, needs, io, be.xp, owed)
     losses, ctx = _run_fused(call, lambda log_like: _fused.forward(
         be, f, call.targets, plan, need_grad=need_grad, log_like=log_like, **kw))
@@ -513,8 +519,12 @@ def _scale(xp, grad, g, owed: float = 1.0, in_place: bool = False):
     out = xp.empty_like(grad) if out is None else out
     src, dst = grad.reshape(-1), out.reshape(-1)
     with np.errstate(over="ignore"):  # an overflow is the true product's (a loss scaler's cue)
+        tmp = xp.empty(min(src.size, SCALE_PIECE), dtype=cdt)  # one piece, reused
         for i in range(0, src.size, SCALE_PIECE):
-            dst[i:i + SCALE_PIECE] = src[i:i + SCALE_PIECE].astype(cdt) * s
+            piece = tmp[:min(SCALE_PIECE, src.size - i)]
+            piece[...] = src[i:i + SCALE_PIECE]
+            piece *= s
+            dst[i:i + SCALE_PIECE] = piece
     return out
 
 

@@ -43,6 +43,14 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ------------------------------------------------------------------ DLPack bridge
+def core_dtype(t: Tensor) -> torch.dtype:
+    """The dtype of ``to_xp(t)``: ``t``'s, but float32 for a bfloat16 CPU tensor without
+    ml_dtypes (converted)."""
+    if t.dtype == torch.bfloat16 and _NP_BF16 is None and not t.is_cuda:
+        return torch.float32
+    return t.dtype
+
+
 def to_xp(t: Tensor):
     """A NumPy (CPU) or CuPy (CUDA) view of ``t`` (no copy, except bf16 w/o ml_dtypes)."""
     t = t.detach().resolve_conj().resolve_neg()
@@ -302,7 +310,7 @@ def _(enc, pred, weight, bias, *args):
 def _reduced_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:5])
     ctx.needs = inputs[-1]
-    ctx.owed = reduced_grad_factors(inputs[-3], inputs[0].dtype, inputs[0].shape[0])
+    ctx.owed = reduced_grad_factors(inputs[-3], core_dtype(inputs[0]), inputs[0].shape[0])
 
 
 def _scaled(g: Tensor, s: Tensor, owed: float) -> Tensor:
@@ -316,7 +324,7 @@ def _scaled(g: Tensor, s: Tensor, owed: float) -> Tensor:
         return g * s
     out = torch.empty_like(g, memory_format=torch.contiguous_format)
     for src, dst in zip(g.reshape(-1).split(SCALE_PIECE), out.view(-1).split(SCALE_PIECE)):
-        dst.copy_(src.to(s.dtype) * s)
+        dst.copy_(src.to(s.dtype).mul_(s))
     return out
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _fused, _orchestrate, _status
+from .. import _fused, _orchestrate, _status, api
 from .._dtypes import DTYPES
 from .._plan import make_plan
 from .._topology import Topology
@@ -124,8 +124,9 @@ def _call(be, path, f, targets, plan, budget, sample_wise, pipeline=False):
     # the host checks of a GPU call (api._run_checked): a status word for the labels'
     # kernel check and the flags; the fused op's input reductions after the work
     status = _status.new_status(np)
-    if path == "one-pass":
-        _, grads = _fused.one_pass(be, f, targets, plan, scale=1.0 / B,
+    if path == "one-pass":  # reduction "mean", as transducer_loss by default
+        owed = api.reduced_grad_factors("mean", f.enc.dtype, B)
+        _, grads = _fused.one_pass(be, f, targets, plan, **api.one_pass_scales("mean", owed, B),
                                    needs=(True, True, True, True), max_workspace_bytes=budget,
                                    sample_wise=sample_wise, pipeline=pipeline, status=status)
         be.record_input_checks(f.enc, f.pred, f.weight, f.bias)

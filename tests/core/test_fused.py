@@ -313,3 +313,37 @@ def test_transducer_loss_scales_its_own_gradients_in_place(dtype):
     got = api._scale(np, g, 1.0, 1 / 3, in_place=True)
     assert got is g
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("needs", [(True, True, False, False), (False, False, True, False),
+                                   (False, True, False, True)])
+def test_16_bit_mean_with_some_gradients(needs):
+    """16-bit "mean" owes 1/B only on d_enc/d_pred, with dW/db or without them (a frozen
+    output layer): the needed gradients equal those of the full call."""
+    rng = np.random.default_rng(45)
+    case = fused_case(rng, 4, 5, 3, 8, 4)
+    c16 = tuple(x.astype(np.float16) for x in case[:4]) + case[4:]
+    _, full = cutrans.transducer_forward(*c16, reduction="mean")
+    _, part = cutrans.transducer_forward(*c16, reduction="mean", needs=needs)
+    for need, g, f in zip(needs, cutrans.transducer_backward(part, 8.0, needs=needs),
+                          cutrans.transducer_backward(full, 8.0)):
+        if need:
+            np.testing.assert_array_equal(g, f)
+        else:
+            assert g is None
+
+
+def test_16_bit_scale_temporary_is_one_float32_piece(monkeypatch):
+    """The float32 temporary of the 16-bit scaling is one piece (SCALE_PIECE elements)."""
+    import tracemalloc
+    from cutrans import api
+    monkeypatch.setattr(api, "SCALE_PIECE", 1 << 18)
+    g = np.ones(1 << 20, np.float16)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        api._scale(np, g, 1.0, 1 / 3, in_place=True)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert (1 << 18) * 4 <= peak < (1 << 18) * 4 * 1.5, peak
