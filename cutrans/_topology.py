@@ -136,12 +136,11 @@ def _int_tuple(name: str, values) -> tuple:
     return tuple(int(x) for x in out)
 
 
-def make_topology(variant: str, n_logits: int, blank, *, delay_penalty=0.0, durations=None,
-                  big_blank_durations=None, sigma=0.0, omega=0.0) -> Topology:
-    """Validate a variant's arguments. ``n_logits``: logits per row (TDT: ``V + D``, token
-    logits first); ``blank``: the blank id among the ``V`` token logits (negative counts from
-    their end). Arguments of other variants must stay at their defaults (ValueError naming
-    them otherwise)."""
+def check_variant_args(variant: str = "rnnt", *, delay_penalty=0.0, durations=None,
+                       big_blank_durations=None, sigma=0.0, omega=0.0) -> dict:
+    """The checks of a variant's arguments that need no logits (name, values, which
+    arguments belong to it); returns them normalised. Arguments of other variants must
+    stay at their defaults (ValueError naming them otherwise)."""
     from . import _validate as v
     v.check_choice("variant", variant, VARIANTS)
     delay_penalty = v.check_scalar("delay_penalty", delay_penalty)
@@ -159,6 +158,7 @@ def make_topology(variant: str, n_logits: int, blank, *, delay_penalty=0.0, dura
         if is_set and name not in allowed:
             raise ValueError(f"{name}: not an argument of variant={variant!r} (only "
                              f"{', '.join(allowed)})")
+    durs, big = (), ()
     if variant == "tdt":
         if durations is None:
             raise ValueError("durations: variant='tdt' needs the duration set, "
@@ -168,24 +168,40 @@ def make_topology(variant: str, n_logits: int, blank, *, delay_penalty=0.0, dura
                 or len(durs) > MAX_DURATIONS:
             raise ValueError(f"durations: expected at most {MAX_DURATIONS} distinct "
                              f"non-negative ints containing 0 and 1, got {list(durs)}")
-        if n_logits - len(durs) < 2:
-            raise ValueError(f"durations: {len(durs)} duration logits leave "
-                             f"{n_logits - len(durs)} token logits of the {n_logits} per row; "
-                             f"expected at least 2")
-        blank = v.normalize_blank(blank, n_logits - len(durs))
-        return Topology("tdt", (blank,), (), durs, sigma, omega)
-    blank = v.normalize_blank(blank, n_logits)
     if variant == "multiblank":
         big = _int_tuple("big_blank_durations", big_blank_durations or ())
         if any(d < 2 for d in big) or len(set(big)) != len(big) or len(big) > MAX_BIG_BLANKS:
             raise ValueError(f"big_blank_durations: expected at most {MAX_BIG_BLANKS} distinct "
                              f"ints >= 2, got {list(big)}")
+    return dict(variant=variant, delay_penalty=delay_penalty, durations=durs,
+                big_blank_durations=big, sigma=sigma, omega=omega)
+
+
+def make_topology(variant: str, n_logits: int, blank, *, delay_penalty=0.0, durations=None,
+                  big_blank_durations=None, sigma=0.0, omega=0.0) -> Topology:
+    """Validate a variant's arguments (``check_variant_args``, then what needs the logits).
+    ``n_logits``: logits per row (TDT: ``V + D``, token logits first); ``blank``: the blank
+    id among the ``V`` token logits (negative counts from their end)."""
+    from . import _validate as v
+    a = check_variant_args(variant, delay_penalty=delay_penalty, durations=durations,
+                           big_blank_durations=big_blank_durations, sigma=sigma, omega=omega)
+    if variant == "tdt":
+        durs = a["durations"]
+        if n_logits - len(durs) < 2:
+            raise ValueError(f"durations: {len(durs)} duration logits leave "
+                             f"{n_logits - len(durs)} token logits of the {n_logits} per row; "
+                             f"expected at least 2")
+        blank = v.normalize_blank(blank, n_logits - len(durs))
+        return Topology("tdt", (blank,), (), durs, a["sigma"], a["omega"])
+    blank = v.normalize_blank(blank, n_logits)
+    if variant == "multiblank":
+        big = a["big_blank_durations"]
         ids = tuple(blank - 1 - i for i in range(len(big)))
         if ids and ids[-1] < 0:
             raise ValueError(f"big_blank_durations: {len(big)} big blanks take the ids "
                              f"blank - 1 ... blank - {len(big)}; blank={blank} leaves too few")
-        return Topology("multiblank", (blank,) + ids, (1,) + big, (), sigma)
-    return Topology(variant, (blank,), (1,), (), 0.0, 0.0, delay_penalty)
+        return Topology("multiblank", (blank,) + ids, (1,) + big, (), a["sigma"])
+    return Topology(variant, (blank,), (1,), (), 0.0, 0.0, a["delay_penalty"])
 
 
 # ------------------------------------------------------------------ adapters' encoding

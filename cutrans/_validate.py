@@ -202,10 +202,10 @@ def check_targets(targets: np.ndarray, target_len: np.ndarray, vocab: int, blank
     bad = valid & np.isin(targets, blanks)
     if bad.any():
         b, u = map(int, np.argwhere(bad)[0])
-        what = f"blank ({blanks[0]})" if len(blanks) == 1 else \
-            f"blank symbol {list(blanks)}, found {int(targets[b, u])}"
-        raise ValueError(f"targets: expected no {what} within target_lengths, found it at "
-                         f"sample {b}, position {u}")
+        what = f"blank ({blanks[0]})" if len(blanks) == 1 else f"blank symbol {list(blanks)}"
+        found = "it" if len(blanks) == 1 else str(int(targets[b, u]))
+        raise ValueError(f"targets: expected no {what} within target_lengths, found {found} "
+                         f"at sample {b}, position {u}")
 
 
 def check_values(t_name: str, logit_lengths, target_lengths, targets, max_frames: int,

@@ -48,7 +48,8 @@ class Transducer(nn.Module):
                                       max_workspace_bytes=int(workspace_mb * 2**20))
 
     def encode(self, feats):                              # (B, T, F) -> (B, T, joint)
-        return self.encoder(feats.transpose(1, 2)).transpose(1, 2)
+        # contiguous: the loss would copy a transposed view itself (with a CopyWarning)
+        return self.encoder(feats.transpose(1, 2)).transpose(1, 2).contiguous()
 
     def predict(self, tokens, state=None):                # (B, U) -> (B, U, joint), state
         out, state = self.lstm(self.embed(tokens), state)

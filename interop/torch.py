@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from cutrans import _validate as v
-from cutrans._topology import encode_variant
+from cutrans._topology import check_variant_args, encode_variant
 from cutrans.api import DEFAULT_WORKSPACE_BYTES
 
 from . import _torch_ops as _ops
@@ -135,7 +135,8 @@ class RNNTLoss(nn.Module):
                  **variant_args):
         super().__init__()
         _check_reduction(reduction)
-        encode_variant(**variant_args)  # names a bad argument now, not at the first call
+        check_variant_args(**variant_args)  # now, not at the first call (what needs
+        # the vocabulary is checked then)
         self.blank, self.clamp, self.reduction = blank, clamp, reduction
         self.fused_log_softmax, self.fastemit_lambda = fused_log_softmax, fastemit_lambda
         self.variant_args = variant_args
@@ -250,7 +251,8 @@ class TransducerLoss(nn.Module):
                  sample_wise: bool = False, checks: str = "host", device=None, dtype=None,
                  **variant_args):
         super().__init__()
-        encode_variant(**variant_args)  # names a bad argument now, not at the first call
+        check_variant_args(**variant_args)  # now, not at the first call (what needs
+        # the vocabulary is checked then)
         self.variant_args = variant_args
         if output_layer is None:
             if in_features is None or vocab_size is None:

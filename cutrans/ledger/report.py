@@ -23,8 +23,8 @@ from .model import SYNC_KINDS
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 GB = 1e9
-CAVEAT = ("MODELLED: a cost model fitted to one H100 profile (GPU-FINDINGS.md, commit 5684109); "
-          "it never replaces a measurement.")
+CAVEAT = ("MODELLED: a cost model fitted to one H100 profile (of commit 5684109; BENCHMARKS.md, "
+          "'Modelled H100 times'); it never replaces a measurement.")
 #: own allocation on the one-pass path: <= max_workspace_bytes + OWN_PER_POSITION * B (T + U)
 OWN_PER_POSITION = 8  # bytes: device plan + targets (~4 B per label slot) + per-sample arrays
 
@@ -183,7 +183,7 @@ def run_targets(budget: int = DEFAULT_BUDGET) -> list[dict]:
 
 def format_targets(results) -> str:
     lines = [f"{'configuration (one-pass)':<24}{'wall ms':>12}{'roof ms':>10}{'x roof':>8}"
-             f"{'total GB':>10}  issue-9 checks (modelled)", "-" * 100]
+             f"{'total GB':>10}  target checks (modelled)", "-" * 100]
     for r in results:
         ev = r["evaluation"]
         checks = "; ".join(f"{c['what']} {c['modelled']:.3g} <= {c['limit']:.3g}: "
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "sequence (no GPU needed). " + CAVEAT)
     p.add_argument("--workload", choices=workload_names(),
                    help="model one configuration (default: the validation gate and the "
-                        "issue-9 targets)")
+                        "targets of BENCHMARKS.md)")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--allow-tf32", action="store_true", help="float32 GEMMs on TF32")
     p.add_argument("--budget", type=parse_bytes, default=DEFAULT_BUDGET,
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
         if not args.validate:
             results = run_targets(args.budget)
             doc["targets"] = results
-            print(f"\nCurrent code, modelled H100, vs issue 9 (budget {args.budget:,} B)")
+            print(f"\nCurrent code, modelled H100, vs the targets (budget {args.budget:,} B)")
             print(format_targets(results))
     else:
         run = dry_run(get_shape(args.workload, args.seed), args.dtype, budget=args.budget,

@@ -1,6 +1,8 @@
 """The variants through the PyTorch and JAX adapters: the same losses and gradients as the
 core (whose variants tests/core/test_variants.py checks against independent oracles),
 eager and jitted, both reductions; adapter-level argument errors."""
+import re
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,21 @@ def test_jax_matches_core(name, x64):
         np.testing.assert_allclose(np.asarray(loss), out.loss, rtol=1e-12)
         for g, r in zip(grads, out.grads):
             np.testing.assert_allclose(np.asarray(g), r, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", [dict(variant="bogus"), dict(variant="tdt"), dict(sigma=0.1),
+                                 dict(variant="modified", omega=0.5),
+                                 dict(variant="multiblank", big_blank_durations=[1]),
+                                 dict(delay_penalty=-1.0)])
+def test_torch_modules_name_a_bad_variant_when_built(bad):
+    """The module constructors raise the error the first call would (what needs no
+    vocabulary), instead of at the first forward."""
+    torch = pytest.importorskip("torch")
+    from cutrans.interop.torch import RNNTLoss, TransducerLoss, rnnt_loss
+    logits, *_, targets, t_len, u_len, _ = case(SPECS["modified"])
+    ints = [torch.tensor(a) for a in (targets, t_len, u_len)]
+    with pytest.raises(ValueError) as call:
+        rnnt_loss(torch.tensor(logits), *ints, blank=0, **bad)
+    for build in (lambda: RNNTLoss(**bad), lambda: TransducerLoss(torch.nn.Linear(4, 6), **bad)):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(call.value))}$"):
+            build()
