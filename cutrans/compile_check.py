@@ -298,6 +298,13 @@ def names_in_source(code: str) -> list[str]:
     return out
 
 
+def _package_names(f: Path) -> list[str]:
+    """The kernel loader's name expressions for one of the package's sources (its template
+    instantiations), or none for another file."""
+    from . import _kernels
+    return _kernels.name_expressions(f.name) if f.name in _kernels.sources() else []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cutrans.compile_check", description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*", help=".cu files (default: the package's kernels/*.cu)")
@@ -318,7 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rc = 0
     for f in files:
         code = f.read_text()
-        names = a.name or names_in_source(code)
+        names = a.name or names_in_source(code) or _package_names(f)
+        if not names:  # nothing to instantiate: a silent pass would check nothing
+            print(f"{f}: no kernel names (pass --name, or list them in a "
+                  f"'// cutrans:names' line)", file=sys.stderr)
+            rc = 1
+            continue
         for arch in archs:
             if a.sass:
                 rc |= _print_sass(f, code, names, arch, [f"-D{d}" for d in a.define],

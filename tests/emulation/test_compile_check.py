@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +128,23 @@ def test_developer_command():
     assert re.search(r"reduce\.cu sm_90 block_sum_static: \d+ regs, 0/0 B spill st/ld, 0 B stack, 256 B smem",
                      r.stdout), r.stdout
     assert re.search(r"spill\.cu sm_90 spill_kernel: \d+ regs, [1-9]\d*/[1-9]\d* B spill", r.stdout), r.stdout
+
+
+def test_developer_command_on_the_package_kernels_and_a_file_without_names(tmp_path):
+    """Without --name the package's sources compile the kernel loader's instantiations (one
+    line each); a file naming no kernel fails instead of checking nothing."""
+    from cutrans import _kernels
+    kdir = Path(cc.__file__).resolve().parent.parent / "kernels"
+    r = subprocess.run([sys.executable, "-m", "cutrans.compile_check", "--arch", "sm_90",
+                        str(kdir / "lattice.cu")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    listed = re.findall(r"^lattice\.cu sm_90 (.+): \d+ regs", r.stdout, re.M)
+    assert sorted(listed) == sorted(_kernels.name_expressions("lattice.cu")), r.stdout
+    plain = tmp_path / "plain.cu"
+    plain.write_text("template <int N> __global__ void k(float* x) { x[0] = N; }\n")
+    r = subprocess.run([sys.executable, "-m", "cutrans.compile_check", "--arch", "sm_90",
+                        str(plain)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "no kernel names" in r.stderr, (r.stdout, r.stderr)
 
 
 def _elf_tables_end(image: bytes) -> int:
