@@ -53,13 +53,18 @@ def flag_non_finite(status, x, xp, bit: int = NON_FINITE) -> None:
     """``status |= bit`` if any of ``x`` is NaN/inf (device ops, no read): ``NON_FINITE``
     for log-likelihoods, ``NON_FINITE_ROWS`` for the rows' blank log-probabilities (where
     ``check_log_probs`` of ``cutrans._validate`` would raise)."""
-    status |= (~xp.isfinite(x).all()).astype(np.int32) * np.int32(bit)
+    _flag_unless(status, xp.isfinite(x), bit)
 
 
 def flag_non_finite_inputs(status, arrays, xp) -> None:
     """``status |= NON_FINITE_INPUT`` if any array holds NaN/inf (``check_finite``'s test
     of ``cutrans._validate``, as device ops with no read)."""
-    status |= (~v.finite_flags(arrays, xp).all()).astype(np.int32) * np.int32(NON_FINITE_INPUT)
+    _flag_unless(status, v.finite_flags(arrays, xp), NON_FINITE_INPUT)
+
+
+def _flag_unless(status, ok, bit: int) -> None:
+    """``status |= bit`` unless every entry of the boolean array ``ok`` holds (no read)."""
+    status |= (~ok.all()).astype(np.int32) * np.int32(bit)
 
 
 def raise_for_status(status) -> None:

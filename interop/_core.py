@@ -214,11 +214,13 @@ def lattice_forward(lp_blank, lp_emit, row_sums, logit_lengths, target_lengths, 
     ll = xp.empty(B, dtype=lpb.dtype)
     values = xp.stack([lpb, lpe], axis=1)
     sums = _pack(row_sums, points, grid, row_sums.dtype)
-    bad = xp.isnan(sums).any() | xp.isposinf(sums).any()
+    bad_sums = xp.isnan(sums).any() | xp.isposinf(sums).any()
     be.lattice(dplan, Topology(), 0, B, 0, values, alpha, beta, ll, values, need_grad)
-    if v.host_true(bad):
+    bad_sums, bad_ll = v.host_read(xp.stack([bad_sums, ~xp.isfinite(ll).all()]))  # one read
+    if bad_sums:
         raise ValueError(LOG_PROBS_NAN)
-    v.check_log_likelihood(ll, xp)
+    if bad_ll:
+        v.check_log_likelihood(ll, xp)  # names the sample
     losses = _fused.losses_from(ll, fastemit_lambda)
     if not need_grad:
         return losses, None, None

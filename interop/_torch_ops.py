@@ -59,9 +59,9 @@ def to_xp(t: Tensor):
         if t.dtype == torch.bfloat16:
             return cupy.from_dlpack(t.view(torch.int16)).view(_NP_BF16 or np.int16)
         return cupy.from_dlpack(t)
+    if core_dtype(t) != t.dtype:  # bfloat16 without ml_dtypes: a float32 copy
+        return np.from_dlpack(t.float())
     if t.dtype == torch.bfloat16:
-        if _NP_BF16 is None:
-            return np.from_dlpack(t.float())
         return np.from_dlpack(t.view(torch.int16)).view(_NP_BF16)
     return np.from_dlpack(t)
 
