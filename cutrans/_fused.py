@@ -14,6 +14,14 @@ One schedule for every backend (NumPy, CuPy kernels, CPU-emulated kernels), writ
 
 Nothing else runs per chunk: no reductions or elementwise passes besides these.
 
+The GEMMs run on the padded widths ``Hp = round8(H + 1)`` and ``Vp = round8(V)`` (GEMM 3
+writes dh's H columns only: h's bias and zero columns are written once per workspace), so
+every extent and leading dimension is a multiple of 8 elements when H is (16 bytes for
+16-bit storage: the alignment cuBLAS's fast tensor-core kernels need; V=500 is not).
+``W_aug``'s rows V..Vp are zero, so z's columns V..Vp are zero after GEMM 1; the row kernels
+read and write only the V logits, so dz's padding stays zero and adds nothing to dW (rows
+V..Vp) or dh.
+
 Two paths:
 
 * **one pass** (``one_pass``): the upstream gradient is the same scalar for every sample
@@ -36,7 +44,7 @@ into the input dtype (float32 accumulators only for a sample split across chunks
 
 Workspace (``max_workspace_bytes``): per chunk row ``(Hp + Vp)`` storage elements (h, z)
 plus the per-row state of the group (one pass: 5 floats; two passes: 2 floats for alpha and
-beta), plus fixed ``V x Hp`` storage (W with bias) and compute-dtype (dW with db) buffers,
+beta), plus fixed ``Vp x Hp`` storage (W with bias) and compute-dtype (dW with db) buffers,
 and float32 accumulators of one sample for 16-bit inputs. When a sample exceeds a chunk,
 a quarter of the budget holds the state of split groups (at least one sample's lattice).
 """
@@ -77,7 +85,8 @@ def _floats(state: dict) -> int:
     return sum(max(1, w) for w in state.values())
 
 
-def _round8(n: int) -> int:
+def round8(n: int) -> int:
+    """``n`` rounded up to a multiple of 8: the GEMMs' widths (module docstring)."""
     return -(-n // 8) * 8
 
 
@@ -100,14 +109,15 @@ class FusedInputs:
         """(H, V, Hp, Vp): hidden size, logits per row (TDT: tokens and durations), and their
     padded workspace widths."""
         H, V = int(self.enc.shape[-1]), int(self.weight.shape[0])
-        return H, V, _round8(H + 1), _round8(V)
+        return H, V, round8(H + 1), round8(V)
 
 
 @dataclass
 class Workspace:
     """Chunk buffers: ``h`` (C, Hp) = [h | 1 | 0] (then dh in its first H columns),
-    ``z`` (C, Vp) logits then their gradient, ``w_aug`` (V, Hp) = [W | bias | 0]; the
-    group state (S,) or (S, columns) per name; ``layout`` addresses z's rows."""
+    ``z`` (C, Vp) logits then their gradient, ``w_aug`` (Vp, Hp) = [W | bias | 0] (rows
+    V..Vp zero); the group state (S,) or (S, columns) per name; ``layout`` addresses z's
+    rows."""
 
     h: Any
     z: Any
@@ -132,7 +142,7 @@ def make_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
     c = np.dtype(compute_dtype(f.enc.dtype)).itemsize
     state_row = max(1, _floats(state)) * c * sets
     per_row = (Hp + Vp) * s * sets + state_row
-    fixed = V * Hp * s + fixed_extra
+    fixed = Vp * Hp * s + fixed_extra
     rows = rows_per_chunk(budget, per_row, fixed, plan.rows)
     state_rows = rows
     if plan.max_sample_rows > rows:  # split groups: a quarter of the budget for their state
@@ -153,14 +163,14 @@ def workspace_bytes(enc, pred, weight, rows_per_chunk: int = 1, topo=None) -> in
     s = np.dtype(enc.dtype).itemsize
     c = np.dtype(compute_dtype(enc.dtype)).itemsize
     per_row = (Hp + Vp) * s + _floats(one_pass_state(topo)) * c
-    return rows_per_chunk * per_row + V * Hp * s + fixed_bytes(f, True, True)
+    return rows_per_chunk * per_row + Vp * Hp * s + fixed_bytes(f, True, True)
 
 
 def fixed_bytes(f: FusedInputs, need_w: bool, need_h: bool) -> int:
     """Bytes of the backward's fixed buffers: dW|db accumulator, split-sample accumulators."""
-    H, V, Hp, _ = f.sizes
+    H, _, Hp, Vp = f.sizes
     c = np.dtype(compute_dtype(f.enc.dtype)).itemsize
-    n = V * Hp * c if need_w else 0
+    n = Vp * Hp * c if need_w else 0
     if need_h and np.dtype(f.enc.dtype).itemsize == 2:
         n += (f.enc.shape[1] + f.pred.shape[1]) * H * 4
     return n
@@ -171,9 +181,9 @@ def make_workspace(xp, f: FusedInputs, sched: Schedule, state: dict, w_aug=None)
     H, V, Hp, Vp = f.sizes
     sdt, cdt = f.enc.dtype, compute_dtype(f.enc.dtype)
     if w_aug is None:
-        w_aug = xp.zeros((V, Hp), dtype=sdt)
-        w_aug[:, :H] = f.weight
-        w_aug[:, H] = f.bias
+        w_aug = xp.zeros((Vp, Hp), dtype=sdt)
+        w_aug[:V, :H] = f.weight
+        w_aug[:V, H] = f.bias
     h = xp.empty((sched.chunk_rows, Hp), dtype=sdt)
     h[:, H] = 1
     h[:, H + 1:] = 0
@@ -186,18 +196,17 @@ def make_workspace(xp, f: FusedInputs, sched: Schedule, state: dict, w_aug=None)
 # ------------------------------------------------------------------ per chunk
 def chunk_logits(be, f: FusedInputs, ws: Workspace, dplan: DevicePlan, c: Chunk) -> None:
     """h and z = h W_aug^T of the chunk's rows (joint_forward + GEMM 1)."""
-    _, V, _, _ = f.sizes
     h = ws.h[:c.n]
     be.joint_forward(f.enc, f.pred, dplan, c.row0, c.n, f.activation, h)
-    be.gemm(h, ws.w_aug.T, ws.z[:c.n, :V], tf32=f.tf32)
+    be.gemm(h, ws.w_aug.T, ws.z[:c.n], tf32=f.tf32)
 
 
 class GradSink:
     """The gradients being built, and where each chunk's joint backward writes.
 
     ``d_enc``/``d_pred`` (input dtype, zero outside the lattices); ``d_w`` = [dW | db | 0]
-    (V, Hp) accumulated by GEMM 2 in the compute dtype. A chunk of whole samples writes its
-    rows of d_enc/d_pred directly; chunks of a split sample accumulate, into d_enc/d_pred
+    (Vp, Hp; rows V..Vp stay zero) accumulated by GEMM 2 in the compute dtype. A chunk of
+    whole samples writes its rows of d_enc/d_pred directly; chunks of a split sample accumulate, into d_enc/d_pred
     for float32/float64, or into float32 accumulators of that sample for 16-bit inputs
     (copied into the gradients after its last chunk).
     """
@@ -205,11 +214,11 @@ class GradSink:
     def __init__(self, xp, f: FusedInputs, needs):
         self.xp, self.f = xp, f
         self.need_enc, self.need_pred, need_w, need_b = map(bool, needs)
-        H, V, Hp, _ = f.sizes
+        H, _, Hp, Vp = f.sizes
         sdt, cdt = f.enc.dtype, compute_dtype(f.enc.dtype)
         self.d_enc = xp.zeros(f.enc.shape, dtype=sdt) if self.need_enc else None
         self.d_pred = xp.zeros(f.pred.shape, dtype=sdt) if self.need_pred else None
-        self.d_w = xp.zeros((V, Hp), dtype=cdt) if need_w or need_b else None
+        self.d_w = xp.zeros((Vp, Hp), dtype=cdt) if need_w or need_b else None
         self.needs = (self.need_enc, self.need_pred, need_w, need_b)
         self.direct = np.dtype(sdt) == np.dtype(cdt)
         self.acc = None
@@ -243,23 +252,22 @@ class GradSink:
     def finish(self, w_scale: float = 1.0):
         """(d_enc, d_pred, d_weight, d_bias) in the input dtype (None where not needed);
         ``w_scale`` multiplies dW/db in the compute dtype, before their rounding."""
-        H = self.f.sizes[0]
+        H, V = self.f.sizes[:2]
         need_w, need_b = self.needs[2:]
         if self.d_w is not None and w_scale != 1:
             self.d_w *= w_scale  # in place: the sink ends here
-        d_w = self.d_w[:, :H].astype(self.f.weight.dtype) if need_w else None
-        d_b = self.d_w[:, H].astype(self.f.bias.dtype) if need_b else None
+        d_w = self.d_w[:V, :H].astype(self.f.weight.dtype) if need_w else None
+        d_b = self.d_w[:V, H].astype(self.f.bias.dtype) if need_b else None
         return self.d_enc, self.d_pred, d_w, d_b
 
 
 def chunk_backward(be, f: FusedInputs, ws: Workspace, dplan: DevicePlan, c: Chunk, coefs,
                    coefs2, rbase: int, lse, scale, sink: GradSink) -> None:
     """row_grad in place over z, GEMM 2 into [dW | db], GEMM 3 into dh, joint backward."""
-    H, V, _, _ = f.sizes
-    z, h = ws.z[:c.n], ws.h[:c.n]
-    be.row_grad(z, z, ws.layout, c.row0, c.n, dplan, f.topo, coefs, scale, f.fastemit_lambda,
-                f.clamp, rbase, lse, coefs2)
-    dz = z[:, :V]
+    H = f.sizes[0]
+    dz, h = ws.z[:c.n], ws.h[:c.n]  # dz: z's padding columns stay zero (module docstring)
+    be.row_grad(dz, dz, ws.layout, c.row0, c.n, dplan, f.topo, coefs, scale,
+                f.fastemit_lambda, f.clamp, rbase, lse, coefs2)
     if sink.d_w is not None:
         be.gemm(dz.T, h, sink.d_w, accumulate=True, tf32=f.tf32)
     if sink.need_h:

@@ -9,7 +9,8 @@ Families (``--methods`` selects by these names):
   default on ``--device cuda --dtype float32`` only (NumPy has no TF32: on the CPU the row
   computes exactly what the float32 row computes).
 * ``gemm-roof`` — the three GEMMs of the fused op alone on the packed rows, at the fused
-  rows' precision (``steps.roof_precision``), plus a TF32 roof when a ``fused-tf32`` row
+  rows' precision (``steps.roof_precision``), H and V padded to multiples of 8 as the fused
+  op pads them (16-byte rows for 16-bit types), plus a TF32 roof when a ``fused-tf32`` row
   runs: the ``time/roof`` denominator.
 * ``baseline`` — PyTorch full 4-D joint + log_softmax + RNN-T loss, autograd (``baseline``).
 * ``baseline-autocast`` — the same with float32 parameters and the joint under
@@ -204,11 +205,13 @@ def estimate_bytes(method: Method, sizes: dict, dtype: str, device: str = "cpu")
     P, R = sizes["padded_rows"], sizes["packed_rows"]
     inputs = (B * T * H + B * (U + 1) * H + V * H + V) * (4 + s)  # fp32 master + cast
     if method.family == "gemm-roof":
+        from .._fused import round8
         from .steps import roof_chunk_rows, roof_precision
 
         st = DTYPES[roof_precision(dtype, device, False)[0]].itemsize
         n = roof_chunk_rows(sizes, dtype, device)
-        call, setup = SLACK, inputs + (n * (2 * H + V) + 2 * V * H) * st
+        Hr, Vr = round8(H), round8(V)  # the roof's padded widths
+        call, setup = SLACK, inputs + (n * (2 * Hr + Vr) + 2 * Vr * Hr) * st
     elif method.family == "fused":  # one pass: the workspace (<= the budget) + gradients
         n, budget = fused_chunk(sizes, method, dtype)
         per_row, fixed = _workspace_rule(sizes, dtype)

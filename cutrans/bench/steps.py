@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .._dtypes import DTYPES
+from .._fused import round8
 from .accuracy import np_dtype
 from .methods import Method, joint_logits_numpy, valid_mask
 
@@ -300,7 +301,7 @@ def _cupy_compute_type(tf32: bool):
 
 def roof_chunk_rows(sizes: dict, dtype: str, device: str) -> int:
     """Rows per chunk of the roof: all packed rows if h, z, dh fit ROOF_CHUNK_BYTES."""
-    H, V, R = sizes["hidden"], sizes["vocab"], sizes["packed_rows"]
+    H, V, R = round8(sizes["hidden"]), round8(sizes["vocab"]), sizes["packed_rows"]
     st, _ = roof_precision(dtype, device, False)
     per_row = (2 * H + V) * DTYPES[st].itemsize
     return int(max(1, min(R, ROOF_CHUNK_BYTES[device] // per_row)))
@@ -312,16 +313,22 @@ def _roof(method, x, dtype, device):
     ROOF_CHUNK_BYTES (one chunk when they fit). Operands and outputs in the roof's storage
     dtype (half types: float32 accumulation inside the GEMM); with several chunks each
     chunk's dW lands in the same buffer (the accumulation, V*H adds per chunk, is left out,
-    and no elementwise half-precision kernel is needed)."""
+    and no elementwise half-precision kernel is needed). H and V are rounded up to multiples
+    of 8 (zero padding), as the fused op's GEMMs are: 16-byte extents and leading dimensions
+    for 16-bit types, which cuBLAS's fast tensor-core kernels need (V=500 is not), so the
+    roof is the best time of these products, not a misaligned one."""
     xp = _xp(device)
     sizes = _sizes(x)
-    H, V, R = sizes["hidden"], sizes["vocab"], sizes["packed_rows"]
+    H0, V0, R = sizes["hidden"], sizes["vocab"], sizes["packed_rows"]
+    H, V = round8(H0), round8(V0)
     st, prec = roof_precision(dtype, device, method.tf32)
     dt = np_dtype(st)
     C = roof_chunk_rows(sizes, dtype, device)
     rng = np.random.default_rng(0)
     h = xp.asarray(rng.standard_normal((C, H), dtype=np.float32).astype(dt))
-    w = xp.asarray(x.weight.astype(dt))
+    w_pad = np.zeros((V, H), dtype=dt)
+    w_pad[:V0, :H0] = x.weight.astype(dt)
+    w = xp.asarray(w_pad)
     z = xp.asarray((rng.standard_normal((C, V), dtype=np.float32) * 0.01).astype(dt))
     dh = xp.empty((C, H), dtype=dt)
     dw = xp.empty((V, H), dtype=dt)
@@ -339,4 +346,5 @@ def _roof(method, x, dtype, device):
         return {}
 
     return Prepared(step, step, lambda out: (None, None), lambda out: {},
-                    f"{prec}; {len(bounds)} chunk(s) of <= {C:,} rows")
+                    f"{prec}; widths {H} x {V} (multiples of 8); {len(bounds)} chunk(s) of "
+                    f"<= {C:,} rows")

@@ -201,6 +201,52 @@ def test_fused_independent_of_padding():
     np.testing.assert_allclose(c.grads.weight, a.grads.weight, rtol=1e-12)
 
 
+class GemmRecorder(NumpyBackend):
+    """The NumPy backend, recording each GEMM operand's (contiguous extent, leading
+    dimension) in elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.operands = []
+
+    def gemm(self, a, b, out, accumulate=False, tf32=False):
+        for x in (a, b, out):
+            s0, s1 = (s // x.itemsize for s in x.strides)
+            assert 1 in (s0, s1), x.strides
+            self.operands.append((x.shape[1], s0) if s1 == 1 else (x.shape[0], s1))
+        super().gemm(a, b, out, accumulate, tf32)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("path", ["one pass", "two passes"])
+def test_gemms_run_on_widths_of_multiples_of_8(dtype, path):
+    """V=13, H=8: every GEMM operand's contiguous extent and leading dimension is a
+    multiple of 8 elements (16 bytes in 16-bit storage: what cuBLAS's fast tensor-core
+    kernels need; dh's width is H, so that needs H a multiple of 8); the zero padding
+    changes no result."""
+    rng = np.random.default_rng(12)
+    case = fused_case(rng, 3, 5, 4, 13, 8)
+    low = [x.astype(dtype) for x in case[:4]]
+    budget = workspace_bytes(*low[:3], rows_per_chunk=7)  # several chunks
+    rec = GemmRecorder()
+    if path == "one pass":
+        out = cutrans.transducer_loss(*low, *case[4:], reduction="sum",
+                                      max_workspace_bytes=budget, backend=rec)
+        loss, grads = out.loss, out.grads
+    else:
+        losses, ctx = cutrans.transducer_forward(*low, *case[4:], max_workspace_bytes=budget,
+                                                 backend=rec)
+        loss, grads = losses.sum(), cutrans.transducer_backward(ctx, np.ones(3))
+    assert len(rec.operands) >= 3 * 3 * 3  # three operands of three GEMMs, several chunks
+    bad = [(e, ld) for e, ld in rec.operands if e % 8 or ld % 8]
+    assert not bad, bad
+    ref_l, ref_g = fused_loss_grads(*[x.astype(np.float64) for x in low], *case[4:], 0)
+    assert_close(loss, ref_l.sum(), "fused", dtype, "loss")
+    for name, g, r in zip(GRADS, grads, ref_g):
+        assert g.shape == r.shape, name
+        assert_close(g, r, "fused", dtype, name, f"d_{name}")
+
+
 def test_no_grad_forward_matches():
     rng = np.random.default_rng(10)
     case = fused_case(rng, 2, 4, 2, 5, 3)

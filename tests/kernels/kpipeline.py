@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 import cutrans
+from cutrans._fused import workspace_bytes
 from kcases import Case, assert_close, np_dtype, to_np, to_xp
 
 
@@ -44,8 +45,12 @@ def fused_inputs(seed, dtype, B=4, T=6, U=4, V=9, H=8):
 
 
 def check_transducer_loss(backend, xp, seed, dtype, *, activation="tanh", fastemit=0.0,
-                          clamp=None, workspace=4096, sample_wise=False, stats=None):
+                          clamp=None, workspace=None, sample_wise=False, stats=None):
+    """``workspace``: max_workspace_bytes (default: 6 rows per chunk, so chunks split
+    samples and span several)."""
     case, args = fused_inputs(seed, dtype)
+    if workspace is None:
+        workspace = workspace_bytes(*args[:3], rows_per_chunk=6)
     kw = dict(activation=activation, blank=case.blank, clamp=clamp, fastemit_lambda=fastemit,
               max_workspace_bytes=workspace, sample_wise=sample_wise, reduction="sum")
     ref = cutrans.transducer_loss(*args, backend="numpy", **kw)

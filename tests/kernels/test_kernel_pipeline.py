@@ -30,7 +30,7 @@ def test_rnnt_grad_rows_sum_to_zero():
 @pytest.mark.parametrize("activation", ["tanh", "relu", "identity"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_transducer_loss(err_stats, dtype, activation):
-    # 4096 bytes: a few rows per chunk -> chunks split samples and span several
+    # the default workspace: a few rows per chunk -> chunks split samples and span several
     check_transducer_loss("emulated", np, 3, dtype, activation=activation, stats=err_stats)
 
 
