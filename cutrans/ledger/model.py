@@ -8,7 +8,9 @@ reproduce that profile, not that it predicts other kernels.
 
 Formulas (times in seconds; ``BW`` = HBM bandwidth, ``SMS`` = 132 SMs)::
 
-    GEMM            t = max(FLOPs / rate(dtypes), bytes / BW)
+    GEMM            t = max(FLOPs / rate(dtypes, aligned), bytes / BW)
+                    (16-bit operands: one rate when every operand's contiguous extent and
+                    leading dimension is a multiple of 16 bytes, another when one is not)
     row/joint kernel        (one block per row / frame / label slot, grid-stride)
                     resident = SMS * min(32, 2048 // block)      blocks per wave
                     waves    = ceil(grid / resident)
@@ -32,8 +34,9 @@ GPU time (the report's "wall" line). Not modelled: overlap of host and GPU work,
 launches on one stream (serial), the slowdown of kernels sharing the GPU with the pipelined
 one pass's side stream (``gpu_seconds`` overlaps the two streams freely), registers/shared
 memory limiting occupancy, L2 effects beyond "enc/pred rows are read once", cuBLAS shape
-effects (small or skinny GEMMs run at the rate measured on 824,755 x 512 x 500), clocks and
-power.
+effects beyond 16-bit alignment (small or skinny GEMMs run at the rate measured on
+824,755 x 512 x 500, or, aligned 16-bit ones, on the headline's rows x 512 x 1024), clocks
+and power.
 """
 from __future__ import annotations
 
@@ -70,6 +73,17 @@ GEMM_RATES = {
     ("float64", "float64", False): 50e12,
 }
 UNMEASURED_RATES = {("float16", "float32", False), ("float64", "float64", False)}
+
+# The 16-bit rates above were all measured with V=500 (1000-byte extents: cuBLAS's kernels
+# for them load less than 16 bytes at a time). With every extent and leading dimension a
+# multiple of 16 bytes the measured rate is higher -- BENCHMARKS.md, run D (H100, commit
+# 9052bb6): "headline bf16, 512 MiB | 3.09 s, roof 1.06 s" on 205,824,000 rows, H=512,
+# V=1024: 3 x 2 x 205,824,000 x 512 x 1024 / 1.06 s = 611 TFLOP/s, bf16 in and out. Used
+# for every aligned 16-bit GEMM (both output types: assumed, the roof's dW was bf16); for
+# other aligned shapes (e.g. V=500 padded to 504) it is an assumption until measured
+# (``scripts/gemm_shapes.py``).
+ALIGNED_16BIT_RATE = 3 * 2 * 205_824_000 * 512 * 1024 / 1.06  # FLOP/s: 6.11e14
+HALF_TYPES = ("float16", "bfloat16")
 
 # ------------------------------------------------------------------ fitted constants
 # Fitted to the profile this model is validated on (GPU-FINDINGS "Where the time goes"),
@@ -113,7 +127,11 @@ def resident_blocks(block: int) -> int:
     return SMS * min(MAX_BLOCKS_PER_SM, MAX_THREADS_PER_SM // max(1, block))
 
 
-def gemm_rate(in_dtype: str, out_dtype: str, tf32: bool) -> float:
+def gemm_rate(in_dtype: str, out_dtype: str, tf32: bool, aligned: bool = False) -> float:
+    """FLOP/s of a GEMM; ``aligned``: every operand's contiguous extent and leading
+    dimension a multiple of 16 bytes (matters for 16-bit inputs only)."""
+    if aligned and in_dtype in HALF_TYPES:
+        return ALIGNED_16BIT_RATE
     key = (in_dtype, out_dtype, bool(tf32) and in_dtype == "float32")
     if key not in GEMM_RATES:
         key = (in_dtype, in_dtype, key[2])
@@ -126,8 +144,8 @@ def cost(launch, t_wave: float = T_WAVE, t_step: float = T_STEP) -> Cost:
     if k in SYNC_KINDS:
         return Cost(0.0, "sync")
     if k == "gemm":
-        m, n, kk, in_t, out_t, tf = launch.gemm
-        tc, tb = launch.flops / gemm_rate(in_t, out_t, tf), nbytes / BW
+        m, n, kk, in_t, out_t, tf, aligned = launch.gemm
+        tc, tb = launch.flops / gemm_rate(in_t, out_t, tf, aligned), nbytes / BW
         return Cost(max(tc, tb), "compute" if tc >= tb else "bandwidth")
     if k == "kernel":
         frac = min(1.0, launch.grid / SMS)
@@ -169,7 +187,17 @@ def gpu_seconds(launches) -> float:
     return max(main, side)
 
 
-def gemm_roof(rows: int, hidden: int, vocab: int, dtype: str, tf32: bool = False) -> float:
+def gemm_roof(rows: int, hidden: int, vocab: int, dtype: str, tf32: bool = False,
+              padded: bool = True) -> float:
     """Modelled seconds of the three GEMMs alone (2 R H V FLOPs each) at ``dtype``'s rate
-    (16-bit outputs: the 16-bit route) -- the roof the issue's targets refer to."""
-    return 3 * 2 * rows * hidden * vocab / gemm_rate(dtype, dtype, tf32)
+    (16-bit outputs: the 16-bit route) -- the roof the issue's targets refer to.
+    ``padded``: H and V rounded up to multiples of 8, as the bench's roof runs them (16-bit:
+    the aligned rate); False: the unpadded, contiguous GEMMs the bench ran before."""
+    if padded:
+        hidden, vocab = -(-hidden // 8) * 8, -(-vocab // 8) * 8
+    size = _ITEMSIZE.get(dtype, 4)
+    aligned = hidden * size % 16 == 0 and vocab * size % 16 == 0
+    return 3 * 2 * rows * hidden * vocab / gemm_rate(dtype, dtype, tf32, aligned)
+
+
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}

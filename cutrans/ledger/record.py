@@ -47,6 +47,14 @@ from .._plan import RowPlan
 from ..backends.kernel_backend import KernelBackend
 
 
+def _aligned16(x) -> bool:
+    """A 2-D GEMM operand (row-major or a transposed row-major view) whose contiguous
+    extent and leading dimension are multiples of 16 bytes."""
+    s0, s1 = x.strides
+    extent, ld = (x.shape[1], s0) if s1 == x.itemsize else (x.shape[0], s1)
+    return extent * x.itemsize % 16 == 0 and ld % 16 == 0
+
+
 @dataclass(slots=True)
 class Launch:
     """One GPU launch of a call. ``kind``: ``kernel`` (cutrans's CUDA kernels),
@@ -57,7 +65,8 @@ class Launch:
     ``steps``: lattice wavefront steps of its longest sample (``T_b + U_b``: the RNN-T
     kernel sweeps alpha and beta in parallel blocks; the arc-table kernel 2 (T_b + U_b)
     with beta).
-    ``gemm``: (m, n, k, input dtype, output dtype, tf32) for GEMMs.
+    ``gemm``: (m, n, k, input dtype, output dtype, tf32, aligned) for GEMMs; ``aligned``:
+    every operand's contiguous extent and leading dimension a multiple of 16 bytes.
     ``stream``: 1 for the pipelined one pass's side stream (its lattices), else 0; the kinds
     ``fork``/``mark``/``join`` (slot ``slot``) are its dependencies (``RecordingSide``), not
     launches.
@@ -311,12 +320,13 @@ class RecordingBackend(KernelBackend):
             label = "gemm dh"
         out_bytes = m * n * out.itemsize
         in_t, out_t = dtype_name(a.dtype), dtype_name(out.dtype)
+        aligned = all(_aligned16(x) for x in (a, b, out))
         tf = bool(tf32) and in_t == "float32"
         self.launches.append(Launch(
             "gemm", "gemmEx", f"{in_t}->{out_t}" + (" tf32" if tf else ""), 0, 0,
             read=m * k * a.itemsize + k * n * b.itemsize + (out_bytes if accumulate else 0),
             written=out_bytes, flops=2 * m * n * k, label=label,
-            gemm=(m, n, k, in_t, out_t, tf)))
+            gemm=(m, n, k, in_t, out_t, tf, aligned)))
 
     # ------------------------------------------------------------ API-level work
     def record_input_checks(self, *arrays) -> None:

@@ -99,7 +99,7 @@ def replay_5684109(t_len, u_len, vocab: int, hidden: int, budget: int = 512 << 2
     def gemm(label, m, n, k):
         out.append(Launch("gemm", "sgemm", "float32->float32", 0, 0,
                           read=(m * k + k * n) * c, written=m * n * c, flops=2 * m * n * k,
-                          label=label, gemm=(m, n, k, "float32", "float32", False)))
+                          label=label, gemm=(m, n, k, "float32", "float32", False, True)))
 
     def cupy(kind, label, read, written):
         out.append(Launch(kind, label, "float32", 0, 0, read=read, written=written,

@@ -218,6 +218,7 @@ def constants() -> dict:
             "gemm_flops_per_s": {f"{a}->{b}{' tf32' if t else ''}": r
                                  for (a, b, t), r in model.GEMM_RATES.items()},
             "unmeasured_gemm_rates": [f"{a}->{b}" for a, b, _ in model.UNMEASURED_RATES],
+            "aligned_16bit_gemm_flops_per_s": model.ALIGNED_16BIT_RATE,
             "sms": model.SMS, "t_wave_s (fitted)": model.T_WAVE,
             "t_step_s (fitted)": model.T_STEP}
 

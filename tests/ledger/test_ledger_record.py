@@ -226,3 +226,23 @@ def test_recording_backend_writes_only_placeholders():
     assert np.isnan(ll[[0, 4, 5]]).all() and (ll[1:4] == -1).all()
     assert (st == 7).all() and (vals == 7).all()  # nothing computed
     assert [r.name for r in be.launches] == ["lattice", "lattice_grad"]
+
+
+def test_gemm_alignment_recorded_and_priced():
+    """V=13: the fused op's GEMMs run on padded widths, all recorded as aligned (16-byte
+    extents and leading dimensions) and priced at the aligned 16-bit rate; a GEMM on a
+    1000-byte extent (V=500 in 16 bits, as runs C/D's) is recorded as not aligned."""
+    shape = dr.Shape("odd", T_LEN, U_LEN, 13, H, int(T_LEN.max()), int(U_LEN.max()))
+    run = dr.dry_run(shape, "float16", budget=64 << 20)
+    gemms = [r for r in run.launches if r.kind == "gemm"]
+    assert len(gemms) == 3 and all(r.gemm[6] for r in gemms)
+    for r in gemms:
+        assert model.cost(r).seconds == pytest.approx(
+            max(r.flops / model.ALIGNED_16BIT_RATE, r.bytes / model.BW))
+    be = RecordingBackend()
+    z = np.zeros((64, 504), np.float16)[:, :500]
+    w = np.zeros((500, 512), np.float16)
+    be.gemm(z, w, np.zeros((64, 512), np.float16))
+    (rec,) = [r for r in be.launches if r.kind == "gemm"]
+    assert rec.gemm[6] is False
+    assert model.cost(rec).seconds > rec.flops / model.ALIGNED_16BIT_RATE
