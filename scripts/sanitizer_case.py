@@ -15,6 +15,7 @@ import numpy as np
 
 import cupy
 import cutrans
+from cutrans._fused import workspace_bytes
 
 
 def logits_case(rng, B, T, U, V, dtype):
@@ -70,7 +71,8 @@ def main() -> int:
             bias = rng.standard_normal(V).astype(dt)
             tg = rng.integers(1, V, (B, U)).astype(np.int32)
             tl, ul = np.array([T, 1, 4], np.int32), np.array([U, 0, 2], np.int32)
-            kw = dict(activation=act, max_workspace_bytes=20 * (2 * H + V) * 8 + V * H * 8)
+            kw = dict(activation=act,  # chunks of 20 rows: samples split
+                      max_workspace_bytes=workspace_bytes(enc, pred, w, rows_per_chunk=20))
             ref = cutrans.transducer_loss(enc, pred, w, bias, tg, tl, ul, backend="numpy", **kw)
             got = cutrans.transducer_loss(*(cupy.asarray(a) for a in (enc, pred, w, bias, tg,
                                                                        tl, ul)), **kw)

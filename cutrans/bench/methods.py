@@ -10,7 +10,7 @@ Families (``--methods`` selects by these names):
   computes exactly what the float32 row computes).
 * ``gemm-roof`` — the three GEMMs of the fused op alone on the packed rows, at the fused
   rows' precision (``steps.roof_precision``), H and V padded to multiples of 8 as the fused
-  op pads them (16-byte rows for 16-bit types), plus a TF32 roof when a ``fused-tf32`` row
+  op pads V (16-byte rows for 16-bit types; no bias column), plus a TF32 roof when a ``fused-tf32`` row
   runs: the ``time/roof`` denominator.
 * ``baseline`` — PyTorch full 4-D joint + log_softmax + RNN-T loss, autograd (``baseline``).
 * ``baseline-autocast`` — the same with float32 parameters and the joint under
@@ -162,7 +162,7 @@ def missing_dependency(method: Method, device: str) -> str | None:
 # ------------------------------------------------------------------ estimates
 def _workspace_rule(sizes: dict, dtype: str) -> tuple[int, int]:
     """``(bytes per chunk row, fixed bytes)`` of the fused op's workspace, from its own rule
-    (``cutrans._fused.workspace_bytes``: per-row h and z and the one-pass state; the (V, H)
+    (``cutrans._fused.workspace_bytes``: per-row h and z and the one-pass state; the (Vp, Hp)
     weight copy and dW accumulator, 16-bit inputs' per-sample accumulators)."""
     from types import SimpleNamespace
 

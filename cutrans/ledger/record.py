@@ -13,7 +13,7 @@ orchestration later reads values:
 
 Array allocations through ``xp`` (``zeros``/``zeros_like``/``full``: device memsets and
 fills on a GPU) are recorded too (``RecordingXP``). Element assignments into workspaces
-(``w_aug[:, :H] = weight``, ``h[:, H] = 1``: once per call, O(workspace)) are not.
+(``w_aug[:V, :H] = weight``, ``h[:, H] = 1``: once per call, O(workspace)) are not.
 
 Bytes per launch (``s``: storage itemsize, ``c``: compute itemsize, ``o``: the joint
 backward's output itemsize; ``n`` rows, ``F`` frames and ``L`` label slots of the chunk)::

@@ -31,7 +31,7 @@ def _budget(dtype, rows_per_chunk=30):
     _, _, Hp, Vp = f.sizes
     s, c = np.dtype(dtype).itemsize, 4
     per_row = (Hp + Vp) * s + _fused._floats(_fused.one_pass_state(Topology())) * c
-    fixed = V * Hp * s + _fused.fixed_bytes(f, True, True)
+    fixed = Vp * Hp * s + _fused.fixed_bytes(f, True, True)
     # split groups get 3/4 of the budget for chunks: size it so they hold rows_per_chunk
     return (fixed + rows_per_chunk * per_row) * 4 // 3 + 8
 
