@@ -211,8 +211,11 @@ def sass(code: str, name_expressions: Sequence[str] = (), arch: str = "sm_90", *
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "kernels.cubin")
         path.write_bytes(image)
-        text = subprocess.run([tool, "-c", str(path)], capture_output=True, text=True,
-                              check=True).stdout
+        run = subprocess.run([tool, "-c", str(path)], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"{tool} could not disassemble the {arch} cubin (exit "
+                           f"{run.returncode}): {(run.stderr or run.stdout).strip()}")
+    text = run.stdout
     by_mangled = {v: k for k, v in mapping.items()}
     out: dict[str, list[str]] = {}
     current = None
@@ -315,13 +318,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sass", action="store_true",
                     help="static SASS counts instead (needs nvdisasm; default arch sm_90)")
     a = ap.parse_args(argv)
-    kdir = Path(__file__).resolve().parent.parent / "kernels"
-    if not kdir.is_dir():
-        import importlib.resources
-        kdir = Path(str(importlib.resources.files("cutrans.kernels")))
+    from . import _kernels
+    kdir = Path(_kernels.kernels_dir())  # the package's own (not any folder named kernels)
     files = [Path(f) for f in a.files] or sorted(kdir.glob("*.cu"))
-    archs = a.arch or (["sm_90"] if a.sass else nvrtc_archs())
-    print(f"NVRTC {'.'.join(map(str, nvrtc_version()))}; headers {wheel_cuda_include()}")
+    if not files:  # a silent pass would check nothing
+        ap.error(f"no .cu files in the package's kernel folder {kdir}")
+    for f in files:
+        if not f.is_file():
+            ap.error(f"{f}: no such file")
+    for arch in a.arch or ():
+        if not re.fullmatch(r"sm_\d+a?", arch):
+            ap.error(f"--arch: expected a name like 'sm_90', got {arch!r}")
+    try:
+        supported = {f"sm_{x}" for x in _cupy()[2].getSupportedArchs()}
+        archs = a.arch or (["sm_90"] if a.sass else nvrtc_archs())
+        print(f"NVRTC {'.'.join(map(str, nvrtc_version()))}; headers {wheel_cuda_include()}")
+    except RuntimeError as e:  # no CuPy / NVRTC: say so without a traceback
+        print(f"compile_check: {e}", file=sys.stderr)
+        return 1
+    for arch in archs:
+        if arch.rstrip("a") not in supported:
+            ap.error(f"--arch {arch}: this NVRTC supports {', '.join(sorted(supported))}")
     rc = 0
     for f in files:
         code = f.read_text()

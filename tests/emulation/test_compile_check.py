@@ -207,3 +207,36 @@ def test_developer_command_sass():
     assert r.returncode == 0, r.stderr
     assert re.search(r"reduce\.cu sm_90 block_sum<float, 128>: \d+ SASS instructions, \d+ MUFU, "
                      r"1 barriers \(static\)", r.stdout), r.stdout
+
+
+def test_default_files_are_the_packages_and_an_empty_folder_fails(monkeypatch, tmp_path,
+                                                                  capsys):
+    """Without files it reads the kernel loader's folder (not any folder named ``kernels``
+    beside the package, e.g. the PyPI package of that name); none there is an error."""
+    from cutrans import _kernels
+    monkeypatch.setattr(_kernels, "kernels_dir", lambda: str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        cc.main(["--arch", "sm_90"])
+    assert e.value.code == 2 and "no .cu files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "90"], "--arch: expected a name like 'sm_90'"),
+    (["--arch", "compute_90"], "--arch: expected a name like 'sm_90'"),
+    (["--arch", "sm_91"], "--arch sm_91: this NVRTC supports"),
+    (["missing.cu"], "missing.cu: no such file"),
+])
+def test_bad_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cc.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_disassembler_failure_is_reported(monkeypatch, tmp_path):
+    """nvdisasm's own message (e.g. an architecture it no longer reads), not a traceback."""
+    tool = tmp_path / "nvdisasm"
+    tool.write_text("#!/bin/sh\necho 'CUDA architecture \"SM70\" is deprecated' >&2\nexit 1\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(cc, "nvdisasm", lambda: str(tool))
+    with pytest.raises(RuntimeError, match='could not disassemble the sm_90 cubin .*SM70'):
+        cc.sass(WAVE, ["wave<4>"], "sm_90")
