@@ -104,18 +104,44 @@ def resolve(args) -> tuple:
         raise ValueError(f"--check-samples: expected 0 or more, got {args.check_samples}")
     if args.accuracy_only and args.check_samples == 0:
         raise ValueError("--accuracy-only: needs --check-samples > 0")
+    if args.accuracy_only and args.plot:
+        raise ValueError("--plot: plots timings and memory, which --accuracy-only does not "
+                         "measure")
+    if args.check_size <= 0:
+        raise ValueError(f"--check-size: expected a positive size, got {args.check_size}")
+    if args.max_seconds < 0:
+        raise ValueError(f"--max-seconds: expected 0 or more, got {args.max_seconds:g}")
+    if args.warmup is not None and args.warmup < 0:
+        raise ValueError(f"--warmup: expected 0 or more, got {args.warmup}")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        check_output_path(option, path)
     methods = build_methods(parse_budgets(args.budgets), families, args.dtype)
     if not methods:
         raise ValueError("--methods/--budgets: nothing to run")
     settings = Settings(device=args.device, dtype=args.dtype,
                         repeat=args.repeat or w.repeat,
-                        warmup=w.warmup if args.warmup is None else max(0, args.warmup),
+                        warmup=w.warmup if args.warmup is None else args.warmup,
                         seed=args.seed, memory_limit=args.memory_limit,
                         isolate=not args.no_isolate, progress=not args.quiet,
                         timeout_s=args.timeout, max_seconds=args.max_seconds or None,
                         check_samples=args.check_samples, check_size=args.check_size,
                         accuracy_only=args.accuracy_only)
     return w, methods, settings
+
+
+def check_output_path(option: str, path) -> None:
+    """ValueError now, not after the run, when ``path`` cannot be written."""
+    import os
+
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option}: {path} is a folder")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option}: {path} is not writable")
 
 
 def _check_device(device: str) -> None:
@@ -131,7 +157,8 @@ def _check_device(device: str) -> None:
 
 
 def main(argv=None) -> int:
-    """Entry point of ``bench``; exit status 1 if a cutrans row disagrees, or a row fails."""
+    """Entry point of ``bench``; exit status 1 if a cutrans row disagrees, a row fails, or
+    no requested cutrans row could be measured."""
     parser = make_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -159,7 +186,8 @@ def main(argv=None) -> int:
             sizes = sorted({workload.scaled(batch=max(1, workload.batch >> k)) for k in
                             range(n - 1, -1, -1)}, key=lambda w: w.batch)
         else:
-            sizes = [workload.scaled(length_scale=2.0 ** -k) for k in range(n - 1, -1, -1)]
+            scaled = [workload.scaled(length_scale=2.0 ** -k) for k in range(n - 1, -1, -1)]
+            sizes = list({(x.frames, x.labels): x for x in scaled}.values())  # distinct
     runs = []
     for w in sizes:
         run = run_benchmark(w, methods, settings)
@@ -180,14 +208,17 @@ def main(argv=None) -> int:
            "runs": runs}
     if args.plot:
         doc["sweep"] = {"axis": args.sweep, "plot": args.plot}
-        plot_sweep(args.plot, {"axis": args.sweep, "runs": runs})
-        print(f"plot written to {args.plot}")
-    if args.json:
+    if args.json:  # first: the numbers survive a failing plot
         write_json(args.json, doc)
         print(f"json written to {args.json}")
-    failed = any(r["status"] == "error" for run in runs for r in run["results"])
-    # exit 1: a cutrans row less exact than the rule, or any row failing (unavailable: 0)
-    return 0 if all(run["cutrans_agree"] for run in runs) and not failed else 1
+    if args.plot:
+        plot_sweep(args.plot, {"axis": args.sweep, "runs": runs})
+        print(f"plot written to {args.plot}")
+    failed = any(run["failed"] for run in runs)
+    measured = all(run["cutrans_measured"] for run in runs)
+    # exit 1: a cutrans row less exact than the rule, any row failing, or no requested
+    # cutrans row measured (does not fit / not applicable); unavailable libraries: 0
+    return 0 if all(run["cutrans_agree"] for run in runs) and not failed and measured else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,10 @@ JSON document (``schema: "cutrans-bench/2"``)::
                                 baselines: {family: {errors, from}},
                                 reference_loss, rule: {k, cap_factor, floor_loss,
                                 floor_grad, cap_loss, cap_grad}},
-               "all_agree", "results": [row, ...]}],
+               "check_skipped": null | why there is no check,
+               "all_agree", "cutrans_agree", "failed": [labels of error/timeout rows],
+               "cutrans_measured": a requested cutrans row ran (true if none was
+               requested), "results": [row, ...]}],
      "sweep": {axis, plot} (with --plot)}
 
 A row: ``method`` (key: ``fused:<bytes>``, ``fused:sample``, ``...:tf32``, ``gemm-roof``,
@@ -114,17 +117,24 @@ def format_table(run: dict, env: dict | None = None) -> str:
 
 def _verdict(run) -> str:
     ref = run["reference"]
+    failed = run.get("failed") or []
+    if failed:
+        out = f"FAILED: {', '.join(failed)} (see the table); "
+    else:
+        out = ""
+    if not run.get("cutrans_measured", True):
+        out += "no cutrans row was measured (see the table); "
     if run["all_agree"]:
-        out = "all methods agree"
+        out += ("all measured methods agree" if out else "all methods agree")
     elif run.get("cutrans_agree", False):
-        out = ("cutrans agrees; a third-party method is less exact than the rule allows "
+        out += ("cutrans agrees; a third-party method is less exact than the rule allows "
                "(information: the exit status covers cutrans's rows)")
     else:
-        out = "MISMATCH: a cutrans method is less exact than the rule allows"
+        out += "MISMATCH: a cutrans method is less exact than the rule allows"
     if run.get("check"):
         out += " (accuracy check below)"
     else:
-        out += " (no accuracy check: --check-samples 0)"
+        out += f" (no accuracy check: {run.get('check_skipped') or '--check-samples 0'})"
     if ref.get("max_loss_rel_diff") is not None:
         out += (f"; full-size losses within rel. {ref['max_loss_rel_diff']:.2g} of "
                 f"{ref['loss_from']} (information)")

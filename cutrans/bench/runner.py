@@ -23,7 +23,7 @@ import numpy as np
 
 from . import accuracy, measure
 from .methods import (CUTRANS_FAMILIES, HALF, Method, estimate_bytes, fits, fused_chunk,
-                      missing_dependency)
+                      missing_dependency, workspace_rule)
 from .worker import RESULT_TAG, run_spec
 
 #: relative tolerance of the full-size loss cross-check (information only), per dtype
@@ -141,11 +141,18 @@ def run_benchmark(workload, methods: list[Method], settings: Settings) -> dict:
     else:
         for r in results:
             r["agrees"] = None
+    requested = [r for r in results if r["family"] in CUTRANS_FAMILIES]
     return {"workload": dict(workload.to_dict(), **sizes), "dtype": settings.dtype,
             "device": settings.device, "available_bytes": int(available),
             "accuracy_only": settings.accuracy_only,
             "ratio_baseline": base_key, "reference": ref, "check": check_doc,
+            "check_skipped": None if check_doc is not None else (
+                "--check-samples 0" if settings.check_samples <= 0
+                else "no row computes a loss"),
             "results": results,
+            # rows that failed (errors, timeouts), and whether a requested cutrans row ran
+            "failed": [r["label"] for r in results if r["status"] == "error"],
+            "cutrans_measured": not requested or any(r["status"] == "ok" for r in requested),
             "all_agree": all(r.get("agrees") is not False for r in results),
             "cutrans_agree": all(r.get("agrees") is not False for r in results
                                  if r["family"] in CUTRANS_FAMILIES)}
@@ -165,10 +172,10 @@ def _run_method(i, m, methods, sizes, available, spec0, settings) -> dict:
     if why:
         row.update(status="not-installed", message=why)
     elif m.family == "fused" and row["chunk_rows"] == 0:
-        c = 8 if settings.dtype == "float64" else 4
-        least = (sizes["vocab"] * sizes["hidden"] + 2 * sizes["hidden"] + sizes["vocab"]) * c
+        per_row, fixed = workspace_rule(sizes, settings.dtype)
+        least = per_row + fixed
         row.update(status="not-applicable",
-                   message=f"budget below one lattice row + the (V, H) dW buffer "
+                   message=f"budget below one lattice row + the fixed W and dW buffers "
                            f"({measure.fmt_bytes(least)}) at this V, H")
     elif not fits(est["total"], available) and not settings.accuracy_only:
         row.update(status="does-not-fit",
@@ -214,9 +221,9 @@ def _ratios(results, dtype: str):
         if r["status"] != "ok" or r.get("time_median_s") is None:
             continue
         if base is not None and base.get("time_median_s"):
-            if base["peak_bytes"] > 0:
+            if base["peak_bytes"] > 0 and r["kind"] != "gemm":  # the roof's buffers: set-up
                 r["memory_vs_baseline"] = r["peak_bytes"] / base["peak_bytes"]
-            if base.get("total_peak_bytes"):
+            if base.get("total_peak_bytes") and r["kind"] != "gemm":
                 r["total_vs_baseline"] = r["total_peak_bytes"] / base["total_peak_bytes"]
             r["time_vs_baseline"] = r["time_median_s"] / base["time_median_s"]
         roof = ok.get("gemm-roof:tf32" if r["tf32"] else "gemm-roof")

@@ -224,6 +224,52 @@ def constants() -> dict:
 
 
 # ------------------------------------------------------------------ CLI
+def _budget(text: str) -> int:
+    try:
+        n = parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return n
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return n
+
+
+# options that only describe one --workload configuration: flag -> default
+_CONFIG_OPTIONS = {"dtype": "float32", "allow_tf32": False, "sample_wise": False,
+                   "pipeline": False, "path": "one-pass", "seed": 0, "launches": 0}
+
+
+def _check_options(p, args) -> None:
+    """Usage errors for options the chosen mode would ignore or mislabel."""
+    from ..bench.cli import check_output_path
+
+    if args.workload is None:
+        unused = [f"--{k.replace('_', '-')}" for k, d in _CONFIG_OPTIONS.items()
+                  if getattr(args, k) != d]
+        if unused:
+            p.error(f"{', '.join(unused)}: describe one configuration; add --workload")
+    elif args.validate:
+        p.error("--validate: runs the validation gate only; drop --workload")
+    if args.allow_tf32 and args.dtype != "float32":
+        p.error("--allow-tf32: float32 GEMMs only (--dtype float32)")
+    if args.path != "one-pass" and args.pipeline:
+        p.error(f"--pipeline: the one-pass path only (--path {args.path})")
+    if args.path == "logits" and (args.sample_wise or args.allow_tf32):
+        p.error("--path logits: the loss on logits has no chunks or GEMMs "
+                "(no --sample-wise, --allow-tf32)")
+    try:
+        check_output_path("--json", args.json)
+    except ValueError as exc:
+        p.error(str(exc))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m cutrans ledger",
@@ -234,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "targets of BENCHMARKS.md)")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--allow-tf32", action="store_true", help="float32 GEMMs on TF32")
-    p.add_argument("--budget", type=parse_bytes, default=DEFAULT_BUDGET,
+    p.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET,
                    help="max_workspace_bytes, e.g. 512M (default 512 MiB)")
     p.add_argument("--sample-wise", action="store_true")
     p.add_argument("--pipeline", action="store_true",
@@ -245,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reduction none (forward + backward); logits: rnnt_loss on packed "
                         "logits")
     p.add_argument("--seed", type=int, default=0, help="length draw of bench workloads")
-    p.add_argument("--launches", type=int, default=0, metavar="N",
+    p.add_argument("--launches", type=_count, default=0, metavar="N",
                    help="also list the first N launches")
     p.add_argument("--validate", action="store_true",
                    help="only the validation gate (replay of 5684109 vs its profile)")
@@ -254,13 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit status 1 when the validation gate fails (it runs without --workload)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_options(parser, args)
+    passes = True
     doc: dict = {"caveat": CAVEAT, "device_modelled": "NVIDIA H100 80GB HBM3",
                  "date": datetime.date.today().isoformat(), "constants": constants()}
     print(f"cutrans ledger -- {CAVEAT}")
     if args.workload is None:
         rows = replay.validation_table()
-        doc["validation"] = {"rows": rows, "passes": replay.gate_passes(rows)}
+        passes = replay.gate_passes(rows)
+        doc["validation"] = {"rows": rows, "passes": passes}
         print("\nValidation gate: replay of commit 5684109 (hand-written) vs its H100 profile")
         print(format_validation(rows))
         hc = replay.headline_check()
@@ -276,9 +327,12 @@ def main(argv=None) -> int:
             print(f"\nCurrent code, modelled H100, vs the targets (budget {args.budget:,} B)")
             print(format_targets(results))
     else:
-        run = dry_run(get_shape(args.workload, args.seed), args.dtype, budget=args.budget,
-                      sample_wise=args.sample_wise, tf32=args.allow_tf32, path=args.path,
-                      pipeline=args.pipeline)
+        try:
+            run = dry_run(get_shape(args.workload, args.seed), args.dtype, budget=args.budget,
+                          sample_wise=args.sample_wise, tf32=args.allow_tf32, path=args.path,
+                          pipeline=args.pipeline)
+        except ValueError as exc:  # e.g. a budget below one lattice row
+            parser.error(str(exc))
         ev = evaluate(run)
         doc["evaluation"] = ev
         print(format_config(ev, run.launches, args.launches))
@@ -286,7 +340,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as fh:
             json.dump(doc, fh, indent=1, default=str)
         print(f"\nwrote {args.json}")
-    return 0
+    return 0 if passes else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,6 +85,13 @@ def test_other_options():
     (["--check-samples", "-1"], "expected 0 or more"),
     (["--accuracy-only", "--check-samples", "0"], "needs --check-samples > 0"),
     (["--check-size", "x"], "expected a size"),
+    (["--check-size", "0"], "--check-size: expected a positive size"),
+    (["--budgets", "0"], "--budgets: expected a positive size"),
+    (["--max-seconds", "-1"], "--max-seconds: expected 0 or more"),
+    (["--warmup", "-3"], "--warmup: expected 0 or more"),
+    (["--accuracy-only", "--plot", "p.png"], "--plot: plots timings and memory"),
+    (["--json", "/nonexistent-folder/x.json"], "--json: folder /nonexistent-folder does not"),
+    (["--json", "."], "--json: . is a folder"),
 ])
 def test_bad_options_exit_2_with_a_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:

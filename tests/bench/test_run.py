@@ -73,6 +73,8 @@ def test_json_schema(tiny_json):
     assert fused["time_vs_roof"] == pytest.approx(fused["time_median_s"] / roof["time_median_s"])
     assert fused["chunk_rows"] >= 1 and fused["tracemalloc_peak_bytes"] is not None
     assert "float32" in roof["precision"] and base["time_vs_roof"] is None
+    assert roof["memory_vs_baseline"] is None and roof["total_vs_baseline"] is None  # set-up
+    assert run["failed"] == [] and run["cutrans_measured"]
     assert run["all_agree"] and run["reference"]["loss_from"] == "baseline"
     c = run["check"]
     assert (c["samples"], c["rows"], c["lengths_scaled"]) == (3, w["packed_rows"], False)
@@ -163,9 +165,11 @@ def test_does_not_fit_is_reported_not_run(capsys, monkeypatch):
         assert spec.get("accuracy_only"), "a method that does not fit must not run"
         return real(spec, settings)
     monkeypatch.setattr(runner, "_measure", only_slices)
-    assert cli.main(TINY + ["--memory-limit", "64K", "--no-isolate"]) == 0
+    # nothing of cutrans measured: said, and exit 1 (the run answers nothing)
+    assert cli.main(TINY + ["--memory-limit", "64K", "--no-isolate"]) == 1
     out = capsys.readouterr().out
     assert out.count("does not fit: needs ~") >= 4 and "torch batched (slice only)" in out
+    assert "no cutrans row was measured" in out and "all methods agree" not in out
 
 
 @needs("torch")  # the batched baseline rows
@@ -291,3 +295,28 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "pip install 'cutrans[plot]'" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_failed_rows_are_named_in_the_verdict_and_fail_the_run(monkeypatch, capsys, tmp_path):
+    """An error or timeout row is not 'agreeing': the summary names it, the exit is 1."""
+    import cutrans.bench.runner as runner
+
+    real = runner._measure
+
+    def broken(spec, settings):
+        if Method.from_spec(spec["method"]).key == "fused:sample":
+            return {"status": "error", "message": "RuntimeError: boom"}
+        return real(spec, settings)
+    monkeypatch.setattr(runner, "_measure", broken)
+    out_json = tmp_path / "r.json"
+    assert cli.main(TINY + ["--no-isolate", "--methods", "fused", "--json",
+                            str(out_json)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: cutrans fused (sample-wise)" in out and "all methods agree" not in out
+    (run,) = json.loads(out_json.read_text())["runs"]
+    assert run["failed"] == ["cutrans fused (sample-wise)"] and run["cutrans_measured"]
+
+
+def test_no_check_reason_when_no_row_computes_a_loss(capsys):
+    assert cli.main(TINY + ["--no-isolate", "--methods", "gemm-roof"]) == 0
+    assert "no accuracy check: no row computes a loss" in capsys.readouterr().out

@@ -38,3 +38,30 @@ def test_pipelined_configuration(capsys):
     total = [ln for ln in text.splitlines() if ln.startswith("total:")]
     assert len(total) == 1 and "modelled" in total[0]
     assert "pipelined: the side stream's lattices overlapped" in total[0]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workload", "cpu-small", "--budget", "0"], "--budget: expected a positive size"),
+    (["--workload", "cpu-small", "--budget", "1K"], "max_workspace_bytes=1024 is too small"),
+    (["--dtype", "bfloat16"], "--dtype: describe one configuration; add --workload"),
+    (["--validate", "--workload", "cpu-small"], "--validate: runs the validation gate only"),
+    (["--workload", "cpu-small", "--allow-tf32", "--dtype", "float16"], "--allow-tf32: float32"),
+    (["--workload", "cpu-small", "--path", "two-pass", "--pipeline"], "--pipeline: the one-pass"),
+    (["--workload", "cpu-small", "--path", "logits", "--sample-wise"], "--path logits"),
+    (["--workload", "cpu-small", "--launches", "-3"], "--launches: expected 0 or more"),
+    (["--workload", "cpu-small", "--json", "/nonexistent-folder/l.json"], "--json: folder"),
+])
+def test_bad_options_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["ledger", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_failing_gate_exits_1(monkeypatch, capsys):
+    from cutrans.ledger import replay
+    monkeypatch.setattr(replay, "gate_passes", lambda rows: False)
+    assert main(["ledger", "--validate"]) == 1
+    assert "FAIL" in capsys.readouterr().out
