@@ -18,11 +18,14 @@ COMMANDS = {"bench": "benchmark memory and time (python -m cutrans bench --help)
 def main(argv=None) -> int:
     """Dispatch to a sub-command; returns its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="python -m cutrans", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m cutrans",
+                                     description="cutrans command line (also the 'cutrans' "
+                                                 "console script).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items()))
-    parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("args", nargs=argparse.REMAINDER)
+                                     epilog="commands:\n" + "\n".join(
+                                         f"  {k:<8}{v}" for k, v in COMMANDS.items()))
+    parser.add_argument("command", choices=sorted(COMMANDS), help="bench or ledger")
+    parser.add_argument("args", nargs="*", default=[], help="the command's options")
     if argv and argv[0] == "bench":  # let bench's own parser see --help and every option
         from .bench.cli import main as bench_main
 
