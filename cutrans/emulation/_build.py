@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -63,16 +64,16 @@ def sanitizer_env(sanitizer: str, env: dict | None = None) -> dict:
     statically, a library that ``$CXX -print-file-name`` does not find)."""
     if sanitizer not in ("address", "thread"):
         raise ValueError(f"sanitizer must be 'address' or 'thread', not {sanitizer!r}")
-    cxx, _ = compiler()
+    cxx = compiler_argv()
     if libstdcxx_linkage() == "static":
         raise EmulationError(f"sanitizer runs need libstdc++.so preloaded with the sanitizer runtime, but "
                              f"{toolchain_description()}: use a g++ whose libstdc++.so is found")
     rt = {"address": "libasan.so", "thread": "libtsan.so"}[sanitizer]
     libs = []
     for n in (rt, "libstdc++.so"):
-        p = subprocess.run([cxx, f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
+        p = subprocess.run([*cxx, f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
         if not os.path.isabs(p) or not os.path.exists(p):
-            raise EmulationError(f"sanitizer={sanitizer!r} needs {n}, which `{cxx} -print-file-name={n}` "
+            raise EmulationError(f"sanitizer={sanitizer!r} needs {n}, which `{compiler()[0]} -print-file-name={n}` "
                                  f"does not find (got {p!r})")
         libs.append(p)
     env = dict(os.environ if env is None else env)
@@ -84,19 +85,49 @@ def sanitizer_env(sanitizer: str, env: dict | None = None) -> dict:
 
 
 def cache_dir() -> Path:
-    d = os.environ.get("CUTRANS_EMU_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cutrans", "emu")
-    p = Path(d)
-    p.mkdir(parents=True, exist_ok=True)
+    """The module cache: ``$CUTRANS_EMU_CACHE`` (``~`` expanded, made absolute) or
+    ``~/.cache/cutrans/emu``; BuildError when it cannot be created."""
+    env = os.environ.get("CUTRANS_EMU_CACHE")
+    d = env or os.path.join(os.path.expanduser("~"), ".cache", "cutrans", "emu")
+    p = Path(d).expanduser().resolve()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"the emulated modules' cache folder {p} cannot be created ({e}): set "
+                         f"CUTRANS_EMU_CACHE to a writable folder"
+                         + ("" if env else " (default ~/.cache/cutrans/emu)")) from None
     return p
+
+
+COMPILER_TIMEOUT_S = 60  # the `$CXX --version` probe
 
 
 @functools.lru_cache(maxsize=None)
 def compiler() -> tuple[str, str]:
+    """``($CXX or g++, its first --version line)``; ``$CXX`` may carry arguments
+    (``ccache g++``: ``compiler_argv``). BuildError when it does not run."""
     cxx = os.environ.get("CXX") or shutil.which("g++")
     if not cxx:
         raise BuildError("g++ not found: the CPU emulation needs a C++20 compiler (set $CXX)")
-    ver = subprocess.run([cxx, "--version"], capture_output=True, text=True, env=compiler_env()).stdout.splitlines()[:1]
+    argv = shlex.split(cxx)
+    try:
+        r = subprocess.run([*argv, "--version"], capture_output=True, text=True, env=compiler_env(),
+                           timeout=COMPILER_TIMEOUT_S)
+    except (OSError, ValueError, IndexError) as e:
+        raise BuildError(f"CXX={cxx!r} does not run ({e}): the CPU emulation needs a C++20 compiler "
+                         f"(g++)") from None
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"CXX={cxx!r} --version did not answer within {COMPILER_TIMEOUT_S} s") from None
+    if r.returncode != 0:
+        raise BuildError(f"CXX={cxx!r} --version failed (exit {r.returncode}): "
+                         f"{(r.stderr or r.stdout).strip()[-2000:]}")
+    ver = r.stdout.splitlines()[:1]
     return cxx, (ver[0] if ver else "?")
+
+
+def compiler_argv() -> list[str]:
+    """``compiler()``'s command as an argument list."""
+    return shlex.split(compiler()[0])
 
 
 def links_libstdcxx_statically(lib: Elf) -> bool:
@@ -108,14 +139,16 @@ def links_libstdcxx_statically(lib: Elf) -> bool:
 def libstdcxx_linkage() -> str:
     """"static" or "dynamic": how ``compiler()`` links libstdc++ into a shared library (probed
     once per process by linking a one-line C++ library)."""
-    cxx, _ = compiler()
+    cxx = compiler_argv()
     with tempfile.TemporaryDirectory(prefix="cutrans-probe-") as tmp:
         src, lib = Path(tmp) / "probe.cpp", Path(tmp) / "probe.so"
         src.write_text('#include <stdexcept>\nvoid cutrans_probe() { throw std::runtime_error("probe"); }\n')
-        r = subprocess.run([cxx, "-fPIC", "-shared", str(src), "-o", str(lib)], capture_output=True, text=True,
-                           env=compiler_env())
+        # -z defs: a C driver (gcc) that links no C++ runtime fails here, not at load time
+        r = subprocess.run([*cxx, "-fPIC", "-shared", "-Wl,-z,defs", str(src), "-o", str(lib)],
+                           capture_output=True, text=True, env=compiler_env())
         if r.returncode != 0:
-            raise BuildError(f"{cxx} cannot link a C++ shared library:\n{r.stderr[-4000:]}")
+            raise BuildError(f"CXX={compiler()[0]!r} cannot link a C++ shared library (exit {r.returncode}; "
+                             f"is it a C++ compiler?):\n{(r.stderr or r.stdout)[-4000:]}")
         return "static" if links_libstdcxx_statically(Elf(lib)) else "dynamic"
 
 
@@ -220,9 +253,14 @@ def compiler_env() -> dict:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True, env=compiler_env())
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=compiler_env())
+    except OSError as e:
+        raise BuildError(f"CXX={compiler()[0]!r} could not {what} the emulated module: {e}") from None
     if r.returncode != 0:
-        raise BuildError(f"g++ failed to {what} the emulated module:\n{r.stderr[-8000:]}")
+        out = "\n".join(x for x in (r.stderr.strip(), r.stdout.strip()) if x) or "(no output)"
+        raise BuildError(f"CXX={compiler()[0]!r} failed to {what} the emulated module (exit "
+                         f"{r.returncode}):\n{out[-8000:]}")
 
 
 def build(code: str, name_expressions: Sequence[str], options: Sequence[str] = (),
@@ -240,28 +278,41 @@ def build(code: str, name_expressions: Sequence[str], options: Sequence[str] = (
         if cached[1]:
             _warn_static_libstdcxx()
         return Built(str(so), cached[0], False, cached[1])
-    cxx, _ = compiler()
-    common = [cxx, "-std=c++20", *SANITIZER_FLAGS[sanitizer], "-fPIC", "-pthread",
+    common = [*compiler_argv(), "-std=c++20", *SANITIZER_FLAGS[sanitizer], "-fPIC", "-pthread",
               "-fno-strict-aliasing"]
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{key}.") as tmp:
-        src = root / f"{key}.cu"  # stays next to the .so: sanitizer reports and debuggers name it
-        tmp_src = Path(tmp) / "src.cu"
-        tmp_src.write_text(code)
-        os.replace(tmp_src, src)
-        wrapper = Path(tmp) / "wrapper.cpp"
-        wrapper.write_text(wrapper_source(str(src), name_expressions))
-        obj, out = Path(tmp) / "wrapper.o", Path(tmp) / "mod.so"
-        _run([*common, "-U_FORTIFY_SOURCE", "-fno-gnu-unique", "-DCUTRANS_EMULATION", "-include", str(HEADER),
-              f"-I{HEADER.parent}", *[f"-I{d}" for d in include_dirs], *translate_options(options),
-              "-c", str(wrapper), "-o", str(obj)], "compile")
-        _run([*common, "-shared", str(obj), "-o", str(out), "-ldl"], "link")
-        lib = Elf(out)
-        ranges = shared_ranges(Elf(obj), lib)
-        static = links_libstdcxx_statically(lib)
-        tmp_meta = Path(tmp) / "meta.json"
-        tmp_meta.write_text(json.dumps({"ranges": [list(r) for r in ranges], "static_libstdcxx": static}))
-        os.replace(out, so)
-        os.replace(tmp_meta, meta)  # last: a sidecar means a complete module
+    # unresolved symbols fail the link (a C driver, a missing runtime), not the load; the
+    # sanitizer builds resolve their runtime's symbols at load time (preloaded)
+    defs = [] if sanitizer else ["-Wl,-z,defs"]
+    try:
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{key}.") as tmp:
+            return _build_in(tmp, root, key, code, name_expressions, options, include_dirs, common,
+                             defs, so, meta)
+    except OSError as e:  # e.g. a read-only cache folder
+        raise BuildError(f"cannot build the emulated module in the cache folder {root} ({e}): set "
+                         f"CUTRANS_EMU_CACHE to a writable folder") from None
+
+
+def _build_in(tmp, root, key, code, name_expressions, options, include_dirs, common, defs, so,
+              meta) -> Built:
+    """``build``'s compile and link in the temporary folder ``tmp`` of the cache."""
+    src = root / f"{key}.cu"  # stays next to the .so: sanitizer reports and debuggers name it
+    tmp_src = Path(tmp) / "src.cu"
+    tmp_src.write_text(code)
+    os.replace(tmp_src, src)
+    wrapper = Path(tmp) / "wrapper.cpp"
+    wrapper.write_text(wrapper_source(str(src), name_expressions))
+    obj, out = Path(tmp) / "wrapper.o", Path(tmp) / "mod.so"
+    _run([*common, "-U_FORTIFY_SOURCE", "-fno-gnu-unique", "-DCUTRANS_EMULATION", "-include", str(HEADER),
+          f"-I{HEADER.parent}", *[f"-I{d}" for d in include_dirs], *translate_options(options),
+          "-c", str(wrapper), "-o", str(obj)], "compile")
+    _run([*common, "-shared", *defs, str(obj), "-o", str(out), "-ldl"], "link")
+    lib = Elf(out)
+    ranges = shared_ranges(Elf(obj), lib)
+    static = links_libstdcxx_statically(lib)
+    tmp_meta = Path(tmp) / "meta.json"
+    tmp_meta.write_text(json.dumps({"ranges": [list(r) for r in ranges], "static_libstdcxx": static}))
+    os.replace(out, so)
+    os.replace(tmp_meta, meta)  # last: a sidecar means a complete module
     if static:
         _warn_static_libstdcxx()
     return Built(str(so), ranges, True, static)

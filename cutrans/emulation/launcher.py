@@ -62,6 +62,23 @@ class _ParamInfo(ctypes.Structure):
                 ("pointee_kind", ctypes.c_char), ("pad", ctypes.c_uint32)]
 
 
+MIN_STACK_KB = 16
+
+
+def stack_kb(sanitizer) -> int:
+    """Stack of each emulated CUDA thread, KiB: ``$CUTRANS_EMU_STACK_KB`` or 64 (256 with a
+    sanitizer); EmulationError naming the variable for a bad value."""
+    text = os.environ.get("CUTRANS_EMU_STACK_KB", "256" if sanitizer else "64")
+    try:
+        kb = int(text)
+    except ValueError:
+        kb = -1
+    if kb < MIN_STACK_KB:
+        raise EmulationError(f"CUTRANS_EMU_STACK_KB: expected an integer >= {MIN_STACK_KB} "
+                             f"(KiB of stack per emulated thread), got {text!r}")
+    return kb
+
+
 def _dims(v, what) -> tuple[int, int, int]:
     if isinstance(v, (int, np.integer)):
         v = (int(v),)
@@ -207,8 +224,7 @@ class EmulatedKernel:
             raise EmulationError("invalid launch configuration: negative shared_mem")
         cfg.shared_mem = int(shared_mem)
         cfg.max_dynamic_shared = int(self.max_dynamic_shared_size_bytes)
-        kb = int(os.environ.get("CUTRANS_EMU_STACK_KB", "256" if m.sanitizer else "64"))
-        cfg.stack_bytes = kb * 1024
+        cfg.stack_bytes = stack_kb(m.sanitizer) * 1024
         cfg.seed = m.seed
         cfg.mode, cfg.order = _MODES[m.mode], _ORDERS[m.order]
         err = ctypes.create_string_buffer(4096)

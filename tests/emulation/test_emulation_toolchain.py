@@ -169,3 +169,83 @@ def test_the_compiler_runs_without_the_preloaded_sanitizer(monkeypatch):
     assert "LD_PRELOAD" not in _build.compiler_env()
     monkeypatch.delenv(_build._PRELOADED)  # preloaded by the user, not by cutrans: kept
     assert _build.compiler_env()["LD_PRELOAD"] == f"{tsan} {cxxlib}"
+
+
+@pytest.fixture
+def cxx_env():
+    """Set ``$CXX`` for one test: ``compiler()`` and the linkage probe are read again, and
+    again after the test (with the original value)."""
+    old = os.environ.get("CXX")
+
+    def use(value):
+        os.environ["CXX"] = value
+        compiler.cache_clear()
+        _build.libstdcxx_linkage.cache_clear()
+    yield use
+    if old is None:
+        os.environ.pop("CXX", None)
+    else:
+        os.environ["CXX"] = old
+    compiler.cache_clear()
+    _build.libstdcxx_linkage.cache_clear()
+
+
+@pytest.mark.parametrize("cxx, message", [
+    ("/nonexistent/g++", "does not run"),
+    ("/tmp", "does not run"),
+    ("false", "--version failed (exit 1)"),
+])
+def test_a_compiler_that_does_not_run_is_a_build_error(cxx_env, cxx, message):
+    from cutrans.emulation import BuildError
+    cxx_env(cxx)
+    with pytest.raises(BuildError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compiler()
+
+
+def test_a_c_driver_is_refused_at_the_link_not_at_load(cxx_env):
+    """gcc compiles C++ but links no C++ runtime: the probe's link fails with a message (it
+    used to be reported as 'links libstdc++ statically', then an undefined-symbol OSError)."""
+    import shutil
+    from cutrans.emulation import BuildError
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    cxx_env("gcc")
+    with pytest.raises(BuildError, match="cannot link a C\\+\\+ shared library"):
+        _build.libstdcxx_linkage()
+
+
+def test_a_compiler_with_arguments(cxx_env, tmp_path, monkeypatch):
+    """``CXX="env g++"`` (as ``ccache g++``): split like a shell command."""
+    import shutil
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no g++")
+    cxx_env(f"env {cxx}")
+    assert _build.compiler_argv() == ["env", cxx]
+    monkeypatch.setenv("CUTRANS_EMU_CACHE", str(tmp_path))
+    built = _build.build("__global__ void k(float* x) { x[threadIdx.x] = 1.f; }", ["k"])
+    assert built.compiled and Path(built.path).is_file()
+
+
+def test_cache_folder_paths(monkeypatch, tmp_path):
+    from cutrans.emulation import BuildError
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUTRANS_EMU_CACHE", "rel")
+    assert cache_dir() == tmp_path / "rel"  # absolute: g++ runs in another folder
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CUTRANS_EMU_CACHE", "~/emu")
+    assert cache_dir() == tmp_path / "home" / "emu"
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CUTRANS_EMU_CACHE", str(tmp_path / "file" / "emu"))
+    with pytest.raises(BuildError, match="CUTRANS_EMU_CACHE to a writable folder"):
+        cache_dir()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "15"])
+def test_bad_stack_size_is_an_error_naming_the_variable(monkeypatch, value):
+    from cutrans.emulation.launcher import stack_kb
+    monkeypatch.setenv("CUTRANS_EMU_STACK_KB", value)
+    with pytest.raises(EmulationError, match="CUTRANS_EMU_STACK_KB: expected an integer >= 16"):
+        stack_kb(None)
+    monkeypatch.delenv("CUTRANS_EMU_STACK_KB")
+    assert (stack_kb(None), stack_kb("address")) == (64, 256)
