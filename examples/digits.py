@@ -20,6 +20,7 @@ and the loss / error-rate plot, shared by ``train_transducer_torch.py`` and
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import gc
 import json
@@ -135,13 +136,22 @@ class Progress:
         self.stream.flush()
 
 
+def _count(least: int):
+    def parse(text: str) -> int:
+        n = int(text)
+        if n < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text}")
+        return n
+    return parse
+
+
 def parse_training_args(ap, argv=None):
     """The training examples' common options (added to ``ap``), parsed."""
-    ap.add_argument("--steps", type=int, default=600, help="0: the memory comparison only")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=_count(0), default=600, help="0: the memory comparison only")
+    ap.add_argument("--batch-size", type=_count(1), default=32)
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--eval-every", type=_count(1), default=50)
     ap.add_argument("--workspace-mb", type=float, default=1.0,
                     help="memory budget of the fused loss's row chunks (MiB)")
     ap.add_argument("--baseline", action="store_true",
