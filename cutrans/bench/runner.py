@@ -179,8 +179,8 @@ def _run_method(i, m, methods, sizes, available, spec0, settings) -> dict:
                            f"({measure.fmt_bytes(least)}) at this V, H")
     elif not fits(est["total"], available) and not settings.accuracy_only:
         row.update(status="does-not-fit",
-                   message=f"does not fit: needs ~{est['total'] / 1e9:.3g} GB "
-                           f"(available {available / 1e9:.3g} GB)")
+                   message=f"does not fit: needs ~{measure.fmt_bytes(est['total'])} "
+                           f"(available {measure.fmt_bytes(available)})")
     else:
         row.update(_measure(dict(spec0, method=m.to_spec(), progress=prefix), settings))
     if row.get("times_s"):
