@@ -138,6 +138,19 @@ def gemm_rate(in_dtype: str, out_dtype: str, tf32: bool, aligned: bool = False) 
     return GEMM_RATES[key]
 
 
+def gemm_rate_source(in_dtype: str, out_dtype: str, tf32: bool, aligned: bool) -> str:
+    """Where ``gemm_rate``'s figure for these arguments comes from (for the report)."""
+    if aligned and in_dtype in HALF_TYPES:
+        return ("measured on the headline's aligned GEMMs (run D); assumed for other "
+                "aligned shapes")
+    key = (in_dtype, out_dtype, bool(tf32) and in_dtype == "float32")
+    if key not in GEMM_RATES:
+        key = (in_dtype, in_dtype, key[2])
+    if key in UNMEASURED_RATES:
+        return "NOT MEASURED (assumed)"
+    return "measured (GPU-FINDINGS, V=500)"
+
+
 def cost(launch, t_wave: float = T_WAVE, t_step: float = T_STEP) -> Cost:
     """The modelled time of one ``record.Launch`` (a stream dependency: 0)."""
     k, nbytes = launch.kind, launch.bytes

@@ -114,6 +114,15 @@ def format_config(ev: dict, launches=None, n_launches: int = 0) -> str:
         memory += (f"; one-pass bound on own: budget + {OWN_PER_POSITION} B(T+U) = "
                    f"{_gb(mem['own_bound'])}")
     lines.append(memory)
+    rates = {}
+    for rec in launches or ():
+        if rec.kind == "gemm":
+            _, _, _, in_t, out_t, tf, aligned = rec.gemm
+            name = f"{in_t}->{out_t}{' tf32' if tf else ''}{', aligned' if aligned else ''}"
+            rates[name] = (model.gemm_rate(in_t, out_t, tf, aligned),
+                           model.gemm_rate_source(in_t, out_t, tf, aligned))
+    for name, (rate, source) in rates.items():
+        lines.append(f"GEMM rate used by the model, {name}: {rate / 1e12:.0f} TFLOP/s, {source}")
     if launches and n_launches:
         lines.append(f"first {min(n_launches, len(launches))} launches (modelled us):")
         for rec in [r for r in launches if r.kind not in SYNC_KINDS][:n_launches]:

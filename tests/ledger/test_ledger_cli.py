@@ -21,6 +21,9 @@ def test_one_configuration(tmp_path, capsys):
     # wall = GPU time + a measured host cost per launch (27 us on an H100)
     assert abs(ev["wall_ms"] - (ev["modelled_ms"] + ev["launches"] * 27e-3)) < 1e-6
     assert "wall (modelled)" in text and ev["launches"] > 10
+    # where each GEMM rate comes from (librispeech-profiled: V=500 padded, aligned)
+    assert "GEMM rate used by the model, bfloat16->bfloat16, aligned: 611 TFLOP/s" in text
+    assert "assumed for other aligned shapes" in text
     assert "never replaces a measurement" in doc["caveat"]
 
 
