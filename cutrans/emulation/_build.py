@@ -226,9 +226,14 @@ def wrapper_source(src_path: str, name_expressions: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _read_sidecar(meta: Path) -> tuple[list[SharedRange], bool] | None:
+def _read_sidecar(meta: Path, so: Path) -> tuple[list[SharedRange], bool] | None:
+    """The cached module's shared ranges and linkage, or None to rebuild: no sidecar, another
+    layout, or a module whose size is not the one recorded (a truncated copy would crash
+    the process when loaded)."""
     try:
         d = json.loads(meta.read_text())
+        if int(d["size"]) != so.stat().st_size:
+            return None
         return [SharedRange(int(o), int(n), str(s)) for o, n, s in d["ranges"]], bool(d["static_libstdcxx"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing, partial or another layout: rebuild
@@ -273,7 +278,7 @@ def build(code: str, name_expressions: Sequence[str], options: Sequence[str] = (
     root = cache_dir()
     so = root / f"{key}.so"
     meta = root / f"{key}.shared.json"
-    cached = _read_sidecar(meta) if so.exists() else None
+    cached = _read_sidecar(meta, so) if so.exists() else None
     if cached is not None:
         if cached[1]:
             _warn_static_libstdcxx()
@@ -310,7 +315,8 @@ def _build_in(tmp, root, key, code, name_expressions, options, include_dirs, com
     ranges = shared_ranges(Elf(obj), lib)
     static = links_libstdcxx_statically(lib)
     tmp_meta = Path(tmp) / "meta.json"
-    tmp_meta.write_text(json.dumps({"ranges": [list(r) for r in ranges], "static_libstdcxx": static}))
+    tmp_meta.write_text(json.dumps({"ranges": [list(r) for r in ranges], "static_libstdcxx": static,
+                                    "size": out.stat().st_size}))
     os.replace(out, so)
     os.replace(tmp_meta, meta)  # last: a sidecar means a complete module
     if static:

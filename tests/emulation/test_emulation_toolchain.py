@@ -249,3 +249,17 @@ def test_bad_stack_size_is_an_error_naming_the_variable(monkeypatch, value):
         stack_kb(None)
     monkeypatch.delenv("CUTRANS_EMU_STACK_KB")
     assert (stack_kb(None), stack_kb("address")) == (64, 256)
+
+
+def test_a_truncated_cached_module_is_rebuilt(monkeypatch, tmp_path):
+    """A cached module whose size is not the recorded one (a truncated copy) is rebuilt, not
+    loaded (loading it crashed the process with SIGBUS)."""
+    monkeypatch.setenv("CUTRANS_EMU_CACHE", str(tmp_path))
+    code = "__global__ void k(float* x) { x[threadIdx.x] = 2.f; }"
+    first = _build.build(code, ["k"])
+    again = _build.build(code, ["k"])
+    assert first.compiled and not again.compiled and again.path == first.path
+    data = Path(first.path).read_bytes()
+    Path(first.path).write_bytes(data[: len(data) // 2])
+    rebuilt = _build.build(code, ["k"])
+    assert rebuilt.compiled and Path(rebuilt.path).stat().st_size > len(data) // 2
