@@ -97,18 +97,25 @@ def wheel_cuda_include() -> str:
     raise RuntimeError("cuda_runtime.h not found in the nvidia wheels: pip install nvidia-cuda-runtime-cu12")
 
 
+def supported_archs() -> set[str]:
+    """Every architecture this NVRTC compiles for (``sm_XX``)."""
+    return {f"sm_{a}" for a in _cupy()[2].getSupportedArchs()}
+
+
 def nvrtc_archs() -> list[str]:
     """The architectures of ARCHS that this NVRTC accepts."""
-    nvrtc = _cupy()[2]
-    supported = {f"sm_{a}" for a in nvrtc.getSupportedArchs()}
+    supported = supported_archs()
     return [a for a in ARCHS if a in supported]
+
+
+ARCH_PATTERN = r"sm_\d+a?"  # sm_90, sm_90a
 
 
 def rawmodule_options(options: Sequence[str] = (), include_dirs: Sequence[str] = (), *, arch: str = "sm_80",
                       method: str = "cubin") -> tuple[str, ...]:
     """The NVRTC option list RawModule would use (plus the wheel's headers, first)."""
     core, _, _ = _cupy()
-    if not re.fullmatch(r"sm_\d+a?", arch):
+    if not re.fullmatch(ARCH_PATTERN, arch):
         raise ValueError(f"arch must look like 'sm_80', not {arch!r}")
     if method not in ("cubin", "ptx"):
         raise ValueError("method must be 'cubin' or 'ptx'")
@@ -327,10 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not f.is_file():
             ap.error(f"{f}: no such file")
     for arch in a.arch or ():
-        if not re.fullmatch(r"sm_\d+a?", arch):
+        if not re.fullmatch(ARCH_PATTERN, arch):
             ap.error(f"--arch: expected a name like 'sm_90', got {arch!r}")
     try:
-        supported = {f"sm_{x}" for x in _cupy()[2].getSupportedArchs()}
+        supported = supported_archs()
         archs = a.arch or (["sm_90"] if a.sass else nvrtc_archs())
         print(f"NVRTC {'.'.join(map(str, nvrtc_version()))}; headers {wheel_cuda_include()}")
     except RuntimeError as e:  # no CuPy / NVRTC: say so without a traceback

@@ -23,11 +23,27 @@ def _positive_int(text):
     return n
 
 
-def _size(text):
+def nonneg_int(text):
+    """argparse type: an integer >= 0 (also the ledger's)."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return n
+
+
+def positive_size(text):
+    """argparse type: a positive size such as 512M (also the ledger's and --budgets')."""
     try:
-        return measure.parse_bytes(text)
+        return measure.parse_positive_bytes(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_float(text):
+    x = float(text)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return x
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -46,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=6.0,
                    help="stop a method's timed calls once they took this long (at least one "
                    "call; default 6; 0 = always --repeat calls)")
-    p.add_argument("--warmup", type=int, help="untimed calls first (default: the workload's)")
+    p.add_argument("--warmup", type=nonneg_int,
+                   help="untimed calls first (default: the workload's)")
     p.add_argument("--budgets", nargs="+", default=[DEFAULT_BUDGETS],
                    help="max_workspace_bytes of the cutrans fused rows, e.g. 64M 8M sample "
                    f"(sample: sample_wise=True, one utterance per chunk); default "
@@ -60,11 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "compare with a float64 reference (default %(default)s; 0: no check)")
     p.add_argument("--accuracy-only", action="store_true",
                    help="only the accuracy check (every method on the slice; no timing)")
-    p.add_argument("--check-size", type=_size, default=accuracy.DEFAULT_SIZE,
+    p.add_argument("--check-size", type=positive_size, default=accuracy.DEFAULT_SIZE,
                    help="accuracy check: scale the slice's lengths down until lattice rows x "
                    "V <= this (default 8M)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-limit", type=_size,
+    p.add_argument("--memory-limit", type=positive_size,
                    help="memory the does-not-fit check assumes (default: available now)")
     p.add_argument("--json", metavar="FILE", help="write all numbers + environment as JSON")
     p.add_argument("--plot", metavar="FILE", help="sweep the workload (see --sweep) and plot "
@@ -75,7 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="--plot sizes: full, 1/2, 1/4, ... of the workload (default 4)")
     p.add_argument("--no-isolate", action="store_true",
                    help="measure in this process (faster; CPU memory then less comparable)")
-    p.add_argument("--timeout", type=float, help="seconds per method before giving up")
+    p.add_argument("--timeout", type=positive_float,
+                   help="seconds per method before giving up")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.add_argument("--list", action="store_true", help="list the named workloads and exit")
     return p
@@ -107,12 +125,8 @@ def resolve(args) -> tuple:
     if args.accuracy_only and args.plot:
         raise ValueError("--plot: plots timings and memory, which --accuracy-only does not "
                          "measure")
-    if args.check_size <= 0:
-        raise ValueError(f"--check-size: expected a positive size, got {args.check_size}")
     if args.max_seconds < 0:
         raise ValueError(f"--max-seconds: expected 0 or more, got {args.max_seconds:g}")
-    if args.warmup is not None and args.warmup < 0:
-        raise ValueError(f"--warmup: expected 0 or more, got {args.warmup}")
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         check_output_path(option, path)
     methods = build_methods(parse_budgets(args.budgets), families, args.dtype)
@@ -135,13 +149,19 @@ def check_output_path(option: str, path) -> None:
 
     if path is None:
         return
-    folder = os.path.dirname(os.path.abspath(path))
+    if not path:
+        raise ValueError(f"{option}: empty file name")
     if os.path.isdir(path):
         raise ValueError(f"{option}: {path} is a folder")
+    if os.path.exists(path):  # opening an existing file needs only its own permission
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{option}: {path} is not writable")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"{option}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ValueError(f"{option}: {path} is not writable")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option}: cannot create {path} (folder {folder} is not writable)")
 
 
 def _check_device(device: str) -> None:

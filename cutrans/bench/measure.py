@@ -35,6 +35,14 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * mult)
 
 
+def parse_positive_bytes(text: str) -> int:
+    """``parse_bytes`` of a size that must be at least one byte."""
+    n = parse_bytes(text)
+    if n < 1:
+        raise ValueError(f"expected a positive size, got {text!r}")
+    return n
+
+
 def fmt_bytes(n: float | None) -> str:
     """Human-readable binary size (``"1.23 GiB"``); ``"-"`` for None."""
     if n is None:

@@ -94,7 +94,7 @@ class Method:
 
 def parse_budgets(items) -> list[int | str]:
     """``["64M", "8M", "sample"]`` -> ``[67108864, 8388608, "sample"]``."""
-    from .measure import parse_bytes
+    from .measure import parse_positive_bytes
 
     out: list[int | str] = []
     for item in items:
@@ -105,10 +105,10 @@ def parse_budgets(items) -> list[int | str]:
             if tok.lower() in ("sample", "sample-wise", "samplewise"):
                 out.append("sample")
                 continue
-            n = parse_bytes(tok)
-            if n <= 0:
-                raise ValueError(f"--budgets: expected a positive size, got {tok!r}")
-            out.append(n)
+            try:
+                out.append(parse_positive_bytes(tok))
+            except ValueError as exc:
+                raise ValueError(f"--budgets: {exc}") from None
     return out
 
 

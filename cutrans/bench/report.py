@@ -91,8 +91,6 @@ def format_table(run: dict, env: dict | None = None) -> str:
     for r in run["results"]:
         if r["status"] != "ok":
             msg = r.get("message", r["status"])
-            if r["status"] == "does-not-fit":
-                msg = f"does not fit: needs ~{r['needs_bytes'] / 1e9:.3g} GB"
             lines.append(f"{r['label']:<30} {msg}")
             continue
         lines.append(
@@ -124,7 +122,9 @@ def _verdict(run) -> str:
         out = ""
     if not run.get("cutrans_measured", True):
         out += "no cutrans row was measured (see the table); "
-    if run["all_agree"]:
+    if not any(r["status"] == "ok" for r in run["results"]):
+        out += "nothing was measured"
+    elif run["all_agree"]:
         out += ("all measured methods agree" if out else "all methods agree")
     elif run.get("cutrans_agree", False):
         out += ("cutrans agrees; a third-party method is less exact than the rule allows "

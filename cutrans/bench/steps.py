@@ -314,9 +314,10 @@ def _roof(method, x, dtype, device):
     dtype (half types: float32 accumulation inside the GEMM); with several chunks each
     chunk's dW lands in the same buffer (the accumulation, V*H adds per chunk, is left out,
     and no elementwise half-precision kernel is needed). H and V are rounded up to multiples
-    of 8 (zero padding; no bias column), as the fused op pads its GEMMs: 16-byte extents and leading dimensions
-    for 16-bit types, which cuBLAS's fast tensor-core kernels need (V=500 is not), so the
-    roof is the best time of these products, not a misaligned one."""
+    of 8 (W's padding zero; h's and z's padded columns random, which does not change the
+    timing; no bias column), as the fused op pads its GEMMs: 16-byte extents and leading
+    dimensions for 16-bit types, which cuBLAS's fast tensor-core kernels need (V=500 is
+    not), so the roof is the best time of these products, not a misaligned one."""
     xp = _xp(device)
     sizes = _sizes(x)
     H0, V0, R = sizes["hidden"], sizes["vocab"], sizes["packed_rows"]

@@ -88,14 +88,13 @@ def cache_dir() -> Path:
     """The module cache: ``$CUTRANS_EMU_CACHE`` (``~`` expanded, made absolute) or
     ``~/.cache/cutrans/emu``; BuildError when it cannot be created."""
     env = os.environ.get("CUTRANS_EMU_CACHE")
-    d = env or os.path.join(os.path.expanduser("~"), ".cache", "cutrans", "emu")
-    p = Path(d).expanduser().resolve()
-    try:
+    try:  # expanduser: RuntimeError without $HOME and a passwd entry (containers)
+        p = Path(env or "~/.cache/cutrans/emu").expanduser().resolve()
         p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BuildError(f"the emulated modules' cache folder {p} cannot be created ({e}): set "
-                         f"CUTRANS_EMU_CACHE to a writable folder"
-                         + ("" if env else " (default ~/.cache/cutrans/emu)")) from None
+    except (OSError, RuntimeError) as e:
+        raise BuildError(f"the emulated modules' cache folder {env or '~/.cache/cutrans/emu'} "
+                         f"cannot be created ({e}): set CUTRANS_EMU_CACHE to a writable folder"
+                         + ("" if env else " (the default is ~/.cache/cutrans/emu)")) from None
     return p
 
 
@@ -109,7 +108,7 @@ def compiler() -> tuple[str, str]:
     cxx = os.environ.get("CXX") or shutil.which("g++")
     if not cxx:
         raise BuildError("g++ not found: the CPU emulation needs a C++20 compiler (set $CXX)")
-    argv = shlex.split(cxx)
+    argv = compiler_argv(cxx)
     try:
         r = subprocess.run([*argv, "--version"], capture_output=True, text=True, env=compiler_env(),
                            timeout=COMPILER_TIMEOUT_S)
@@ -125,9 +124,11 @@ def compiler() -> tuple[str, str]:
     return cxx, (ver[0] if ver else "?")
 
 
-def compiler_argv() -> list[str]:
-    """``compiler()``'s command as an argument list."""
-    return shlex.split(compiler()[0])
+def compiler_argv(cxx: str | None = None) -> list[str]:
+    """``compiler()``'s command (or ``cxx``) as an argument list: ``$CXX`` is split like a
+    shell command; a path found on PATH is one word (it may contain spaces)."""
+    cxx = compiler()[0] if cxx is None else cxx
+    return shlex.split(cxx) if cxx == os.environ.get("CXX") else [cxx]
 
 
 def links_libstdcxx_statically(lib: Elf) -> bool:

@@ -43,6 +43,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .._dtypes import DTYPES
+from .._fused import round8
+
 # ------------------------------------------------------------------ the device
 SMS = 132  # H100 SXM5 (80GB HBM3): 132 SMs -- NVIDIA's datasheet (not measured)
 MAX_THREADS_PER_SM = 2048  # sm_90 limits -- CUDA programming guide (not measured)
@@ -127,25 +130,33 @@ def resident_blocks(block: int) -> int:
     return SMS * min(MAX_BLOCKS_PER_SM, MAX_THREADS_PER_SM // max(1, block))
 
 
+def aligned16(*nbytes: int) -> bool:
+    """Every extent or leading dimension (in bytes) a multiple of 16: the 16-bit GEMMs'
+    aligned rate applies."""
+    return all(n % 16 == 0 for n in nbytes)
+
+
+def _rate_key(in_dtype: str, out_dtype: str, tf32: bool, aligned: bool):
+    """``"aligned"`` (the aligned 16-bit rate) or the ``GEMM_RATES`` key of a GEMM."""
+    if aligned and in_dtype in HALF_TYPES:
+        return "aligned"
+    key = (in_dtype, out_dtype, bool(tf32) and in_dtype == "float32")
+    return key if key in GEMM_RATES else (in_dtype, in_dtype, key[2])
+
+
 def gemm_rate(in_dtype: str, out_dtype: str, tf32: bool, aligned: bool = False) -> float:
     """FLOP/s of a GEMM; ``aligned``: every operand's contiguous extent and leading
     dimension a multiple of 16 bytes (matters for 16-bit inputs only)."""
-    if aligned and in_dtype in HALF_TYPES:
-        return ALIGNED_16BIT_RATE
-    key = (in_dtype, out_dtype, bool(tf32) and in_dtype == "float32")
-    if key not in GEMM_RATES:
-        key = (in_dtype, in_dtype, key[2])
-    return GEMM_RATES[key]
+    key = _rate_key(in_dtype, out_dtype, tf32, aligned)
+    return ALIGNED_16BIT_RATE if key == "aligned" else GEMM_RATES[key]
 
 
 def gemm_rate_source(in_dtype: str, out_dtype: str, tf32: bool, aligned: bool) -> str:
     """Where ``gemm_rate``'s figure for these arguments comes from (for the report)."""
-    if aligned and in_dtype in HALF_TYPES:
+    key = _rate_key(in_dtype, out_dtype, tf32, aligned)
+    if key == "aligned":
         return ("measured on the headline's aligned GEMMs (run D); assumed for other "
                 "aligned shapes")
-    key = (in_dtype, out_dtype, bool(tf32) and in_dtype == "float32")
-    if key not in GEMM_RATES:
-        key = (in_dtype, in_dtype, key[2])
     if key in UNMEASURED_RATES:
         return "NOT MEASURED (assumed)"
     return "measured (GPU-FINDINGS, V=500)"
@@ -207,10 +218,7 @@ def gemm_roof(rows: int, hidden: int, vocab: int, dtype: str, tf32: bool = False
     ``padded``: H and V rounded up to multiples of 8, as the bench's roof runs them (16-bit:
     the aligned rate); False: the unpadded, contiguous GEMMs the bench ran before."""
     if padded:
-        hidden, vocab = -(-hidden // 8) * 8, -(-vocab // 8) * 8
-    size = _ITEMSIZE.get(dtype, 4)
-    aligned = hidden * size % 16 == 0 and vocab * size % 16 == 0
-    return 3 * 2 * rows * hidden * vocab / gemm_rate(dtype, dtype, tf32, aligned)
-
-
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+        hidden, vocab = round8(hidden), round8(vocab)
+    size = DTYPES[dtype].itemsize
+    return 3 * 2 * rows * hidden * vocab / gemm_rate(dtype, dtype, tf32,
+                                                     aligned16(hidden * size, vocab * size))

@@ -45,6 +45,7 @@ from .. import _kernels
 from .._dtypes import dtype_name
 from .._plan import RowPlan
 from ..backends.kernel_backend import KernelBackend
+from .model import aligned16
 
 
 def _aligned16(x) -> bool:
@@ -52,7 +53,7 @@ def _aligned16(x) -> bool:
     extent and leading dimension are multiples of 16 bytes."""
     s0, s1 = x.strides
     extent, ld = (x.shape[1], s0) if s1 == x.itemsize else (x.shape[0], s1)
-    return extent * x.itemsize % 16 == 0 and ld % 16 == 0
+    return aligned16(extent * x.itemsize, ld)
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from ..bench.measure import parse_bytes
+from ..bench.cli import check_output_path, nonneg_int, positive_size
 from . import model, replay
 from .dryrun import DEFAULT_BUDGET, PATHS, PROFILED_WORKLOAD, dry_run, get_shape, workload_names
 from .model import SYNC_KINDS
@@ -233,37 +233,19 @@ def constants() -> dict:
 
 
 # ------------------------------------------------------------------ CLI
-def _budget(text: str) -> int:
-    try:
-        n = parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
-    return n
-
-
-def _count(text: str) -> int:
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
-    return n
-
-
-# options that only describe one --workload configuration: flag -> default
-_CONFIG_OPTIONS = {"dtype": "float32", "allow_tf32": False, "sample_wise": False,
-                   "pipeline": False, "path": "one-pass", "seed": 0, "launches": 0}
+# options that only describe one --workload configuration
+_CONFIG_OPTIONS = ("dtype", "allow_tf32", "sample_wise", "pipeline", "path", "seed", "launches")
 
 
 def _check_options(p, args) -> None:
     """Usage errors for options the chosen mode would ignore or mislabel."""
-    from ..bench.cli import check_output_path
-
     if args.workload is None:
-        unused = [f"--{k.replace('_', '-')}" for k, d in _CONFIG_OPTIONS.items()
-                  if getattr(args, k) != d]
+        unused = [f"--{k.replace('_', '-')}" for k in _CONFIG_OPTIONS
+                  if getattr(args, k) != p.get_default(k)]
         if unused:
             p.error(f"{', '.join(unused)}: describe one configuration; add --workload")
+        if args.validate and args.budget != p.get_default("budget"):
+            p.error("--budget: the validation gate replays a fixed schedule; drop --validate")
     elif args.validate:
         p.error("--validate: runs the validation gate only; drop --workload")
     if args.allow_tf32 and args.dtype != "float32":
@@ -289,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "targets of BENCHMARKS.md)")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--allow-tf32", action="store_true", help="float32 GEMMs on TF32")
-    p.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET,
+    p.add_argument("--budget", type=positive_size, default=DEFAULT_BUDGET,
                    help="max_workspace_bytes, e.g. 512M (default 512 MiB)")
     p.add_argument("--sample-wise", action="store_true")
     p.add_argument("--pipeline", action="store_true",
@@ -300,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reduction none (forward + backward); logits: rnnt_loss on packed "
                         "logits")
     p.add_argument("--seed", type=int, default=0, help="length draw of bench workloads")
-    p.add_argument("--launches", type=_count, default=0, metavar="N",
+    p.add_argument("--launches", type=nonneg_int, default=0, metavar="N",
                    help="also list the first N launches")
     p.add_argument("--validate", action="store_true",
                    help="only the validation gate (replay of 5684109 vs its profile)")
@@ -331,7 +313,10 @@ def main(argv=None) -> int:
               f"{hc['gemm_share_measured']:.0%} measured, cupy_sum {hc['cupy_sum_share']:.0%} "
               f"modelled vs {hc['cupy_sum_share_measured']:.0%} measured (B=64 slice)")
         if not args.validate:
-            results = run_targets(args.budget)
+            try:
+                results = run_targets(args.budget)
+            except ValueError as exc:  # e.g. a budget below one lattice row
+                parser.error(str(exc))
             doc["targets"] = results
             print(f"\nCurrent code, modelled H100, vs the targets (budget {args.budget:,} B)")
             print(format_targets(results))

@@ -92,6 +92,9 @@ def test_other_options():
     (["--accuracy-only", "--plot", "p.png"], "--plot: plots timings and memory"),
     (["--json", "/nonexistent-folder/x.json"], "--json: folder /nonexistent-folder does not"),
     (["--json", "."], "--json: . is a folder"),
+    (["--json", ""], "--json: empty file name"),
+    (["--timeout", "0"], "expected a positive number"),
+    (["--memory-limit", "0"], "expected a positive size"),
 ])
 def test_bad_options_exit_2_with_a_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
@@ -177,3 +180,12 @@ def test_cuda_paths_without_a_gpu():
         mp.undo()
     assert calls == [lin.COMPUTE_TYPE_TF32, lin.COMPUTE_TYPE_DEFAULT,
                      lin.COMPUTE_TYPE_DEFAULT, lin.COMPUTE_TYPE_DEFAULT]
+
+
+def test_output_paths_that_can_be_written_pass(tmp_path):
+    """An existing writable file (its folder need not be writable), a new file in a writable
+    folder, /dev/null."""
+    existing = tmp_path / "old.json"
+    existing.write_text("{}")
+    for path in (str(existing), str(tmp_path / "new.json"), "/dev/null"):
+        cli.check_output_path("--json", path)

@@ -170,6 +170,7 @@ def test_does_not_fit_is_reported_not_run(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.count("does not fit: needs ~") >= 4 and "torch batched (slice only)" in out
     assert "no cutrans row was measured" in out and "all methods agree" not in out
+    assert "nothing was measured" in out  # not even the baselines (slice only)
 
 
 @needs("torch")  # the batched baseline rows

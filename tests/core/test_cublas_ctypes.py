@@ -24,7 +24,7 @@ SOURCE = Path(__file__).with_name("fake_cublas.cpp")
 @pytest.fixture(scope="module")
 def fake_path(tmp_path_factory):
     lib = tmp_path_factory.mktemp("fake_cublas") / "libcublas.so.99"
-    r = subprocess.run([_build.compiler()[0], "-O1", "-fPIC", "-shared", str(SOURCE), "-o",
+    r = subprocess.run([*_build.compiler_argv(), "-O1", "-fPIC", "-shared", str(SOURCE), "-o",
                         str(lib)], capture_output=True, text=True, env=_build.compiler_env())
     assert r.returncode == 0, r.stderr
     return str(lib)
@@ -180,7 +180,7 @@ def test_a_library_without_the_functions_is_refused(tmp_path):
     empty = tmp_path / "libempty.so"
     src = tmp_path / "empty.cpp"
     src.write_text("extern \"C\" int nothing() { return 0; }\n")
-    subprocess.run([_build.compiler()[0], "-fPIC", "-shared", str(src), "-o", str(empty)],
+    subprocess.run([*_build.compiler_argv(), "-fPIC", "-shared", str(src), "-o", str(empty)],
                    check=True, env=_build.compiler_env())
     with pytest.raises(_cublas_ctypes.CublasError, match="has no cublasCreate_v2 / cublasCreate"):
         _cublas_ctypes.CublasLibrary(str(empty))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -60,11 +61,11 @@ def _describe(r: subprocess.CompletedProcess) -> str:
 
 
 def test_static_libstdcxx_toolchain():
-    cxx = compiler()[0]
+    cxx = shlex.join(_build.compiler_argv())  # $CXX may carry arguments
     root = cache_dir() / f"static-libstdcxx-{hashlib.sha256(cxx.encode()).hexdigest()[:12]}"
     root.mkdir(exist_ok=True)
     wrapper = root / "g++"
-    text = f'#!/bin/sh\nexec "{cxx}" "$@" -static-libstdc++\n'
+    text = f'#!/bin/sh\nexec {cxx} "$@" -static-libstdc++\n'
     if not wrapper.exists() or wrapper.read_text() != text:
         tmp = root / f".g++.{os.getpid()}"
         tmp.write_text(text)
@@ -238,6 +239,13 @@ def test_cache_folder_paths(monkeypatch, tmp_path):
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("CUTRANS_EMU_CACHE", str(tmp_path / "file" / "emu"))
     with pytest.raises(BuildError, match="CUTRANS_EMU_CACHE to a writable folder"):
+        cache_dir()
+    # no $HOME and no passwd entry (containers): pathlib raises RuntimeError
+    def no_home(self):
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.delenv("CUTRANS_EMU_CACHE")
+    monkeypatch.setattr(Path, "expanduser", no_home)
+    with pytest.raises(BuildError, match="the default is ~/.cache/cutrans/emu"):
         cache_dir()
 
 
