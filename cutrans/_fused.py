@@ -166,6 +166,20 @@ def workspace_bytes(enc, pred, weight, rows_per_chunk: int = 1, topo=None) -> in
     return rows_per_chunk * per_row + Vp * Hp * s + fixed_bytes(f, True, True)
 
 
+def check_least_workspace(budget: int, enc, pred, weight) -> None:
+    """ValueError when ``budget`` cannot hold one row on any path (the two-pass state, no
+    gradient buffers): what adapters that run the op later (JAX) check at the call. Each
+    path still checks its own, larger minimum when it runs."""
+    f = FusedInputs(enc, pred, weight, None, 0, Topology(), 0.0, 0.0)
+    _, _, Hp, Vp = f.sizes
+    s = np.dtype(enc.dtype).itemsize
+    c = np.dtype(compute_dtype(enc.dtype)).itemsize
+    least = (Hp + Vp) * s + _floats(TWO_PASS_STATE) * c + Vp * Hp * s
+    if budget < least:
+        raise ValueError(f"max_workspace_bytes={budget} is too small: one row of the lattice "
+                         f"needs at least {least} bytes of workspace")
+
+
 def fixed_bytes(f: FusedInputs, need_w: bool, need_h: bool) -> int:
     """Bytes of the backward's fixed buffers: dW|db accumulator, split-sample accumulators."""
     H, _, Hp, Vp = f.sizes

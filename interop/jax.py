@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cutrans import _validate as _v
+from cutrans._fused import check_least_workspace
 from cutrans._topology import decode_variant, encode_variant
 from cutrans.api import (DEFAULT_WORKSPACE_BYTES, common_scalars, reduced_grad_factors,
                          variant_args)
@@ -297,6 +298,7 @@ def transducer_loss(enc, pred, weight, bias, targets, enc_lengths, target_length
                                     sigma, omega))
     p = _FusedParams(activation, *scalars, _v.check_workspace(max_workspace_bytes),
                      _v.check_bool("sample_wise", sample_wise))
+    check_least_workspace(p.max_workspace_bytes, enc, pred, weight)  # now, not when it runs
     args = (enc, pred, weight, bias, targets, enc_lengths, target_lengths, p)
     if reduction == "none":
         return _fused(*args)

@@ -393,3 +393,30 @@ def test_16_bit_scale_temporary_is_one_float32_piece(monkeypatch):
     finally:
         tracemalloc.stop()
     assert (1 << 18) * 4 <= peak < (1 << 18) * 4 * 1.5, peak
+
+
+def test_least_workspace_is_below_every_paths_minimum():
+    """check_least_workspace (the adapters' early check) never refuses a budget that a path
+    accepts, and is within a few bytes per row of the smallest of them."""
+    from cutrans._fused import check_least_workspace
+    rng = np.random.default_rng(13)
+    case = fused_case(rng, 2, 3, 2, 13, 5, dtype=np.float32)
+
+    def least(accepts):
+        lo, hi = 1, workspace_bytes(*case[:3])
+        while lo < hi:
+            mid = (lo + hi) // 2
+            try:
+                accepts(mid)
+                hi = mid
+            except ValueError:
+                lo = mid + 1
+        return lo
+    early = least(lambda b: check_least_workspace(b, *case[:3]))
+    paths = [least(lambda b: cutrans.transducer_forward(*case, max_workspace_bytes=b,
+                                                        need_grad=False)),
+             least(lambda b: cutrans.transducer_forward(*case, max_workspace_bytes=b)),
+             least(lambda b: cutrans.transducer_loss(*case, max_workspace_bytes=b))]
+    assert early <= min(paths) <= early + 8  # a float of state per row at most
+    with pytest.raises(ValueError, match=f"max_workspace_bytes={early - 1} is too small"):
+        check_least_workspace(early - 1, *case[:3])

@@ -128,6 +128,10 @@ def test_eager_errors_are_python_exceptions():
         cj.transducer_loss(case[0], case[1], case[2].astype(np.float32), *case[3:])
     with pytest.raises(ValueError, match=r"activation: expected one of"):
         cj.transducer_loss(*case, activation="gelu")
+    # a budget below one row on every path: at the call, also under jit (static shapes)
+    with pytest.raises(ValueError, match=r"max_workspace_bytes=100 is too small: one row of "
+                                         r"the lattice needs at least \d+ bytes"):
+        jax.jit(lambda *a: cj.transducer_loss(*a, max_workspace_bytes=100))(*case)
 
 
 def test_jit_value_errors_surface_with_the_message():
