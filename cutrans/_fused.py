@@ -137,12 +137,7 @@ def make_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
                   state: dict, fixed_extra: int, sets: int = 1) -> Schedule:
     """Groups and chunks whose workspace fits ``budget`` bytes (see the module docstring)
     ``sets`` times (the pipelined one pass: 2)."""
-    H, V, Hp, Vp = f.sizes
-    s = np.dtype(f.enc.dtype).itemsize
-    c = np.dtype(compute_dtype(f.enc.dtype)).itemsize
-    state_row = max(1, _floats(state)) * c * sets
-    per_row = (Hp + Vp) * s * sets + state_row
-    fixed = Vp * Hp * s + fixed_extra
+    per_row, fixed, state_row = workspace_rule(f, state, fixed_extra, sets)
     rows = rows_per_chunk(budget, per_row, fixed, plan.rows)
     state_rows = rows
     if plan.max_sample_rows > rows:  # split groups: a quarter of the budget for their state
@@ -153,17 +148,26 @@ def make_schedule(f: FusedInputs, plan: RowPlan, budget: int, sample_wise: bool,
                     max((g.rows for g in groups), default=1))
 
 
+def workspace_rule(f: FusedInputs, state: dict, fixed_extra: int,
+                   sets: int = 1) -> tuple[int, int, int]:
+    """``(bytes per chunk row, fixed bytes, state bytes per row)`` of a workspace with
+    ``state`` per row and ``sets`` sets (module docstring): h and z rows in the storage
+    dtype, the state in the compute dtype, W_aug plus ``fixed_extra``."""
+    _, _, Hp, Vp = f.sizes
+    s = np.dtype(f.enc.dtype).itemsize
+    c = np.dtype(compute_dtype(f.enc.dtype)).itemsize
+    state_row = max(1, _floats(state)) * c * sets
+    return (Hp + Vp) * s * sets + state_row, Vp * Hp * s + fixed_extra, state_row
+
+
 def workspace_bytes(enc, pred, weight, rows_per_chunk: int = 1, topo=None) -> int:
     """A ``max_workspace_bytes`` whose chunks hold ``rows_per_chunk`` rows on every path
     (one row: the smallest legal budget) for ``topo`` (default: the standard RNN-T).
     Arrays or anything with ``shape``/``dtype``."""
     topo = topo or Topology()
     f = FusedInputs(enc, pred, weight, None, 0, topo, 0.0, 0.0)
-    H, V, Hp, Vp = f.sizes
-    s = np.dtype(enc.dtype).itemsize
-    c = np.dtype(compute_dtype(enc.dtype)).itemsize
-    per_row = (Hp + Vp) * s + _floats(one_pass_state(topo)) * c
-    return rows_per_chunk * per_row + Vp * Hp * s + fixed_bytes(f, True, True)
+    per_row, fixed, _ = workspace_rule(f, one_pass_state(topo), fixed_bytes(f, True, True))
+    return rows_per_chunk * per_row + fixed
 
 
 def check_least_workspace(budget: int, enc, pred, weight) -> None:
@@ -171,10 +175,8 @@ def check_least_workspace(budget: int, enc, pred, weight) -> None:
     gradient buffers): what adapters that run the op later (JAX) check at the call. Each
     path still checks its own, larger minimum when it runs."""
     f = FusedInputs(enc, pred, weight, None, 0, Topology(), 0.0, 0.0)
-    _, _, Hp, Vp = f.sizes
-    s = np.dtype(enc.dtype).itemsize
-    c = np.dtype(compute_dtype(enc.dtype)).itemsize
-    least = (Hp + Vp) * s + _floats(TWO_PASS_STATE) * c + Vp * Hp * s
+    per_row, fixed, _ = workspace_rule(f, TWO_PASS_STATE, 0)
+    least = per_row + fixed
     if budget < least:
         raise ValueError(f"max_workspace_bytes={budget} is too small: one row of the lattice "
                          f"needs at least {least} bytes of workspace")

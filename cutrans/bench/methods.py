@@ -165,7 +165,7 @@ def missing_dependency(method: Method, device: str) -> str | None:
 
 
 # ------------------------------------------------------------------ estimates
-def workspace_rule(sizes: dict, dtype: str) -> tuple[int, int]:
+def fused_workspace_rule(sizes: dict, dtype: str) -> tuple[int, int]:
     """``(bytes per chunk row, fixed bytes)`` of the fused op's workspace, from its own rule
     (``cutrans._fused.workspace_bytes``: per-row h and z and the one-pass state; the (Vp, Hp)
     weight copy and dW accumulator, 16-bit inputs' per-sample accumulators)."""
@@ -185,7 +185,7 @@ def workspace_rule(sizes: dict, dtype: str) -> tuple[int, int]:
 def fused_chunk(sizes: dict, method: Method, dtype: str) -> tuple[int, int]:
     """``(rows of the largest chunk, max_workspace_bytes)`` of this method's fused call.
     Sample-wise: a budget of exactly the longest sample, so every chunk is one sample."""
-    per_row, fixed = workspace_rule(sizes, dtype)
+    per_row, fixed = fused_workspace_rule(sizes, dtype)
     if method.sample_wise:
         rows = sizes["max_sample_rows"]
         return rows, fixed + rows * per_row
@@ -219,7 +219,7 @@ def estimate_bytes(method: Method, sizes: dict, dtype: str, device: str = "cpu")
         call, setup = SLACK, inputs + (n * (2 * Hr + Vr) + 2 * Vr * Hr) * st
     elif method.family == "fused":  # one pass: the workspace (<= the budget) + gradients
         n, budget = fused_chunk(sizes, method, dtype)
-        per_row, fixed = workspace_rule(sizes, dtype)
+        per_row, fixed = fused_workspace_rule(sizes, dtype)
         work = min(budget, fixed + n * per_row)
         grads = (B * T * H + B * (U + 1) * H + V * H + V) * s
         call, setup = work + grads + 64 * B + SLACK, inputs  # + the plan: O(B)

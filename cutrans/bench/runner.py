@@ -23,7 +23,7 @@ import numpy as np
 
 from . import accuracy, measure
 from .methods import (CUTRANS_FAMILIES, HALF, Method, estimate_bytes, fits, fused_chunk,
-                      missing_dependency, workspace_rule)
+                      fused_workspace_rule, missing_dependency)
 from .worker import RESULT_TAG, run_spec
 
 #: relative tolerance of the full-size loss cross-check (information only), per dtype
@@ -172,7 +172,7 @@ def _run_method(i, m, methods, sizes, available, spec0, settings) -> dict:
     if why:
         row.update(status="not-installed", message=why)
     elif m.family == "fused" and row["chunk_rows"] == 0:
-        per_row, fixed = workspace_rule(sizes, settings.dtype)
+        per_row, fixed = fused_workspace_rule(sizes, settings.dtype)
         least = per_row + fixed
         row.update(status="not-applicable",
                    message=f"budget below one lattice row + the fixed W and dW buffers "
