@@ -126,8 +126,8 @@ def test_jax_matches_core(name, x64):
         loss, grads = jax.jit(jax.value_and_grad(h, argnums=(0, 1, 2, 3)))(
             *map(jnp.asarray, (enc, pred, weight, bias)))
         assert_close(np.asarray(loss), out.loss, "fused", "float64", "loss")
-        for name, g, r in zip(("enc", "pred", "weight", "bias"), grads, out.grads):
-            assert_close(np.asarray(g), r, "fused", "float64", name)
+        for quantity, g, r in zip(("enc", "pred", "weight", "bias"), grads, out.grads):
+            assert_close(np.asarray(g), r, "fused", "float64", quantity)
 
 
 @pytest.mark.parametrize("bad", [dict(variant="bogus"), dict(variant="tdt"), dict(sigma=0.1),
