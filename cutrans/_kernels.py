@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from ._dtypes import DTYPES
 
 BLOCKS = (32, 128, 256)  # threads per block of the block-sized kernel templates
-JOINT_BACKWARD_BLOCKS = (32, 64, 128, 256)  # theirs: a thread per 16-byte word of H
+JOINT_BACKWARD_BLOCK = 256  # threads per block of joint_backward_*: groups of `lanes` threads
+JOINT_BACKWARD_LANES = (32, 64, 128, 256)  # threads per row: one per 16-byte word of H
 ROW_BLOCK = 256  # threads per block of the row-wise kernels (kRowBlock in common.cuh)
 ROW_TPR = (32, ROW_BLOCK)  # their template: threads per row (a warp, or the whole block)
 STORAGE = ("float16", "bfloat16", "float32", "float64")  # storage dtypes (all of DTYPES)
@@ -84,11 +85,14 @@ KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
     KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0,
                blocks=ROW_TPR),
     # a 16-byte word per thread, four rows' words in flight: 8 accumulators per row for
-    # 16-bit types (sm_90: 126 / 164 registers, no spills; occupancy is not their limit)
-    KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=136,
-               max_shared_bytes=0, blocks=JOINT_BACKWARD_BLOCKS),
-    KernelSpec("joint_backward_pred", "joint.cu", _STORAGE_OUT, max_registers=176,
-               max_shared_bytes=0, blocks=JOINT_BACKWARD_BLOCKS),
+    # 16-bit types; __launch_bounds__(256, 2): at most 128 registers (sm_70-sm_90: 110-128,
+    # no spills); shared memory: the partial sums of the block's groups (BLOCK x 8 floats)
+    KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=128,
+               max_shared_bytes=JOINT_BACKWARD_BLOCK * 8 * 4,
+               blocks=(JOINT_BACKWARD_BLOCK,)),
+    KernelSpec("joint_backward_pred", "joint.cu", _STORAGE_OUT, max_registers=128,
+               max_shared_bytes=JOINT_BACKWARD_BLOCK * 8 * 4,
+               blocks=(JOINT_BACKWARD_BLOCK,)),
 )}
 
 
@@ -114,12 +118,15 @@ def lattice_block(max_diag: int) -> int:
     return next((b for b in BLOCKS if max_diag <= b), BLOCKS[-1])
 
 
-def joint_backward_block(H: int, itemsize: int) -> int:
-    """Threads per block of ``joint_backward_*``: a thread per 16-byte word of a row of H
-    elements (``joint_grad_sums``; per element for float64 or H not a multiple of a word)."""
+def joint_backward_lanes(H: int, itemsize: int) -> int:
+    """Threads per row of ``joint_backward_*`` (``joint_grad_sums``): a thread per 16-byte
+    word of a row of H elements (per element for float64 or H not a multiple of a word),
+    rounded up to a power of two; the block's ``JOINT_BACKWARD_BLOCK // lanes`` groups of
+    lanes split the rows of a sum between them (a function of H and the dtype only: the
+    order of the sums, hence the bits, do not depend on the batch)."""
     n = 16 // itemsize if itemsize < 8 and H % (16 // itemsize) == 0 else 1
     words = H // n
-    return next((b for b in JOINT_BACKWARD_BLOCKS if words <= b), JOINT_BACKWARD_BLOCKS[-1])
+    return next((b for b in JOINT_BACKWARD_LANES if words <= b), JOINT_BACKWARD_LANES[-1])
 
 
 LATTICE_SHARED_BYTES = 48 * 1024 - 256  # dynamic shared memory of a lattice block, at most

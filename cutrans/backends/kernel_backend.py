@@ -146,7 +146,8 @@ class KernelBackend:
                        accumulate=False):
         H = int(enc.shape[-1])
         T, xp = dtype_name(enc.dtype), self.xp
-        block = _kernels.joint_backward_block(H, enc.dtype.itemsize)
+        block = _kernels.JOINT_BACKWARD_BLOCK
+        lanes = _i32(_kernels.joint_backward_lanes(H, enc.dtype.itemsize))
         common = (_ptr(dh, xp), _i64(dh.shape[1]), _ptr(enc, xp), _ptr(pred, xp), plan.offsets)
         rows = (_i64(chunk.row0), _i64(chunk.n))
         if d_enc is not None:
@@ -155,14 +156,14 @@ class KernelBackend:
                 *common, plan.frame_offsets, plan.target_len, _i32(plan.batch), *rows,
                 _i64(chunk.f0), _i64(chunk.n_frames), _i32(H), _i64(enc.shape[1]),
                 _i64(pred.shape[1]), _i32(activation), _ptr(d_enc, xp), _i32(out_b0),
-                _i64(d_enc.shape[1]), _i32(bool(accumulate))))
+                _i64(d_enc.shape[1]), _i32(bool(accumulate)), lanes))
         if d_pred is not None:
             self.provider.launch("joint_backward_pred", (T, dtype_name(d_pred.dtype)), block,
                                  chunk.n_slots, (
                 *common, plan.label_offsets, plan.logit_len, plan.target_len,
                 _i32(plan.batch), *rows, _i64(chunk.l0), _i64(chunk.n_slots), _i32(H),
                 _i64(enc.shape[1]), _i64(pred.shape[1]), _i32(activation), _ptr(d_pred, xp),
-                _i32(out_b0), _i64(d_pred.shape[1]), _i32(bool(accumulate))))
+                _i32(out_b0), _i64(d_pred.shape[1]), _i32(bool(accumulate)), lanes))
 
     # ---------------------------------------------------------------- GEMM
     def gemm(self, a, b, out, accumulate=False, tf32=False):

@@ -1,7 +1,7 @@
 """The recording backend: what a call would launch on a GPU, without computing anything.
 
 ``RecordingBackend`` is ``backends.kernel_backend.KernelBackend`` itself (same ops, same
-block choices (``_kernels.pick_block``, ``lattice_block``, ``joint_backward_block``), same
+block choices (``_kernels.pick_block``, ``lattice_block``, ``JOINT_BACKWARD_BLOCK``), same
 grid sizes: rows, ``chunk.n_frames``, ``chunk.n_slots``, samples; grids clamped to
 ``_kernels.MAX_GRID`` as ``_Provider.launch`` does) over a ``RecordingProvider`` that
 records each launch instead of running it, on NumPy arrays (``xp`` = numpy). Each op then

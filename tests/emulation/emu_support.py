@@ -67,6 +67,13 @@ def _load_base(path: str) -> int:
     return min(starts)
 
 
+def library_owners() -> tuple[str, ...]:
+    """The kernel templates of the registry (``_kernels.KERNELS``): the functions whose static
+    ``__shared__`` arrays the library's modules may record."""
+    from cutrans import _kernels
+    return tuple(sorted({spec.template for spec in _kernels.KERNELS.values()}))
+
+
 def assert_ranges_writable(mod, owners: tuple[str, ...]) -> None:
     """Every recorded static ``__shared__`` range of ``mod`` is the ``cutrans_shared`` section or a
     static of one of the functions ``owners``; each lies in writable, non-TLS sections of the .so

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from emu_support import KERNELS, assert_ranges_writable, check_poison_kinds, names, source
+from emu_support import (KERNELS, assert_ranges_writable, check_poison_kinds, library_owners,
+                         names, source)
 from cutrans.emulation import EmulatedModule, EmulationError, _build
 from cutrans.emulation._elf import Elf
 from cutrans.emulation._static_shared import SharedRange
-
-LIBRARY_OWNERS = ("row_stats", "row_grad", "lattice", "lattice_arcs", "joint_forward", "joint_backward_enc",
-                  "joint_backward_pred")
 
 
 @pytest.mark.parametrize("mode", ["fiber", "thread"])
@@ -26,7 +24,7 @@ def test_recorded_ranges_are_writable_and_not_tls(emu):
     from cutrans import _kernels
     provider = _kernels.EmulatedProvider()
     for source_name in _kernels.sources():
-        assert_ranges_writable(provider._build(source_name), LIBRARY_OWNERS)
+        assert_ranges_writable(provider._build(source_name), library_owners())
     assert_ranges_writable(emu("shared_kinds.cu"), ("poison_kinds", "template_helper"))
     assert_ranges_writable(emu("misc.cu"), ("read_uninit",))
     assert [r.name for r in emu("reduce.cu").shared_ranges] == ["cutrans_shared"]

@@ -91,6 +91,19 @@ def test_joint_backward(emu, err_stats, H, ldh, dtype, out, activation):
         check_joint_backward(emu, case, dtype, H, activation, chunks, err_stats, out, ldh)
 
 
+@pytest.mark.parametrize("dtype", STORAGE)
+@pytest.mark.parametrize("H, ldh", [(16, 24), (200, 208), (600, 608), (200, 202)])
+def test_joint_backward_long_sums(emu, err_stats, H, ldh, dtype):
+    """Sums over tens of rows per output (T, U up to 45, 37), split between the block's
+    groups of threads (256 threads: 8 groups of 32 lanes at H = 16, 1 group of 256 at
+    H = 600 float32), each with several rounds of four rows in flight and a remainder;
+    the per-element path (ldh = H + 2) too."""
+    case = Case(7, 3, 45, 37, 5)
+    assert case.plan.logit_len.max() > 30 and case.plan.target_len.max() > 30
+    for chunks in case.chunkings():
+        check_joint_backward(emu, case, dtype, H, 0, chunks, err_stats, "same", ldh)
+
+
 @pytest.mark.parametrize("dtype", COMPUTE)
 def test_lattice_long(emu, dtype):
     """T = 4000, U = 1000 (4M lattice points, diagonals longer than the block): one sample."""

@@ -116,7 +116,7 @@ def test_one_pass_sequence_per_group(dtype):
     f = _fused.FusedInputs(enc, pred, w, b, 0, Topology(), 0.0, 0.0)
     sched = _fused.make_schedule(f, plan, budget, False, _fused.one_pass_state(Topology()),
                                  _fused.fixed_bytes(f, True, True))
-    hb = _kernels.pick_block(H)
+    jb = _kernels.JOINT_BACKWARD_BLOCK
     lb = _kernels.lattice_block(to_device(plan, targets, np).max_diag)
     rb = _kernels.ROW_BLOCK
 
@@ -129,8 +129,8 @@ def test_one_pass_sequence_per_group(dtype):
     def bwd(c, recompute):
         head = [rows("joint_forward", c, H), ("gemm logits", 0, 0)] if recompute else []
         return head + [rows("row_grad", c, V), ("gemm dW", 0, 0), ("gemm dh", 0, 0),
-                       ("joint_backward_enc", c.n_frames, hb),
-                       ("joint_backward_pred", c.n_slots, hb)]
+                       ("joint_backward_enc", c.n_frames, jb),
+                       ("joint_backward_pred", c.n_slots, jb)]
 
     expected = [("check_targets", len(T_LEN), _kernels.pick_block(int(U_LEN.max())))]
     for g in sched.groups:
