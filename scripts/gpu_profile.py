@@ -11,7 +11,9 @@ B, e.g. 64 of ``paper-headline``'s all-full-length samples; the bench's inputs,
 wall time of 5 calls (host clock around the call and a synchronize) and, from one profiled
 call, the GPU time and launches of every kernel class (cuBLAS GEMMs under one class;
 ``--gemms``: also each GEMM kernel by name) and their sum; wall - GPU is host time (each
-call starts on an idle GPU, so the host work before its first kernel shows).
+call starts on an idle GPU, so the host work before its first kernel shows). The profiled
+call's timeline then says where the GPU was idle (``cutrans.bench.timeline``): before the
+first kernel, between kernels (the largest gaps with their neighbours), after the last.
 ``--lengths``: where the lengths live (default: cuda for ``--checks host``, cpu for
 ``--checks device``, which needs them there); ``--checks device`` reads nothing back, so
 host vs device checks at the same ``--lengths`` is what the host checks' reads cost.
@@ -28,11 +30,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import cutrans
+from cutrans.bench import timeline
 from cutrans.bench.measure import parse_bytes
 from cutrans.bench.workloads import WORKLOADS, make_inputs
 
 
 GEMM = "cuBLAS GEMM"
+SPAN = "cutrans.transducer_loss (profiled call)"
 
 
 def _class(name: str) -> str:
@@ -75,7 +79,8 @@ def main() -> None:
         call()
         walls.append((time.perf_counter() - t0) * 1e3)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        call()
+        with torch.profiler.record_function(SPAN):
+            call()
     per = defaultdict(lambda: [0.0, 0])
     gemms = defaultdict(lambda: [0.0, 0])
     for e in prof.key_averages():
@@ -99,6 +104,11 @@ def main() -> None:
     if args.gemms:
         for name, (us, n) in sorted(gemms.items(), key=lambda kv: -kv[1][0]):
             print(f"    GEMM {us / 1e3:8.3f} ms {n:5d}x  {name[:150]}")
+    try:
+        span, acts = timeline.from_profiler_events(prof.events(), SPAN)
+        print(timeline.format_report(timeline.idle_report(span, acts), _class))
+    except (AttributeError, ValueError) as e:  # a torch whose events lack time ranges
+        print(f"  GPU idle: not available from this profiler ({e})")
 
 
 if __name__ == "__main__":
