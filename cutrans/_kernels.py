@@ -85,8 +85,8 @@ KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
     KernelSpec("joint_forward", "joint.cu", _ONE_STORAGE, max_registers=56, max_shared_bytes=0,
                blocks=ROW_TPR),
     # a 16-byte word per thread, four rows' words in flight: 8 accumulators per row for
-    # 16-bit types; __launch_bounds__(256, 2): at most 128 registers (sm_70-sm_90: 110-128,
-    # no spills); shared memory: the partial sums of the block's groups (BLOCK x 8 floats)
+    # 16-bit types; __launch_bounds__(256, 2): at most 128 registers (sm_70-sm_90: 108-128,
+    # float64 72-80, no spills); shared memory: the partial sums of the block's groups (BLOCK x 8 floats)
     KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=128,
                max_shared_bytes=JOINT_BACKWARD_BLOCK * 8 * 4,
                blocks=(JOINT_BACKWARD_BLOCK,)),
@@ -126,7 +126,9 @@ def joint_backward_lanes(H: int, itemsize: int) -> int:
     order of the sums, hence the bits, do not depend on the batch)."""
     n = 16 // itemsize if itemsize < 8 and H % (16 // itemsize) == 0 else 1
     words = H // n
-    return next((b for b in JOINT_BACKWARD_LANES if words <= b), JOINT_BACKWARD_LANES[-1])
+    lanes = next((b for b in JOINT_BACKWARD_LANES if words <= b), JOINT_BACKWARD_LANES[-1])
+    assert JOINT_BACKWARD_BLOCK % lanes == 0, (JOINT_BACKWARD_BLOCK, lanes)
+    return lanes
 
 
 LATTICE_SHARED_BYTES = 48 * 1024 - 256  # dynamic shared memory of a lattice block, at most

@@ -70,7 +70,7 @@ __device__ __forceinline__ C joint_grad_term(C dh, C f, C v, int activation) {
 }
 
 // The S = BLOCK / lanes partial sums of the block's elements, added up in the order s = 0..S-1
-// through shared memory (`part`: BLOCK * N values, [s][lane][e]); thread (s, lane) holds
+// through shared memory (`part`: BLOCK * N values, [s][e][lane]); thread (s, lane) holds
 // its N sums in acc. Returns whether the caller owns the total (s == 0: acc is the total).
 // Every thread of the block calls it the same number of times (two barriers when S > 1).
 template <int N, class C>
@@ -79,13 +79,13 @@ __device__ __forceinline__ bool add_partials(C (&acc)[N], C* part, int s, int la
   if (S == 1) return true;
   __syncthreads();  // the previous round's reads of part are done
 #pragma unroll
-  for (int e = 0; e < N; ++e) part[(s * lanes + lane) * N + e] = acc[e];
+  for (int e = 0; e < N; ++e) part[(s * N + e) * lanes + lane] = acc[e];
   __syncthreads();
   if (s != 0) return false;
 #pragma unroll
   for (int e = 0; e < N; ++e) {
     C sum = acc[e];
-    for (int j = 1; j < S; ++j) sum += part[(j * lanes + lane) * N + e];
+    for (int j = 1; j < S; ++j) sum += part[(j * N + e) * lanes + lane];
     acc[e] = sum;
   }
   return true;

@@ -84,7 +84,7 @@ def main() -> None:
     per = defaultdict(lambda: [0.0, 0])
     gemms = defaultdict(lambda: [0.0, 0])
     for e in prof.key_averages():
-        if str(getattr(e, "device_type", "")).endswith("CUDA"):
+        if timeline.is_gpu_activity(e):  # not the record_function's GPU-side range
             us = getattr(e, "self_device_time_total", None)
             if us is None:
                 us = getattr(e, "self_cuda_time_total", 0.0)

@@ -49,12 +49,12 @@ def idle_report(span: tuple[float, float], activities: list[Activity],
                 top: int = 5) -> IdleReport:
     """The GPU's idle time inside ``span`` = (start, end) given its ``activities`` (any
     order; overlapping ones, e.g. on two streams, count once; parts outside the span are
-    cut off); ``top``: how many of the largest gaps to keep."""
+    cut off; empty ones ignored); ``top``: how many of the largest gaps to keep."""
     lo, hi = span
     if hi < lo:
         raise ValueError(f"span: end {hi} before start {lo}")
     inside = sorted((max(a.start, lo), min(a.end, hi), a.name) for a in activities
-                    if a.end > lo and a.start < hi)
+                    if a.end > lo and a.start < hi and a.end > a.start)
     if not inside:
         return IdleReport(hi - lo, 0.0, hi - lo, 0.0, 0.0, ())
     busy, gaps = 0.0, []
@@ -72,21 +72,29 @@ def idle_report(span: tuple[float, float], activities: list[Activity],
                       hi - cur_end, tuple(gaps[:top]))
 
 
-def _is_gpu(event) -> bool:
+def _is_gpu_event(event) -> bool:
     return str(getattr(event, "device_type", "")).endswith("CUDA")
+
+
+def is_gpu_activity(event) -> bool:
+    """A GPU event of ``torch.profiler`` that is work (a kernel, copy, memset): not the
+    GPU-side copy of a ``record_function`` range (``is_user_annotation``), which spans
+    everything launched inside it."""
+    return _is_gpu_event(event) and not getattr(event, "is_user_annotation", False)
 
 
 def from_profiler_events(events, span_name: str) -> tuple[tuple[float, float], list[Activity]]:
     """(span, activities) from ``torch.profiler``'s ``prof.events()``: the span of the
     host event named ``span_name`` (a ``record_function`` around the call) and every GPU
-    event (its ``time_range``). ValueError if the span is not among the events."""
+    activity (``is_gpu_activity``; its ``time_range``). ValueError if the span is not among
+    the events."""
     span = None
     acts = []
     for e in events:
         r = e.time_range
-        if _is_gpu(e):
+        if is_gpu_activity(e):
             acts.append(Activity(e.name, float(r.start), float(r.end)))
-        elif e.name == span_name and span is None:
+        elif e.name == span_name and span is None and not _is_gpu_event(e):
             span = (float(r.start), float(r.end))
     if span is None:
         raise ValueError(f"span_name: no host event named {span_name!r} in the profile")

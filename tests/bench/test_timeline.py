@@ -53,17 +53,23 @@ def test_gaps_name_their_neighbours_and_overlaps_count_once():
     r = idle_report((0, 120), acts)
     assert {(g.after, g.before) for g in r.gaps} == {("gemm", "lattice"), ("row_grad", "joint")}
     assert idle_report((5, 8), []).before == 3
+    # an empty activity does not split a gap
+    r = idle_report((0, 50), [Activity("a", 0, 10), Activity("empty", 20, 20), Activity("b", 30, 50)])
+    assert [(g.us, g.after, g.before) for g in r.gaps] == [(20, "a", "b")]
     with pytest.raises(ValueError, match="span"):
         idle_report((10, 5), acts)
 
 
-def _event(name, start, end, device):
+def _event(name, start, end, device, annotation=False):
     return SimpleNamespace(name=name, device_type=f"DeviceType.{device}",
-                           time_range=SimpleNamespace(start=start, end=end))
+                           time_range=SimpleNamespace(start=start, end=end),
+                           is_user_annotation=annotation)
 
 
 def test_from_profiler_events_takes_the_span_and_the_gpu_events():
-    events = [_event("aten::empty", 1, 2, "CPU"), _event("call", 5, 100, "CPU"),
+    # on a GPU, the record_function range also appears as a GPU event spanning its work
+    events = [_event("call", 18, 42, "CUDA", annotation=True), _event("aten::empty", 1, 2, "CPU"),
+              _event("call", 5, 100, "CPU"),
               _event("row_stats<float>", 20, 30, "CUDA"), _event("Memcpy DtoH", 40, 41, "CUDA")]
     span, acts = from_profiler_events(events, "call")
     assert span == (5.0, 100.0)
