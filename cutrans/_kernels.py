@@ -28,6 +28,8 @@ from ._dtypes import DTYPES
 BLOCKS = (32, 128, 256)  # threads per block of the block-sized kernel templates
 JOINT_BACKWARD_BLOCK = 256  # threads per block of joint_backward_*: groups of `lanes` threads
 JOINT_BACKWARD_LANES = (32, 64, 128, 256)  # threads per row: one per 16-byte word of H
+# their shared memory: the groups' partial sums, up to 8 float32 values per thread
+JOINT_BACKWARD_SHARED_BYTES = JOINT_BACKWARD_BLOCK * 8 * 4
 ROW_BLOCK = 256  # threads per block of the row-wise kernels (kRowBlock in common.cuh)
 ROW_TPR = (32, ROW_BLOCK)  # their template: threads per row (a warp, or the whole block)
 STORAGE = ("float16", "bfloat16", "float32", "float64")  # storage dtypes (all of DTYPES)
@@ -86,13 +88,11 @@ KERNELS: dict[str, KernelSpec] = {s.template: s for s in (
                blocks=ROW_TPR),
     # a 16-byte word per thread, four rows' words in flight: 8 accumulators per row for
     # 16-bit types; __launch_bounds__(256, 2): at most 128 registers (sm_70-sm_90: 108-128,
-    # float64 72-80, no spills); shared memory: the partial sums of the block's groups (BLOCK x 8 floats)
+    # float64 72-80, no spills)
     KernelSpec("joint_backward_enc", "joint.cu", _STORAGE_OUT, max_registers=128,
-               max_shared_bytes=JOINT_BACKWARD_BLOCK * 8 * 4,
-               blocks=(JOINT_BACKWARD_BLOCK,)),
+               max_shared_bytes=JOINT_BACKWARD_SHARED_BYTES, blocks=(JOINT_BACKWARD_BLOCK,)),
     KernelSpec("joint_backward_pred", "joint.cu", _STORAGE_OUT, max_registers=128,
-               max_shared_bytes=JOINT_BACKWARD_BLOCK * 8 * 4,
-               blocks=(JOINT_BACKWARD_BLOCK,)),
+               max_shared_bytes=JOINT_BACKWARD_SHARED_BYTES, blocks=(JOINT_BACKWARD_BLOCK,)),
 )}
 
 
@@ -126,9 +126,7 @@ def joint_backward_lanes(H: int, itemsize: int) -> int:
     order of the sums, hence the bits, do not depend on the batch)."""
     n = 16 // itemsize if itemsize < 8 and H % (16 // itemsize) == 0 else 1
     words = H // n
-    lanes = next((b for b in JOINT_BACKWARD_LANES if words <= b), JOINT_BACKWARD_LANES[-1])
-    assert JOINT_BACKWARD_BLOCK % lanes == 0, (JOINT_BACKWARD_BLOCK, lanes)
-    return lanes
+    return next((b for b in JOINT_BACKWARD_LANES if words <= b), JOINT_BACKWARD_LANES[-1])
 
 
 LATTICE_SHARED_BYTES = 48 * 1024 - 256  # dynamic shared memory of a lattice block, at most

@@ -186,7 +186,9 @@ __device__ __forceinline__ void joint_grad_sums(const T* dh0, long long ldh, con
                                cutrans::to_compute(v[j * vstep + k]), activation);
       });
     }
-    if (add_partials<1>(sum, part, s, lane, lanes, S) && k < H) store_out(out + k, sum[0], accumulate);
+    if (add_partials<1>(sum, part, s, lane, lanes, S) && k < H) {
+      store_out(out + k, sum[0], accumulate);
+    }
   }
 }
 

@@ -54,7 +54,8 @@ def test_gaps_name_their_neighbours_and_overlaps_count_once():
     assert {(g.after, g.before) for g in r.gaps} == {("gemm", "lattice"), ("row_grad", "joint")}
     assert idle_report((5, 8), []).before == 3
     # an empty activity does not split a gap
-    r = idle_report((0, 50), [Activity("a", 0, 10), Activity("empty", 20, 20), Activity("b", 30, 50)])
+    r = idle_report((0, 50), [Activity("a", 0, 10), Activity("empty", 20, 20),
+                              Activity("b", 30, 50)])
     assert [(g.us, g.after, g.before) for g in r.gaps] == [(20, "a", "b")]
     with pytest.raises(ValueError, match="span"):
         idle_report((10, 5), acts)

@@ -21,6 +21,8 @@ def test_registry_matches_sources():
         assert all(set(t) <= set(DTYPES) for t in spec.types)
         assert spec.blocks in (_kernels.BLOCKS, _kernels.ROW_TPR, (_kernels.JOINT_BACKWARD_BLOCK,))
         names += spec.names()
+    # joint_grad_sums splits its block into whole groups of lanes
+    assert all(_kernels.JOINT_BACKWARD_BLOCK % n == 0 for n in _kernels.JOINT_BACKWARD_LANES)
     assert len(names) == len(set(names))
     assert sorted(n for s in _kernels.sources() for n in _kernels.name_expressions(s)) == \
         sorted(names)
