@@ -13,6 +13,7 @@ from cutrans import _fused
 from cutrans._fused import workspace_bytes
 from cutrans.backends import NumpyBackend, _side_stream
 from np_reference import fused_loss_grads
+from tolerances import scaled_error
 from test_fused import fused_case
 
 
@@ -121,6 +122,12 @@ def test_pipelined_matches_the_reference(pipeline, n_rows, sample_wise):
         np.testing.assert_allclose(got, one, rtol=1e-11, atol=1e-14)
 
 
+#: pipelined vs one stream, max|diff| / max|one stream| per gradient. Measured (both CPU
+#: backends): float32 9.1e-7 (TDT's samples split over chunks accumulate in another order),
+#: 0 elsewhere; bfloat16 0, allowed one rounding of its output (2^-7 of the largest entry).
+PIPELINED_TOL = {"float32": 8e-6, "bfloat16": 2.0 ** -7}
+
+
 @pytest.mark.parametrize("backend", ["numpy", "emulated"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_pipelined_low_precision_and_variants(pipeline, backend, dtype):
@@ -147,9 +154,9 @@ def test_pipelined_low_precision_and_variants(pipeline, backend, dtype):
                                                     backend=backend, **variant))
             np.testing.assert_array_equal(np.asarray(outs[1].loss, np.float64),
                                           np.asarray(outs[0].loss, np.float64))
-            for got, one in zip(outs[1].grads, outs[0].grads):
-                np.testing.assert_allclose(np.asarray(got, np.float64),
-                                           np.asarray(one, np.float64), rtol=2e-2, atol=2e-2)
+            for got, one, name in zip(outs[1].grads, outs[0].grads, outs[0].grads._fields):
+                err, _ = scaled_error(got, one)
+                assert err <= PIPELINED_TOL[dtype], (name, variant, n_rows, err)
 
 
 def test_two_sets_only_where_they_help():
