@@ -18,6 +18,7 @@ from ._dtypes import DTYPES, INDEX_DTYPES, dtype_name, is_float_dtype
 
 REDUCTIONS = ("none", "mean", "sum")
 ACTIVATION_NAMES = ("tanh", "relu", "identity")
+CHECKS = ("host", "device")
 
 
 # ------------------------------------------------------------------ scalars
@@ -36,6 +37,14 @@ def check_scalar(name: str, value, *, minimum: float = 0.0) -> float:
     if not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name}: expected a finite number >= {minimum}, got {value}")
     return float(value)
+
+
+def check_checks(checks, status) -> str:
+    """``checks`` is ``"host"`` or ``"device"``; a ``status`` word only with ``"device"``."""
+    check_choice("checks", checks, CHECKS)
+    if checks == "host" and status is not None:
+        raise ValueError("status: only with checks='device'")
+    return checks
 
 
 def check_bool(name: str, value) -> bool:

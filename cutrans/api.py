@@ -55,7 +55,6 @@ from .backends import ACTIVATIONS, get_backend
 
 DEFAULT_WORKSPACE_BYTES = 512 << 20  # 512 MiB of chunk workspace for the fused op
 ALL_GRADS = (True, True, True, True)
-CHECKS = ("host", "device")
 
 
 def variant_args(variant="rnnt", delay_penalty=0.0, durations=None, big_blank_durations=None,
@@ -286,9 +285,7 @@ def _fused_call(enc, pred, weight, bias, targets, enc_lengths, target_lengths, a
     lengths now and the rest at the end, ``_run_checked``; ``"device"``: no host read --
     lengths on the host, labels and results checked into ``status``)."""
     V = v.fused_shapes(enc, pred, weight, bias, targets, enc_lengths, target_lengths)
-    on_host = v.check_choice("checks", checks, CHECKS) == "host"
-    if on_host and status is not None:
-        raise ValueError("status: only with checks='device'")
+    on_host = v.check_checks(checks, status) == "host"
     io = _arrays.boundary([("enc", enc), ("pred", pred), ("weight", weight), ("bias", bias)],
                           [("targets", targets), ("enc_lengths", enc_lengths),
                            ("target_lengths", target_lengths)])

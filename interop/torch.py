@@ -191,16 +191,13 @@ def transducer_loss(enc: Tensor, pred: Tensor, weight: Tensor, bias: Tensor | No
                     ("enc_lengths", enc_lengths), ("target_lengths", target_lengths)):
         _check_tensor(name, x)
     _check_reduction(reduction)
-    v.check_choice("checks", checks, ("host", "device"))
-    if checks == "device":
+    if v.check_checks(checks, status) == "device":
         if status is None:
             raise TypeError("status: checks='device' needs an int32 status tensor of shape ()")
         _check_tensor("status", status)
         if status.dtype != torch.int32 or status.shape != ():
             raise TypeError(f"status: expected an int32 tensor of shape (), got "
                             f"{status.dtype} {tuple(status.shape)}")
-    elif status is not None:
-        raise ValueError("status: only with checks='device'")
     if bias is None:
         bias = weight.new_zeros(weight.shape[:1])
     _check_tensor("bias", bias)
@@ -267,7 +264,7 @@ class TransducerLoss(nn.Module):
         self.activation, self.blank, self.reduction = activation, blank, reduction
         self.clamp, self.fastemit_lambda = clamp, fastemit_lambda
         self.max_workspace_bytes, self.sample_wise = max_workspace_bytes, sample_wise
-        self.checks = v.check_choice("checks", checks, ("host", "device"))
+        self.checks = v.check_checks(checks, None)
         self.register_buffer("status", torch.zeros((), dtype=torch.int32, device=device),
                              persistent=False)
 
