@@ -9,8 +9,8 @@ Rows: oracle, dtype, quantity, max abs error, max rel error (on random shapes, f
 re-measures the tolerance tables of tests/tolerances.py: runs the tests that use them
 (default: TOLERANCE_TESTS below) with ``CUTRANS_TOL_REPORT`` set (each comparison records
 its error instead of asserting) and prints, per table/dtype/quantity, the measured error,
-the suggested tolerance (MARGIN x measured, rounded up, at least FLOOR) and the current one.
-Paste the suggestions and the measured numbers into the tables.
+the suggested tolerance (MARGIN x measured, rounded up, at least the entry's floor) and
+the current one. Paste the suggestions and the measured numbers into the tables.
 """
 import argparse
 import json
@@ -75,7 +75,7 @@ def measure_tolerances(paths, fuzz_profile):
     for key in sorted(measured):
         table, dtype, q = key.split("/")
         m = measured[key]
-        sug = max(tl.FLOOR[dtype], round_up(tl.MARGIN * m))
+        sug = max(tl.floor(table, dtype, q), round_up(tl.MARGIN * m))
         cur = tl.TABLES.get(table, {}).get(dtype, {}).get(q)
         flag = "" if cur is None or m <= cur else "  <-- measured > current"
         print(f"{key:34} {m:10.2e} {sug:10.0e} {cur if cur is not None else '-':>10}{flag}")

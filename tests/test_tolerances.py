@@ -34,3 +34,15 @@ def test_scaled_error_floor_and_nonfinite(monkeypatch):
         tl.scaled_error([np.nan, 1.0], [0.0, 1.0])
     with pytest.raises(AssertionError, match="the reference is all zero"):
         tl.assert_close(np.zeros(3), np.zeros(3), "logits", "float32", "grad")
+
+
+def test_floor_is_that_of_the_compute_precision():
+    """16-bit entries computed in float32 without a 16-bit rounding have float32's floor;
+    every other entry its dtype's, and no entry is below its floor."""
+    assert tl.floor("logits", "bfloat16", "loss") == tl.FLOOR["float32"]
+    assert tl.floor("fuzz", "float16", "loss") == tl.FLOOR["float32"]
+    assert tl.floor("logits", "bfloat16", "loss_rounded") == tl.FLOOR["bfloat16"]
+    assert tl.floor("fused", "float16", "loss") == tl.FLOOR["float16"]
+    assert tl.floor("logits", "float64", "loss") == tl.FLOOR["float64"]
+    for table, dtype, quantity in ENTRIES:
+        assert tl.tolerance(table, dtype, quantity) >= tl.floor(table, dtype, quantity)

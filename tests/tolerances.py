@@ -9,9 +9,12 @@ reference (nothing to compare).
 
 Each entry is the measured maximum error (the comment next to it: the tests' fixed-seed
 cases on the NumPy backend and the adapters, or the fuzz cases; this repository's CPU)
-times a margin of 8, rounded up to one significant digit, and never below
-``FLOOR[dtype]`` (results differ in the last bits between BLAS builds and summation
-orders; the float64 floor is ~4,500 ulps).
+times a margin of 8, rounded up to one significant digit, and never below the floor of
+the precision the quantity is computed in, ``floor(table, dtype, quantity)`` (results
+differ in the last bits between BLAS builds and summation orders; the float64 floor is
+~4,500 ulps): ``FLOOR[dtype]``, but ``FLOOR["float32"]`` for the logits op's loss of
+16-bit inputs (``FLOAT32_QUANTITIES``: float32 compute on the stored values, no 16-bit
+rounding on the way).
 
 Re-measure after a change of the precision policy (one command; it runs the tests that use
 these tables with ``CUTRANS_TOL_REPORT`` set, which records instead of asserting, and prints
@@ -19,7 +22,9 @@ measured error, suggested and current tolerance per entry)::
 
     python scripts/agreement.py --tolerances
 
-Measured at commit 08e47c6; the float16/bfloat16 entries of the fused op (``FUSED``, and
+Measured at commit 08e47c6 (the logits op's 16-bit ``loss`` entries of ``LOGITS`` and
+``FUZZ`` re-sized at fe3d61f to the float32 floor, with the ``long`` profile's maxima); the
+float16/bfloat16 entries of the fused op (``FUSED``, and
 ``FUZZ``'s enc, pred, weight, bias and fused_loss) re-measured at 6bb6c15, after the
 precision policy that stores the joint activations h and logits z in the input dtype
 (cutrans/_fused.py). Those errors are the policy's, not a bug: the fused loss equals a
@@ -38,6 +43,8 @@ import numpy as np
 
 MARGIN = 8
 FLOOR = {"float64": 1e-12, "float32": 1e-6, "float16": 1e-4, "bfloat16": 1e-3}
+#: (table, quantity) computed in float32 from 16-bit inputs without a 16-bit rounding
+FLOAT32_QUANTITIES = {("logits", "loss"), ("fuzz", "loss")}
 
 #: logits op (``rnnt_loss`` and its adapters) vs a float64 run / oracle: loss and grad(logits)
 LOGITS = {
@@ -45,10 +52,10 @@ LOGITS = {
                 "grad": 1e-12},          # measured 6.4e-15
     "float32": {"loss": 1e-6,            # measured 9.5e-08
                 "grad": 6e-6},           # measured 7.2e-07
-    "float16": {"loss": 1e-4,            # measured 1.2e-08 (float32 compute on stored values)
+    "float16": {"loss": 1e-6,            # measured 1.2e-08 (float32 compute on stored values)
                 "loss_rounded": 2e-3,    # measured 1.8e-04 (torch: loss in the input dtype)
                 "grad": 5e-3},           # measured 5.5e-04 (one float16 rounding of the output)
-    "bfloat16": {"loss": 1e-3,           # measured 6.0e-08
+    "bfloat16": {"loss": 1e-6,           # measured 6.0e-08 (float32 compute on stored values)
                  "loss_rounded": 9e-3,   # measured 1.1e-03
                  "grad": 3e-2},          # measured 2.9e-03 (one bfloat16 rounding)
 }
@@ -116,14 +123,14 @@ FUZZ = {
                 "pred": 1e-6,         # measured 6.1e-08
                 "weight": 2e-6,       # measured 1.5e-07
                 "bias": 2e-6},        # measured 1.4e-07
-    "float16": {"loss": 1e-4,         # measured 1.9e-07 (float32 compute on stored values)
+    "float16": {"loss": 2e-6,         # measured 1.9e-07 (float32 compute on stored values)
                 "fused_loss": 6e-3,   # measured 6.8e-04 (16-bit h and z; <= 1.9e-07 before)
                 "grad": 9e-4,         # measured 1.0e-04
                 "enc": 2e-3,          # measured 2.4e-04 (6.3e-05 before h, z in 16 bits)
                 "pred": 2e-3,         # measured 2.4e-04 (7.3e-05 before)
                 "weight": 4e-3,       # measured 3.8e-04 (1.0e-04 before)
                 "bias": 2e-3},        # measured 2.0e-04 (7.9e-05 before)
-    "bfloat16": {"loss": 1e-3,        # measured 1.6e-07 (float32 compute on stored values)
+    "bfloat16": {"loss": 2e-6,        # measured 2.0e-07 (float32 compute on stored values)
                  "fused_loss": 5e-2,  # measured 6.0e-03 (16-bit h and z; <= 1.6e-07 before)
                  "grad": 7e-3,        # measured 7.9e-04
                  "enc": 2e-2,         # measured 1.7e-03 (5.7e-04 before h, z in 16 bits)
@@ -134,12 +141,19 @@ FUZZ = {
 
 TABLES = {"logits": LOGITS, "fused": FUSED, "warprnnt": WARPRNNT, "fuzz": FUZZ}
 
+def floor(table: str, dtype: str, quantity: str) -> float:
+    """The smallest tolerance of an entry: the floor of the precision it is computed in."""
+    if dtype in ("float16", "bfloat16") and (table, quantity) in FLOAT32_QUANTITIES:
+        return FLOOR["float32"]
+    return FLOOR[dtype]
+
+
 def _check_tables():
     for name, table in TABLES.items():
         for dtype, entries in table.items():
             for q, tol in entries.items():
                 assert 0 < tol < 1, (name, dtype, q, tol)  # an all-zero result must fail
-                assert tol >= FLOOR[dtype], (name, dtype, q, tol)
+                assert tol >= floor(name, dtype, q), (name, dtype, q, tol)
 
 
 _check_tables()
