@@ -25,9 +25,9 @@ COMPUTE = ["float32", "float64"]
 #: max rel error over the ops (rel over entries above 1e-6; its maxima sit on small entries,
 #: which atol covers); per op: ``CUTRANS_GPU_ERROR_REPORT`` of tests/gpu,
 #: ``CUTRANS_ERROR_REPORT`` of tests/kernels with ``-n 0``:
-#:   H100, run E of BENCHMARKS.md (its report): float16 2.0e-3 / 5.0e-2, bfloat16 3.1e-2 (one rounding of
-#:   an entry in [4, 8)) / 9.2e-3, float32 1.5e-5 / 6.3e-3, float64 2.3e-14 / 2.0e-11 —
-#:   the GPU sets these bounds;
+#:   H100, run E of BENCHMARKS.md (its report): float16 2.0e-3 / 5.0e-2, bfloat16 3.1e-2
+#:   (one rounding of an entry in [4, 8)) / 9.2e-3, float32 1.5e-5 / 6.3e-3, float64
+#:   2.3e-14 / 2.0e-11 — the GPU sets these bounds;
 #:   emulated, 2026-11-27: float16 3.9e-3 / 5.8e-3, bfloat16 7.8e-3 / 7.4e-3, float32
 #:   3.8e-6 / 1.3e-3, float64 2.5e-14 / 2.3e-12.
 TOL = {
