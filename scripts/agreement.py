@@ -70,12 +70,13 @@ def measure_tolerances(paths, fuzz_profile):
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         with open(report) as f:
             measured = json.load(f)
-    print(f"pytest exit status {rc}; margin {tl.MARGIN}, floors {tl.FLOOR}")
+    print(f"pytest exit status {rc}; margin {tl.MARGIN}, floors {tl.FLOOR} (float32's for "
+          f"16-bit {sorted(tl.FLOAT32_QUANTITIES)})")
     print(f"{'table/dtype/quantity':34} {'measured':>10} {'suggested':>10} {'current':>10}")
     for key in sorted(measured):
         table, dtype, q = key.split("/")
         m = measured[key]
-        sug = max(tl.floor(table, dtype, q), round_up(tl.MARGIN * m))
+        sug = max(tl.tolerance_floor(table, dtype, q), round_up(tl.MARGIN * m))
         cur = tl.TABLES.get(table, {}).get(dtype, {}).get(q)
         flag = "" if cur is None or m <= cur else "  <-- measured > current"
         print(f"{key:34} {m:10.2e} {sug:10.0e} {cur if cur is not None else '-':>10}{flag}")

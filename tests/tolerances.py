@@ -10,10 +10,10 @@ reference (nothing to compare).
 Each entry is the measured maximum error (the comment next to it: the tests' fixed-seed
 cases on the NumPy backend and the adapters, or the fuzz cases; this repository's CPU)
 times a margin of 8, rounded up to one significant digit, and never below the floor of
-the precision the quantity is computed in, ``floor(table, dtype, quantity)`` (results
-differ in the last bits between BLAS builds and summation orders; the float64 floor is
-~4,500 ulps): ``FLOOR[dtype]``, but ``FLOOR["float32"]`` for the logits op's loss of
-16-bit inputs (``FLOAT32_QUANTITIES``: float32 compute on the stored values, no 16-bit
+the precision the quantity is computed in, ``tolerance_floor(table, dtype, quantity)``
+(results differ in the last bits between BLAS builds and summation orders; the float64
+floor is ~4,500 ulps): ``FLOOR[dtype]``, but ``FLOOR["float32"]`` for the logits op's loss
+of 16-bit inputs (``FLOAT32_QUANTITIES``: float32 compute on the stored values, no 16-bit
 rounding on the way).
 
 Re-measure after a change of the precision policy (one command; it runs the tests that use
@@ -23,8 +23,8 @@ measured error, suggested and current tolerance per entry)::
     python scripts/agreement.py --tolerances
 
 Measured at commit 08e47c6 (the logits op's 16-bit ``loss`` entries of ``LOGITS`` and
-``FUZZ`` re-sized at fe3d61f to the float32 floor, with the ``long`` profile's maxima); the
-float16/bfloat16 entries of the fused op (``FUSED``, and
+``FUZZ`` re-measured at fe3d61f, ``FUZZ`` with the ``long`` profile, and sized against the
+float32 floor); the float16/bfloat16 entries of the fused op (``FUSED``, and
 ``FUZZ``'s enc, pred, weight, bias and fused_loss) re-measured at 6bb6c15, after the
 precision policy that stores the joint activations h and logits z in the input dtype
 (cutrans/_fused.py). Those errors are the policy's, not a bug: the fused loss equals a
@@ -141,7 +141,8 @@ FUZZ = {
 
 TABLES = {"logits": LOGITS, "fused": FUSED, "warprnnt": WARPRNNT, "fuzz": FUZZ}
 
-def floor(table: str, dtype: str, quantity: str) -> float:
+
+def tolerance_floor(table: str, dtype: str, quantity: str) -> float:
     """The smallest tolerance of an entry: the floor of the precision it is computed in."""
     if dtype in ("float16", "bfloat16") and (table, quantity) in FLOAT32_QUANTITIES:
         return FLOOR["float32"]
@@ -153,13 +154,16 @@ def _check_tables():
         for dtype, entries in table.items():
             for q, tol in entries.items():
                 assert 0 < tol < 1, (name, dtype, q, tol)  # an all-zero result must fail
-                assert tol >= floor(name, dtype, q), (name, dtype, q, tol)
+                assert tol >= tolerance_floor(name, dtype, q), (name, dtype, q, tol)
+    for name, q in FLOAT32_QUANTITIES:  # a misspelt entry would keep its 16-bit floor
+        assert all(q in TABLES[name][d] for d in ("float16", "bfloat16")), (name, q)
 
 
 _check_tables()
 
 
-def _host(x):
+def as_float64(x):
+    """A NumPy float64 copy of a NumPy/CuPy/JAX array or a torch tensor."""
     get = getattr(x, "get", None)
     if callable(get) and not isinstance(x, np.ndarray):
         x = get()
@@ -172,7 +176,7 @@ def _host(x):
 def scaled_error(got, ref, floor: float = 0.0) -> tuple[float, float]:
     """(max|got - ref| / scale, scale) over the entries where ref is finite, with
     ``scale = max(max|ref|, floor)``."""
-    g, r = _host(got), _host(ref)
+    g, r = as_float64(got), as_float64(ref)
     assert g.shape == r.shape, (g.shape, r.shape)
     fin = np.isfinite(r)
     assert np.array_equal(np.isfinite(g), fin), "non-finite entries differ"

@@ -15,11 +15,6 @@ def _torch_cuda():
     return torch
 
 
-def _vs_float64(got, want, table, dtype, quantity, what):
-    from tolerances import assert_close
-    assert_close(got.detach().cpu().double().numpy(), want, table, dtype, quantity, what=what)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 def test_torch_cuda_matches_cpu_on_a_side_stream(dtype):
     """CUDA (logits non-contiguous, on a side stream) and CPU results of both ops are held
@@ -28,6 +23,7 @@ def test_torch_cuda_matches_cpu_on_a_side_stream(dtype):
     torch = _torch_cuda()
     import np_reference as ref
     from cutrans.interop.torch import rnnt_loss, transducer_loss
+    from tolerances import assert_close
     dt = getattr(torch, dtype)
     low = dtype in ("float16", "bfloat16")
     logits, targets, t_len, u_len = logits_case(0, V=9)
@@ -47,9 +43,9 @@ def test_torch_cuda_matches_cpu_on_a_side_stream(dtype):
                                         upstream=np.full(B, 1.0 / B))
     for where, loss, g in (("cuda", lc, xc.grad), ("cpu", lh, xh.grad)):
         # the loss comes back in the logits' dtype (torchaudio): rounded for 16 bits
-        _vs_float64(loss, losses.mean(), "logits", dtype, "loss_rounded" if low else "loss",
-                    f"rnnt_loss {where}")
-        _vs_float64(g, grad, "logits", dtype, "grad", f"rnnt_loss grad {where}")
+        assert_close(loss, losses.mean(), "logits", dtype, "loss_rounded" if low else "loss",
+                     f"rnnt_loss {where}")
+        assert_close(g, grad, "logits", dtype, "grad", f"rnnt_loss grad {where}")
     if not low:
         torch.testing.assert_close(lc.cpu(), lh)
         torch.testing.assert_close(xc.grad.cpu(), xh.grad)
@@ -65,9 +61,9 @@ def test_torch_cuda_matches_cpu_on_a_side_stream(dtype):
                                          *(a.numpy() for a in case[4:]), 0,
                                          upstream=np.full(B, 1.0 / B))
     for where, loss, leaves in (("cuda", lc, flc), ("cpu", lh, fl)):
-        _vs_float64(loss, losses.mean(), "fused", dtype, "loss", f"transducer_loss {where}")
+        assert_close(loss, losses.mean(), "fused", dtype, "loss", f"transducer_loss {where}")
         for name, leaf, want in zip(("enc", "pred", "weight", "bias"), leaves, grads):
-            _vs_float64(leaf.grad, want, "fused", dtype, name, f"d{name} {where}")
+            assert_close(leaf.grad, want, "fused", dtype, name, f"d{name} {where}")
     if not low:
         torch.testing.assert_close(lc.cpu(), lh)
         for a, b in zip(flc, fl):
@@ -217,7 +213,8 @@ def _edge_losses(device):
     torch, ta = _torchaudio(device)
     from np_reference import logits_loss_grad
     logits, args, t_len, u_len = _torchaudio_case(device)
-    assert _edge(t_len, u_len).any() and (~_edge(t_len, u_len)).any()
+    if not (_edge(t_len, u_len).any() and (~_edge(t_len, u_len)).any()):
+        pytest.fail("the case needs edge and ordinary samples")  # not an xfail's assertion
     x = torch.tensor(logits, dtype=torch.float32, device=device)
     theirs = ta.rnnt_loss(x, *args, blank=0, reduction="none").cpu().numpy()
     want, _ = logits_loss_grad(logits.astype(np.float32), args[0].cpu().numpy(), t_len, u_len,

@@ -16,12 +16,9 @@ NP_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": n
 
 
 @pytest.fixture(autouse=True)
-def x64_and_route(request):
-    """float64 needs jax_enable_x64; restore the config and the route afterwards."""
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
+def x64_and_route(x64):
+    """float64 on (conftest's x64); the route restored afterwards."""
     yield
-    jax.config.update("jax_enable_x64", old)
     cj.ROUTE = None
 
 

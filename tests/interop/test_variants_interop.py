@@ -89,16 +89,6 @@ def test_torch_argument_errors():
         rnnt_loss(torch.tensor(logits), *ints, blank=0, variant="modified", omega=0.5)
 
 
-@pytest.fixture
-def x64():
-    """float64 needs jax_enable_x64; restored afterwards."""
-    jax = pytest.importorskip("jax")
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield jax
-    jax.config.update("jax_enable_x64", old)
-
-
 @pytest.mark.parametrize("name", list(SPECS))
 def test_jax_matches_core(name, x64):
     jax = x64
